@@ -1,0 +1,5 @@
+import sys
+
+from fedreg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,163 @@
+"""The ``fedreg`` command line: run, validate, plugins, compare, ui."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import traceback
+
+from fedreg import __version__
+from fedreg.errors import FedregError
+
+
+def _registry():
+    from fedreg.registry import get_registry
+
+    return get_registry()
+
+
+def cmd_validate(args) -> int:
+    from fedreg.spec import load_spec
+
+    specs = load_spec(args.spec, _registry(), args.set, args.variant)
+    for rs in specs:
+        s = rs.spec
+        comps = ", ".join(f"{k}={c.name}" for k, c in rs.components.items())
+        print(f"ok: {rs.variant or s.name}: {comps}; metrics={','.join(m.name for m in rs.metrics)}; "
+              f"{s.federation.rounds} rounds, {s.federation.clients_per_round}/{s.data.num_clients} clients per round")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from fedreg.runtime import run_experiment
+    from fedreg.spec import load_spec
+
+    specs = load_spec(args.spec, _registry(), args.set, args.variant)
+    try:
+        res = run_experiment(specs, source=args.spec, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the MLflow run was marked KILLED; what was logged stays logged", file=sys.stderr)
+        return 130
+    if res.parent_run_id:
+        print(f"parent run: {res.parent_run_id} (compare with: fedreg compare {res.parent_run_id})")
+    else:
+        print(f"run: {res.results[0].run_id}")
+    print(f"tracking store: {res.tracking_uri} (open it with: fedreg ui)")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from fedreg.registry import KINDS
+
+    reg = _registry()
+    rows = []
+    for info in reg.all():
+        params = {name: {"default": None if f.is_required() else f.get_default(call_default_factory=True),
+                         "type": str(f.annotation).replace("typing.", ""),
+                         "description": f.description or ""}
+                  for name, f in info.cls.Params.model_fields.items()}
+        rows.append({"kind": info.kind, "name": info.name, "distribution": info.distribution,
+                     "version": info.version, "plugin": info.plugin, "hooks": info.cls.implemented_hooks(),
+                     "params": params, "description": info.cls.describe()})
+    broken = [{"plugin": b.plugin, "distribution": b.distribution, "version": b.version, "error": b.error}
+              for b in reg.broken]
+    if args.json:
+        print(json.dumps({"components": rows, "broken": broken}, indent=1, default=str))
+        return 0
+    for kind in KINDS:
+        items = [r for r in rows if r["kind"] == kind]
+        if not items:
+            continue
+        print(f"{kind}:")
+        for r in items:
+            ps = ", ".join(f"{k}={v['default']!r}" for k, v in r["params"].items())
+            print(f"  {r['name']:<24} {r['distribution']} {r['version']}  [{', '.join(r['hooks'])}]"
+                  + (f"  params: {ps}" if ps else ""))
+            if r["description"]:
+                print(f"      {r['description']}")
+    if broken:
+        print("broken plugins:")
+        for b in broken:
+            print(f"  {b['plugin']} ({b['distribution']} {b['version']}): {b['error']}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fedreg.compare import compare
+
+    return compare(args.run_id, tracking=args.tracking_uri, log=not args.no_log)
+
+
+def cmd_ui(args) -> int:
+    from fedreg.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", file=sys.stderr)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedreg", description="Federated-learning registry for medical imaging.")
+    p.add_argument("--version", action="version", version=f"fedreg {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def spec_args(sp):
+        sp.add_argument("spec", help="YAML run spec")
+        sp.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a field, e.g. --set federation.rounds=5 (repeatable)")
+        sp.add_argument("--variant", action="append", default=None, metavar="NAME",
+                        help="run only this variant (repeatable)")
+
+    sp = sub.add_parser("run", help="run a spec (all its variants) and log to MLflow")
+    spec_args(sp)
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("validate", help="check a spec without running it")
+    spec_args(sp)
+    sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("plugins", help="list installed components by kind")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_plugins)
+
+    sp = sub.add_parser("compare", help="table of the variants of a parent run")
+    sp.add_argument("run_id", help="the parent run id printed by 'fedreg run'")
+    sp.add_argument("--tracking-uri", default=None)
+    sp.add_argument("--no-log", action="store_true", help="do not log the table and plots to the parent run")
+    sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("ui", help="start the MLflow UI on fedreg's tracking store")
+    sp.add_argument("--tracking-uri", default=None)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=5000)
+    sp.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("FEDREG_DEBUG") == "1"
+    try:
+        return args.func(args)
+    except FedregError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""Component contracts: the base classes plugins subclass and register by name.
+
+A component is a class with a unique ``name`` within its ``kind``, a pydantic ``Params`` model for its
+parameters (unknown keys rejected), and the methods of its kind's contract. Math belongs in plain
+functions that these methods call; the methods stay thin.
+
+State is explicit: server-side state lives on the aggregator (``state_dict``), per-client state lives in
+``LocalContext.state`` (kept by the runtime for the clients that have it), metric state lives on the
+metric (``state_dict``). All of it is tensors, numbers, strings, lists and dicts, so a run is checkpointable.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+
+
+class Params(BaseModel):
+    """Base of every component's parameter model: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """Base of every component. Subclasses set ``name`` and may override ``Params``."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+    #: Highest fedreg plugin-contract version this component was written against (see HOOK_API_VERSION).
+    api_version: ClassVar[int] = 1
+    #: Methods of the kind's contract; ``fedreg plugins`` lists those a component overrides.
+    contract: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: Params | None = None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+
+    @classmethod
+    def implemented_hooks(cls) -> list[str]:
+        base = KIND_BASES[cls.kind]
+        return [m for m in cls.contract if getattr(cls, m, None) is not getattr(base, m, None)]
+
+    # Checkpointable state (server side and metric state). Default: stateless.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.kind} '{self.name}' is stateless but was given state {sorted(state)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetTensors:
+    """A whole dataset held once in memory as tensors; clients are index sets into it.
+
+    ``train_x``/``test_x`` are float32 ``(N, C, H, W)`` (normalised), ``train_y``/``test_y`` int64 ``(N,)``.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    in_channels: int
+    image_size: int
+    class_names: list[str] = field(default_factory=list)
+    checksum: str = ""
+    source: str = ""
+
+
+class Dataset(Component):
+    """A dataset: loads the official train and test splits as tensors."""
+
+    kind = "dataset"
+    contract = ("load",)
+
+    def load(self, root: str | None, download: bool, size: int) -> DatasetTensors:
+        raise NotImplementedError
+
+
+class Partition(Component):
+    """Splits training labels into one index array per client."""
+
+    kind = "partition"
+    contract = ("split",)
+
+    def split(self, labels: np.ndarray, num_clients: int, num_classes: int,
+              rng: np.random.Generator) -> list[np.ndarray]:
+        """Return ``num_clients`` disjoint index arrays whose union is ``range(len(labels))``."""
+        raise NotImplementedError
+
+
+class Model(Component):
+    """A model factory."""
+
+    kind = "model"
+    contract = ("build",)
+
+    def build(self, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Selection
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    client_id: int
+    num_train: int
+    num_test: int
+    label_counts: tuple[int, ...]
+
+
+class Selector(Component):
+    """Picks the clients of a round."""
+
+    kind = "selection"
+    contract = ("select",)
+
+    def select(self, round: int, clients: Sequence[ClientInfo], k: int,
+               rng: np.random.Generator) -> list[int]:
+        """Return ``k`` distinct client ids. ``rng`` is the run's sampling stream for this round: it
+        depends only on the seed and the round, never on the method being run."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local training
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalContext:
+    """Everything a client's local training may use. Built by the runtime for each client and round."""
+
+    round: int
+    client_id: int
+    model: nn.Module  # loaded with the global weights; train it in place
+    global_state: StateDict  # the weights the client received (do not modify)
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    epochs: int
+    batch_size: int
+    lr: float
+    make_optimizer: Callable[..., torch.optim.Optimizer]
+    generator: torch.Generator  # this client's and round's shuffling stream
+    state: dict[str, Any]  # this client's persistent state for the run (empty the first time)
+    broadcast: dict[str, Any]  # server-to-client extras from Aggregator.broadcast
+    build_model: Callable[[], nn.Module]
+    _global_model: nn.Module | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.train_y.shape[0])
+
+    def global_model(self) -> nn.Module:
+        """A frozen copy of the model the client received (built on first use, in eval mode)."""
+        if self._global_model is None:
+            m = self.build_model()
+            m.load_state_dict(self.global_state)
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+            self._global_model = m
+        return self._global_model
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled mini-batches of the client's training data (last batch may be short)."""
+        n = self.num_samples
+        order = torch.randperm(n, generator=self.generator)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.train_x[idx], self.train_y[idx]
+
+
+@dataclass
+class TrainOutput:
+    """What an objective returns from ``train``."""
+
+    loss: float  # mean training loss over all batches
+    steps: int
+    payload: dict[str, Any] = field(default_factory=dict)  # extras for the aggregator (e.g. control deltas)
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A local objective produced a NaN or Inf loss."""
+
+
+class Objective(Component):
+    """A local objective: how a client trains the model it received."""
+
+    kind = "objective"
+    contract = ("setup", "loss", "before_step", "finish", "train", "eval_model")
+
+    def setup(self, ctx: LocalContext) -> None:
+        """Runs before the first batch (e.g. build the frozen global model, load client state)."""
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
+        """The scalar loss for one batch."""
+        raise NotImplementedError
+
+    def before_step(self, ctx: LocalContext) -> None:
+        """Runs after ``backward`` and before the optimizer step (e.g. gradient corrections)."""
+
+    def finish(self, ctx: LocalContext) -> dict[str, Any]:
+        """Runs after the last step; returns the payload sent to the aggregator with the weights."""
+        return {}
+
+    def eval_model(self, ctx: LocalContext) -> nn.Module:
+        """The model whose local accuracy this client reports (personalised methods return their own)."""
+        return ctx.model
+
+    def train(self, ctx: LocalContext) -> TrainOutput:
+        model = ctx.model
+        model.train()
+        self.setup(ctx)
+        opt = ctx.make_optimizer(model.parameters())
+        total, steps = 0.0, 0
+        for _ in range(ctx.epochs):
+            for x, y in ctx.batches():
+                opt.zero_grad(set_to_none=True)
+                loss = self.loss(model, x, y, ctx)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"loss is {value} at step {steps}")
+                loss.backward()
+                self.before_step(ctx)
+                opt.step()
+                total += value
+                steps += 1
+        payload = self.finish(ctx) or {}
+        return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Aggregation
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientUpdate:
+    """One client's result of a round, as the aggregator sees it."""
+
+    client_id: int
+    num_samples: int
+    state: StateDict  # trained weights
+    report: dict[str, float] = field(default_factory=dict)  # from Aggregator.client_report
+    payload: dict[str, Any] = field(default_factory=dict)  # from Objective.finish
+    train_loss: float = float("nan")
+
+
+@dataclass
+class ClientFailure:
+    client_id: int
+    stage: str
+    error: str
+
+
+class Aggregator(Component):
+    """Server-side aggregation, with optional server state and client-side reporting."""
+
+    kind = "aggregation"
+    contract = ("broadcast", "client_report", "aggregate", "state_dict", "load_state_dict")
+
+    def broadcast(self, round: int, global_state: StateDict) -> dict[str, Any]:
+        """Extras sent to every selected client with the global weights (default: none)."""
+        return {}
+
+    def client_report(self, ctx: LocalContext, model: nn.Module) -> dict[str, float]:
+        """Runs on the client after local training; what it reports with its weights (default: none)."""
+        return {}
+
+    def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate],
+                  failures: list[ClientFailure]) -> StateDict:
+        """Return the new global weights (same keys, shapes and dtypes as ``global_state``)."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation and metrics
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """A model's predictions on one evaluation set."""
+
+    labels: torch.Tensor  # int64 (N,)
+    preds: torch.Tensor  # int64 (N,)
+    loss: torch.Tensor  # float32 (N,) per-sample cross-entropy
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.preds == self.labels
+
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean()) if len(self.labels) else float("nan")
+
+    def balanced_accuracy(self) -> float:
+        if not len(self.labels):
+            return float("nan")
+        recalls = [float(self.correct[self.labels == c].float().mean()) for c in torch.unique(self.labels)]
+        return float(np.mean(recalls))
+
+
+@dataclass
+class RoundEvaluation:
+    """What metrics see after a round. Fields a metric did not ``require`` may be empty."""
+
+    round: int
+    participants: list[int]
+    num_classes: int
+    global_test: Predictions | None = None
+    #: each participant's model (``Objective.eval_model``) on its own local test set
+    local: dict[int, Predictions] = field(default_factory=dict)
+    #: the new global model on every client's local test set
+    global_on_local: dict[int, Predictions] = field(default_factory=dict)
+    local_model_role: str = "local"
+
+
+@dataclass
+class MetricResult:
+    scalars: dict[str, float] = field(default_factory=dict)
+    per_client: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+GLOBAL_TEST = "global_test"
+LOCAL = "local"
+GLOBAL_ON_LOCAL = "global_on_local"
+
+
+class Metric(Component):
+    """A per-round metric. Declares which predictions it needs in ``requires``."""
+
+    kind = "metric"
+    contract = ("update", "state_dict", "load_state_dict")
+    requires: ClassVar[frozenset[str]] = frozenset({GLOBAL_TEST})
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        raise NotImplementedError
+
+
+KIND_BASES: dict[str, type[Component]] = {
+    c.kind: c for c in (Dataset, Partition, Model, Selector, Objective, Aggregator, Metric)
+}
+
+
+def clone_state(state: StateDict) -> StateDict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def deepcopy_state(obj: Any) -> Any:
+    return copy.deepcopy(obj)

@@ -1,0 +1,137 @@
+"""Federated view of a dataset: clients are index sets into tensors held once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedreg import seeding
+from fedreg.components import ClientInfo, DatasetTensors, Partition
+from fedreg.errors import DataError, PluginError
+
+
+@dataclass
+class ClientSplit:
+    client_id: int
+    train_idx: np.ndarray  # into dataset.train_x
+    test_idx: np.ndarray  # into dataset.train_x (the local test set is carved from the client's own data)
+
+
+def carve_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split one client's indices into local train and local test, stratified by class: of each class
+    with n samples, ``round(fraction * n)`` go to the test set, keeping at least one for training."""
+    train, test = [], []
+    for c in np.unique(labels[indices]):
+        idx = rng.permutation(indices[labels[indices] == c])
+        k = min(int(round(fraction * len(idx))), len(idx) - 1)
+        test.append(idx[:k])
+        train.append(idx[k:])
+    tr = np.sort(np.concatenate(train)) if train else np.empty(0, dtype=np.int64)
+    te = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
+    return tr.astype(np.int64), te.astype(np.int64)
+
+
+def check_partition(parts: list[np.ndarray], n: int, num_clients: int, who: str) -> None:
+    if not isinstance(parts, list | tuple) or len(parts) != num_clients:
+        raise PluginError(f"partition '{who}' returned {len(parts) if hasattr(parts, '__len__') else parts!r} "
+                          f"parts, expected {num_clients}")
+    allidx = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if parts else np.empty(0)
+    if len(allidx) != n or len(np.unique(allidx)) != n or (n and (allidx.min() < 0 or allidx.max() >= n)):
+        raise PluginError(f"partition '{who}' did not return disjoint index sets covering all {n} samples")
+
+
+@dataclass
+class FederatedData:
+    dataset: DatasetTensors
+    clients: list[ClientSplit]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    def label_counts(self, idx: np.ndarray) -> np.ndarray:
+        y = self.dataset.train_y.numpy()
+        return np.bincount(y[idx], minlength=self.dataset.num_classes)
+
+    def infos(self) -> list[ClientInfo]:
+        return [ClientInfo(c.client_id, len(c.train_idx), len(c.test_idx),
+                           tuple(int(v) for v in self.label_counts(c.train_idx))) for c in self.clients]
+
+    def client_tensors(self, cid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.clients[cid]
+        ds = self.dataset
+        tr = torch.from_numpy(c.train_idx)
+        te = torch.from_numpy(c.test_idx)
+        return ds.train_x[tr], ds.train_y[tr], ds.train_x[te], ds.train_y[te]
+
+    def stats(self) -> dict:
+        rows = []
+        for c in self.clients:
+            rows.append({
+                "client": c.client_id,
+                "train": int(len(c.train_idx)),
+                "local_test": int(len(c.test_idx)),
+                "train_label_counts": [int(v) for v in self.label_counts(c.train_idx)],
+                "local_test_label_counts": [int(v) for v in self.label_counts(c.test_idx)],
+            })
+        sizes = np.array([r["train"] for r in rows])
+        return {
+            "dataset": self.dataset.name,
+            "num_classes": self.dataset.num_classes,
+            "class_names": self.dataset.class_names,
+            "num_clients": len(rows),
+            "train_size_min": int(sizes.min()), "train_size_max": int(sizes.max()),
+            "train_size_mean": float(sizes.mean()),
+            "clients": rows,
+        }
+
+
+def build_federated_data(dataset: DatasetTensors, partition: Partition, num_clients: int,
+                         local_test_fraction: float, seed: int) -> FederatedData:
+    """A pure function of (dataset, partition spec, seed)."""
+    labels = dataset.train_y.numpy()
+    if num_clients > len(labels):
+        raise DataError(f"{num_clients} clients but the training set has only {len(labels)} samples; "
+                        f"lower data.num_clients")
+    parts = partition.split(labels, num_clients, dataset.num_classes, seeding.rng(seed, seeding.PARTITION))
+    check_partition(parts, len(labels), num_clients, partition.name)
+    split_rng = seeding.rng(seed, seeding.LOCAL_TEST)
+    clients = []
+    for cid, idx in enumerate(parts):
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) == 0:
+            raise DataError(f"partition '{partition.name}' left client {cid} with no data; raise the "
+                            f"partition's alpha or lower data.num_clients")
+        tr, te = carve_local_test(idx, labels, local_test_fraction, split_rng)
+        clients.append(ClientSplit(cid, tr, te))
+    return FederatedData(dataset, clients)
+
+
+def plot_label_histogram(stats: dict, path: str) -> None:
+    """Stacked bar chart of each client's training label counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = stats["clients"]
+    counts = np.array([r["train_label_counts"] for r in rows])
+    n_clients, n_classes = counts.shape
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * n_clients + 2), 4))
+    bottom = np.zeros(n_clients)
+    cmap = plt.get_cmap("tab20" if n_classes > 10 else "tab10")
+    names = stats.get("class_names") or [str(i) for i in range(n_classes)]
+    for c in range(n_classes):
+        label = f"{c}: {names[c][:24]}" if c < len(names) else str(c)
+        ax.bar(range(n_clients), counts[:, c], bottom=bottom, color=cmap(c % cmap.N), label=label)
+        bottom += counts[:, c]
+    ax.set_xlabel("client")
+    ax.set_ylabel("training samples")
+    ax.set_title(f"{stats['dataset']}: label counts per client")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

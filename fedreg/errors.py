@@ -1,0 +1,42 @@
+"""User-facing errors. Each carries a message that names the problem and the fix; the CLI prints it and
+exits with status 2 (no traceback unless ``--debug``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FedregError(Exception):
+    """An error caused by input (spec, data, environment, plugins), reported without a traceback."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<spec>'}: {self.message}"
+
+
+class SpecError(FedregError):
+    """Every problem found in a run spec, each with its path."""
+
+    def __init__(self, issues: list[SpecIssue], source: str | None = None):
+        self.issues = list(issues)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"{len(self.issues)} problem{'s' if len(self.issues) != 1 else ''}{where}:"]
+        lines += [f"  - {issue}" for issue in self.issues]
+        super().__init__("\n".join(lines))
+
+
+class PluginError(FedregError):
+    """A plugin broke the contract: failed to import, registered something invalid, raised inside a
+    component method, or returned something the core cannot use."""
+
+
+class DataError(FedregError):
+    """A dataset file is missing, corrupt, or cannot be partitioned as asked."""

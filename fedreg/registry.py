@@ -1,0 +1,221 @@
+"""Component registry built from the ``fedreg`` entry-point group.
+
+Each entry point is loaded on its own, so one broken plugin is reported (``fedreg plugins``) while every
+other plugin keeps working. Each registration hook implementation is called separately with a
+``register`` bound to its plugin, so every component knows which plugin and distribution provided it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as md
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from fedreg import HOOK_API_VERSION, hookspecs
+from fedreg.components import KIND_BASES, Component
+from fedreg.errors import PluginError
+
+ENTRY_POINT_GROUP = "fedreg"
+
+#: registration hook name -> component kind it registers
+HOOK_KINDS: dict[str, str] = {
+    "fedreg_register_datasets": "dataset",
+    "fedreg_register_partitions": "partition",
+    "fedreg_register_models": "model",
+    "fedreg_register_selectors": "selection",
+    "fedreg_register_objectives": "objective",
+    "fedreg_register_aggregators": "aggregation",
+    "fedreg_register_metrics": "metric",
+}
+KINDS: tuple[str, ...] = tuple(HOOK_KINDS.values())
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    cls: type[Component]
+    kind: str
+    name: str
+    plugin: str
+    distribution: str
+    version: str
+
+    @property
+    def provider(self) -> str:
+        return f"{self.distribution} {self.version}".strip()
+
+
+@dataclass
+class BrokenPlugin:
+    plugin: str
+    distribution: str
+    version: str
+    error: str
+    detail: str = ""
+
+
+@dataclass
+class Registry:
+    components: dict[str, dict[str, list[ComponentInfo]]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
+    broken: list[BrokenPlugin] = field(default_factory=list)
+    plugins: dict[str, tuple[str, str]] = field(default_factory=dict)  # plugin -> (dist, version)
+
+    # -- queries -------------------------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def all(self) -> Iterable[ComponentInfo]:
+        for kind in KINDS:
+            for name in sorted(self.components[kind]):
+                yield from self.components[kind][name]
+
+    def lookup(self, kind: str, name: str, provider: str | None = None) -> ComponentInfo:
+        """Resolve a component by kind and name; raises :class:`LookupError` with a helpful message."""
+        found = self.components[kind].get(name, [])
+        if provider is not None:
+            chosen = [c for c in found if provider in (c.distribution, c.plugin)]
+            if chosen:
+                return chosen[0]
+            if found:
+                have = ", ".join(sorted(f"{c.distribution}" for c in found))
+                raise LookupError(f"{kind} '{name}' is not provided by '{provider}'; it is provided by: {have}")
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            who = " and ".join(f"'{c.distribution}' (plugin '{c.plugin}')" for c in found)
+            raise LookupError(
+                f"{kind} '{name}' is registered by more than one distribution: {who}. Choose one with "
+                f"'provider: <distribution>' next to 'name: {name}'.")
+        for b in self.broken:
+            if name == b.plugin or name in b.error:
+                raise LookupError(f"{kind} '{name}' is unavailable: plugin '{b.plugin}' is broken: {b.error}")
+        names = self.names(kind)
+        msg = f"unknown {kind} '{name}'. Registered {kind} components: {', '.join(names) or '(none)'}."
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        if close:
+            msg += f" Did you mean '{close[0]}'?"
+        if self.broken:
+            msg += " Broken plugins (see 'fedreg plugins'): " + ", ".join(b.plugin for b in self.broken) + "."
+        raise LookupError(msg)
+
+    # -- building ------------------------------------------------------------------------------------------
+    def _add(self, plugin: str, dist: str, version: str, kind: str, cls: Any) -> None:
+        base = KIND_BASES[kind]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(
+                f"plugin '{plugin}' registered {cls!r} as a {kind}, but it is not a subclass of "
+                f"fedreg.components.{base.__name__}")
+        if not cls.name or not isinstance(cls.name, str):
+            raise PluginError(f"plugin '{plugin}' registered {cls.__name__} without a 'name'")
+        if cls.api_version > HOOK_API_VERSION:
+            raise PluginError(
+                f"plugin '{plugin}': {kind} '{cls.name}' needs fedreg plugin contract version "
+                f"{cls.api_version}, this fedreg provides {HOOK_API_VERSION}; upgrade fedreg")
+        entries = self.components[kind].setdefault(cls.name, [])
+        if any(e.cls is cls for e in entries):
+            return
+        entries.append(ComponentInfo(cls, kind, cls.name, plugin, dist, version))
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return ("", "")
+    return (dist.metadata["Name"] or "", dist.version or "")
+
+
+def build_registry(entry_points: Iterable[md.EntryPoint] | None = None,
+                   extra_plugins: Iterable[tuple[str, ModuleType | object]] = ()) -> Registry:
+    """Load every plugin of the ``fedreg`` entry-point group (or ``entry_points``) plus ``extra_plugins``
+    (``(name, module_or_object)`` pairs registered directly, for tests) and collect their components."""
+    if entry_points is None:
+        entry_points = md.entry_points(group=ENTRY_POINT_GROUP)
+    reg = Registry()
+    pm = new_plugin_manager()
+    sources: list[tuple[str, object, str, str]] = []
+    seen: set[str] = set()
+    for ep in entry_points:
+        dist, version = _dist_of(ep)
+        key = f"{dist}:{ep.name}:{ep.value}"
+        if key in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(key)
+        try:
+            obj = ep.load()
+        except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            reg.broken.append(BrokenPlugin(ep.name, dist, version,
+                                           f"failed to import '{ep.value}': {type(exc).__name__}: {exc}",
+                                           traceback.format_exc()))
+            continue
+        sources.append((ep.name, obj, dist, version))
+    for name, obj in extra_plugins:
+        sources.append((name, obj, getattr(obj, "__name__", name), ""))
+
+    for name, obj, dist, version in sources:
+        try:
+            if pm.is_registered(obj):
+                continue
+            pm.register(obj, name=name)
+        except Exception as exc:  # noqa: BLE001
+            reg.broken.append(BrokenPlugin(name, dist, version,
+                                           f"could not be registered: {type(exc).__name__}: {exc}"))
+            continue
+        unknown = [attr for attr in dir(obj) if attr.startswith("fedreg_")
+                   and callable(getattr(obj, attr)) and attr not in HOOK_KINDS]
+        if unknown:
+            pm.unregister(obj)
+            reg.broken.append(BrokenPlugin(
+                name, dist, version,
+                f"implements unknown hook(s) {', '.join(unknown)}; known hooks: {', '.join(HOOK_KINDS)}"))
+            continue
+        reg.plugins[name] = (dist, version)
+
+    for hook_name, kind in HOOK_KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            plugin_name = impl.plugin_name
+            if any(b.plugin == plugin_name for b in reg.broken):
+                continue
+            dist, version = reg.plugins.get(plugin_name, ("", ""))
+
+            def register(cls, _p=plugin_name, _d=dist, _v=version, _k=kind):
+                reg._add(_p, _d, _v, _k, cls)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # noqa: BLE001
+                reg.broken.append(BrokenPlugin(plugin_name, dist, version,
+                                               f"{hook_name} raised {type(exc).__name__}: {exc}",
+                                               traceback.format_exc()))
+                # drop what it registered before failing
+                for names in reg.components.values():
+                    for n in list(names):
+                        names[n] = [c for c in names[n] if c.plugin != plugin_name]
+                        if not names[n]:
+                            del names[n]
+    return reg
+
+
+_DEFAULT: Registry | None = None
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The process-wide registry of installed plugins (built on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None or refresh:
+        _DEFAULT = build_registry()
+    return _DEFAULT

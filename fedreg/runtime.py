@@ -1,0 +1,422 @@
+"""The federated round loop.
+
+One round: select clients -> broadcast -> local training (objective) + client report (aggregator) ->
+aggregate -> evaluate -> metrics -> log. Each step is a component method or a small function in
+:mod:`fedreg.engine`; the loop only moves data between them and keeps the run's state explicit in
+:class:`RunState`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+import fedreg
+from fedreg import seeding
+from fedreg.components import (
+    GLOBAL_ON_LOCAL,
+    GLOBAL_TEST,
+    LOCAL,
+    MetricResult,
+    Predictions,
+    RoundEvaluation,
+    StateDict,
+    clone_state,
+)
+from fedreg.data import FederatedData, build_federated_data, plot_label_histogram
+from fedreg.engine import ComponentFailure, call, check_state, predict, run_client
+from fedreg.errors import FedregError, PluginError
+from fedreg.spec import ResolvedSpec
+from fedreg.tracking import Tracker, flatten, git_commit
+
+
+@dataclass
+class RunState:
+    """Everything a run needs to continue: explicit, and made of checkpointable values."""
+
+    round: int  # rounds completed
+    global_state: StateDict
+    client_states: dict[int, dict[str, Any]] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # evaluated rounds' scalars
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    variant: str | None
+    final: dict[str, float]
+    history: list[dict[str, float]]
+    wall_time_s: float
+
+
+class DataCache:
+    """Datasets and partitions shared by the variants of one invocation (a partition is a pure function of
+    dataset, partition spec and seed, so equal keys give equal data)."""
+
+    def __init__(self):
+        self._datasets: dict[tuple, Any] = {}
+        self._feds: dict[tuple, FederatedData] = {}
+
+    def get(self, rs: ResolvedSpec) -> FederatedData:
+        s = rs.spec
+        ds_comp = rs.components["dataset"]
+        dkey = (ds_comp.name, ds_comp.params.model_dump_json(), s.data.root, s.data.size)
+        if dkey not in self._datasets:
+            self._datasets[dkey] = ds_comp.instantiate().load(s.data.root, s.data.download, s.data.size)
+        part = rs.components["partition"]
+        fkey = dkey + (part.name, part.params.model_dump_json(), s.data.num_clients,
+                       s.data.local_test_fraction, s.seed)
+        if fkey not in self._feds:
+            self._feds[fkey] = build_federated_data(self._datasets[dkey], part.instantiate(),
+                                                    s.data.num_clients, s.data.local_test_fraction, s.seed)
+        return self._feds[fkey]
+
+
+def _select(selector, r: int, infos, k: int, seed: int) -> list[int]:
+    chosen = call(selector, "select", r, None, r, infos, k, seeding.rng(seed, seeding.SAMPLING, r))
+    try:
+        chosen = [int(c) for c in chosen]
+    except (TypeError, ValueError):
+        raise PluginError(f"selection '{selector.name}'.select must return client ids, got {chosen!r} "
+                          f"(round {r})") from None
+    if len(chosen) != k or len(set(chosen)) != k or any(c < 0 or c >= len(infos) for c in chosen):
+        raise PluginError(f"selection '{selector.name}' broke the rule 'return {k} distinct client ids in "
+                          f"0..{len(infos) - 1}': got {chosen} (round {r})")
+    return chosen
+
+
+class FederatedRun:
+    """One run (one variant) of a spec."""
+
+    def __init__(self, rs: ResolvedSpec, fed: FederatedData, tracker: Tracker, run_id: str,
+                 progress: bool = True, label: str | None = None):
+        self.rs, self.spec, self.fed = rs, rs.spec, fed
+        self.tracker, self.run_id = tracker, run_id
+        self.progress, self.label = progress, label or rs.variant or rs.spec.name
+        comps = rs.components
+        self.model_factory = comps["model"].instantiate()
+        self.objective = comps["objective"].instantiate()
+        self.selector = comps["selection"].instantiate()
+        self.aggregator = comps["aggregation"].instantiate()
+        self.metrics = [m.instantiate() for m in rs.metrics]
+        needs = set().union(*(m.requires for m in self.metrics)) if self.metrics else set()
+        self.need_global_test = GLOBAL_TEST in needs
+        self.need_local = LOCAL in needs
+        self.need_global_on_local = GLOBAL_ON_LOCAL in needs
+        ds = fed.dataset
+        self.infos = fed.infos()
+        self.client_tensors = [fed.client_tensors(c) for c in range(fed.num_clients)]
+        self.local_test_sizes = [len(t[3]) for t in self.client_tensors]
+        self.per_client_rows: list[dict[str, Any]] = []
+
+        parts_x, parts_y = [], []
+        if self.need_global_test:
+            parts_x.append(ds.test_x)
+            parts_y.append(ds.test_y)
+        if self.need_global_on_local:
+            parts_x += [t[2] for t in self.client_tensors]
+            parts_y += [t[3] for t in self.client_tensors]
+        self.eval_x = torch.cat(parts_x) if parts_x else None
+        self.eval_y = torch.cat(parts_y) if parts_y else None
+
+    # -- models ----------------------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        ds = self.fed.dataset
+        m = self.model_factory.build(ds.in_channels, ds.num_classes, ds.image_size)
+        return m.to(memory_format=torch.channels_last)
+
+    def initial_state(self) -> RunState:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seeding.rng(self.spec.seed, seeding.MODEL_INIT).integers(2**62)))
+            model = self.build_model()
+        return RunState(round=0, global_state=clone_state(model.state_dict()))
+
+    def lr_at(self, r: int) -> float:
+        t = self.spec.training
+        return t.optimizer.lr * t.lr_schedule.gamma ** (r // t.lr_schedule.step_rounds)
+
+    def make_optimizer_factory(self, lr: float):
+        o = self.spec.training.optimizer
+
+        def make(params):
+            return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                   nesterov=o.nesterov)
+        return make
+
+    # -- one round ---------------------------------------------------------------------------------------
+    def run_round(self, st: RunState, work_model, eval_model) -> dict[str, float] | None:
+        r = st.round
+        spec = self.spec
+        chosen = _select(self.selector, r, self.infos, spec.federation.clients_per_round, spec.seed)
+        broadcast = call(self.aggregator, "broadcast", r, None, r, st.global_state) or {}
+        lr = self.lr_at(r)
+        make_opt = self.make_optimizer_factory(lr)
+        updates, failures, local_preds, roles = [], [], {}, set()
+        for cid in chosen:
+            state = st.client_states.setdefault(cid, {})
+            out = run_client(
+                round=r, cid=cid, work_model=work_model, global_state=st.global_state,
+                objective=self.objective, aggregator=self.aggregator, tensors=self.client_tensors[cid],
+                num_classes=self.fed.dataset.num_classes, epochs=spec.training.local_epochs,
+                batch_size=spec.training.batch_size, lr=lr, make_optimizer=make_opt,
+                generator=seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r, cid), state=state,
+                broadcast=broadcast, build_model=self.build_model, eval_local=self.need_local,
+                eval_batch_size=spec.evaluation.batch_size)
+            if not state:
+                st.client_states.pop(cid, None)  # keep state only for clients that have it
+            updates.append(out.update)
+            if out.local_eval is not None:
+                local_preds[cid] = out.local_eval
+            roles.add(out.eval_model_role)
+            self.per_client_rows.append({"round": r + 1, "client": cid, "metric": "train_loss",
+                                         "value": out.update.train_loss})
+            for k, v in out.update.report.items():
+                self.per_client_rows.append({"round": r + 1, "client": cid, "metric": f"report.{k}", "value": v})
+        new_state = call(self.aggregator, "aggregate", r, None, r, st.global_state, updates, failures)
+        st.global_state = check_state(new_state, st.global_state, f"aggregation '{self.aggregator.name}'",
+                                      "aggregate")
+        st.round = r + 1
+        scalars = {"train_loss": float(np.mean([u.train_loss for u in updates])), "lr": lr}
+        last = st.round == spec.federation.rounds
+        if st.round % spec.evaluation.every == 0 or last:
+            eval_model.load_state_dict(st.global_state)
+            ev = self.evaluate(st.round, chosen, eval_model, local_preds, roles)
+            for metric in self.metrics:
+                res = call(metric, "update", r, None, ev)
+                if not isinstance(res, MetricResult):
+                    raise PluginError(f"metric '{metric.name}'.update must return a MetricResult, "
+                                      f"got {type(res).__name__}")
+                scalars.update(res.scalars)
+                for cid, vals in res.per_client.items():
+                    for k, v in vals.items():
+                        self.per_client_rows.append({"round": st.round, "client": cid, "metric": k, "value": v})
+        return scalars
+
+    def evaluate(self, round_no: int, chosen, eval_model, local_preds, roles) -> RoundEvaluation:
+        ev = RoundEvaluation(round=round_no, participants=list(chosen), num_classes=self.fed.dataset.num_classes,
+                             local=local_preds, local_model_role="personal" if "personal" in roles else "local")
+        if self.eval_x is None:
+            return ev
+        allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
+        offset = 0
+        if self.need_global_test:
+            n = len(self.fed.dataset.test_y)
+            ev.global_test = Predictions(allp.labels[:n], allp.preds[:n], allp.loss[:n])
+            offset = n
+        if self.need_global_on_local:
+            for cid, n in enumerate(self.local_test_sizes):
+                sl = slice(offset, offset + n)
+                ev.global_on_local[cid] = Predictions(allp.labels[sl], allp.preds[sl], allp.loss[sl])
+                offset += n
+        return ev
+
+    # -- whole run ---------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        spec = self.spec
+        t0 = time.perf_counter()
+        st = self.initial_state()
+        work_model, eval_model = self.build_model(), self.build_model()
+        bar = tqdm(total=spec.federation.rounds, desc=self.label, disable=not self.progress, unit="round",
+                   dynamic_ncols=True, leave=True)
+        try:
+            while st.round < spec.federation.rounds:
+                rt = time.perf_counter()
+                scalars = self.run_round(st, work_model, eval_model)
+                scalars["round_time_s"] = time.perf_counter() - rt
+                st.history.append({"round": st.round, **scalars})
+                self.tracker.log_metrics(self.run_id, scalars, step=st.round)
+                bar.update(1)
+                shown = {k: f"{scalars[k]:.4f}" for k in ("global_acc", "local_acc_mean") if k in scalars}
+                if shown:
+                    bar.set_postfix(shown)
+        finally:
+            bar.close()
+        wall = time.perf_counter() - t0
+        final = summarize(st.history)
+        final["wall_time_s"] = wall
+        self.tracker.log_metrics(self.run_id, final, step=st.round)
+        self.log_outputs(st)
+        return RunResult(self.run_id, self.rs.variant, final, st.history, wall)
+
+    def log_outputs(self, st: RunState) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            if self.per_client_rows:
+                p = d / "per_client.csv"
+                with p.open("w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=["round", "client", "metric", "value"])
+                    w.writeheader()
+                    w.writerows(self.per_client_rows)
+                self.tracker.log_file(self.run_id, p, "metrics")
+            p = d / "history.json"
+            p.write_text(json.dumps(st.history))
+            self.tracker.log_file(self.run_id, p, "metrics")
+            if st.history:
+                p = d / "curves.png"
+                plot_curves({self.label: st.history}, p)
+                self.tracker.log_file(self.run_id, p, "plots")
+            if self.spec.tracking.log_model:
+                p = d / "global_weights.pt"
+                torch.save(st.global_state, p)
+                self.tracker.log_file(self.run_id, p, "model")
+
+
+def summarize(history: list[dict[str, float]], window: int = 10) -> dict[str, float]:
+    """final_<m> (last evaluated round) and last10_<m> (mean over the last ``window`` evaluated rounds)."""
+    out: dict[str, float] = {}
+    keys = sorted({k for h in history for k in h if k not in ("round", "round_time_s", "lr")})
+    for k in keys:
+        vals = [h[k] for h in history if k in h and not (isinstance(h[k], float) and math.isnan(h[k]))]
+        if vals:
+            out[f"final_{k}"] = float(vals[-1])
+            out[f"last{window}_{k}"] = float(np.mean(vals[-window:]))
+    return out
+
+
+def plot_curves(histories: dict[str, list[dict[str, float]]], path, keys=("global_acc", "local_acc_mean",
+                                                                           "local_acc_worst", "global_nfr")):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [k for k in keys if any(k in h for hist in histories.values() for h in hist)]
+    if not present:
+        present = ["train_loss"]
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], present, strict=True):
+        for label, hist in histories.items():
+            pts = [(h["round"], h[key]) for h in hist if key in h]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, label=label, linewidth=1.1)
+        ax.set_title(key)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiments: one invocation of `fedreg run`, one or more variants
+# ---------------------------------------------------------------------------------------------------------
+
+
+def component_tags(rs: ResolvedSpec) -> dict[str, str]:
+    tags = {}
+    for kind, comp in rs.components.items():
+        tags[f"fedreg.{kind}"] = comp.name
+        tags[f"fedreg.{kind}.provider"] = comp.info.provider
+    tags["fedreg.metrics"] = ",".join(m.name for m in rs.metrics)
+    for m in rs.metrics:
+        tags[f"fedreg.metric.{m.name}.provider"] = m.info.provider
+    return tags
+
+
+@dataclass
+class ExperimentResult:
+    parent_run_id: str | None
+    results: list[RunResult]
+    tracking_uri: str
+
+
+def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progress: bool = True,
+                   echo=print) -> ExperimentResult:
+    """Run every resolved variant; with variants, as MLflow child runs under one parent run."""
+    first = specs[0].spec
+    for rs in specs[1:]:
+        if (rs.spec.tracking.uri, rs.spec.tracking.experiment) != (first.tracking.uri, first.tracking.experiment):
+            raise FedregError("all variants must log to the same tracking uri and experiment; move "
+                              "'tracking' out of the variants")
+    torch.set_flush_denormal(True)
+    tracker = Tracker(first.tracking.uri, first.tracking.experiment)
+    commit = git_commit(Path(source).parent if source else ".")
+    base_tags = {"fedreg.version": fedreg.__version__, "fedreg.spec": first.name}
+    if source:
+        base_tags["fedreg.spec_file"] = str(source)
+    if commit:
+        base_tags["mlflow.source.git.commit"] = commit
+    cache = DataCache()
+    parent = None
+    with_variants = any(rs.variant for rs in specs)
+    if with_variants:
+        parent = tracker.start_run(first.tracking.run_name or first.name,
+                                   {**base_tags, "fedreg.role": "parent",
+                                    "fedreg.variants": ",".join(rs.variant or "" for rs in specs)})
+        raw = {k: v for k, v in specs[0].raw.items()}
+        tracker.log_text(parent, yaml.safe_dump(raw, sort_keys=False), "spec.yaml")
+        echo(f"parent run {parent} ({len(specs)} variants) -> {tracker.uri}")
+    results: list[RunResult] = []
+    current = parent
+    try:
+        for rs in specs:
+            fed = cache.get(rs)
+            tags = {**base_tags, **component_tags(rs), "fedreg.role": "child" if parent else "single",
+                    "fedreg.dataset.md5": fed.dataset.checksum, "fedreg.dataset": fed.dataset.name}
+            if rs.variant:
+                tags["fedreg.variant"] = rs.variant
+            name = rs.variant or first.tracking.run_name or rs.spec.name
+            run_id = tracker.start_run(name, tags, parent=parent)
+            current = run_id
+            tracker.log_params(run_id, flatten(rs.resolved_dict()))
+            tracker.log_text(run_id, yaml.safe_dump(rs.resolved_dict(), sort_keys=False), "spec.yaml")
+            log_partition(tracker, run_id, fed)
+            try:
+                result = FederatedRun(rs, fed, tracker, run_id, progress=progress).run()
+            except KeyboardInterrupt:
+                tracker.end_run(run_id, "KILLED")
+                raise
+            except ComponentFailure as exc:
+                tracker.end_run(run_id, "FAILED")
+                raise PluginError(f"{exc}") from exc
+            except BaseException:
+                tracker.end_run(run_id, "FAILED")
+                raise
+            tracker.end_run(run_id, "FINISHED")
+            current = parent
+            results.append(result)
+            echo(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.final.items()
+                                        if k in ("final_global_acc", "last10_global_acc", "wall_time_s")))
+    except KeyboardInterrupt:
+        if parent:
+            tracker.end_run(parent, "KILLED")
+        raise
+    except BaseException:
+        if parent:
+            tracker.end_run(parent, "FAILED")
+        raise
+    if parent:
+        tracker.end_run(parent, "FINISHED")
+    del current
+    return ExperimentResult(parent, results, tracker.uri)
+
+
+def log_partition(tracker: Tracker, run_id: str, fed: FederatedData) -> None:
+    stats = fed.stats()
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "stats.json").write_text(json.dumps(stats, indent=1))
+        with (d / "label_counts.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["client", "split"] + [f"class_{c}" for c in range(stats["num_classes"])])
+            for row in stats["clients"]:
+                w.writerow([row["client"], "train"] + row["train_label_counts"])
+                w.writerow([row["client"], "local_test"] + row["local_test_label_counts"])
+        plot_label_histogram(stats, str(d / "label_histogram.png"))
+        for name in ("stats.json", "label_counts.csv", "label_histogram.png"):
+            tracker.log_file(run_id, d / name, "partition")
+    tracker.log_metrics(run_id, {"partition_train_size_min": stats["train_size_min"],
+                                 "partition_train_size_max": stats["train_size_max"]}, step=0)

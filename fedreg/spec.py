@@ -1,0 +1,441 @@
+"""Typed run specs.
+
+A spec is YAML (read with ``yaml.safe_load`` only). Validation collects every problem before anything
+runs: first the structure (pydantic, unknown keys rejected, types and ranges), then every component
+reference (name registered? parameters valid for that component's own model?), then cross-field checks.
+All problems are raised together as one :class:`fedreg.errors.SpecError`, each with its path.
+
+``variants`` declares named overrides of the base spec (ablations): each variant is the base spec with
+its overrides applied, and is validated as a whole spec.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedreg.errors import SpecError, SpecIssue
+from fedreg.registry import Registry
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentRef(Strict):
+    """A component chosen by name, with its parameters. A plain string is shorthand for ``{name: ...}``."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    provider: str | None = None  # distribution (or plugin) to take it from when several register the name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _none_params(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class DataSpec(Strict):
+    dataset: ComponentRef
+    root: str | None = None  # default: $FEDREG_DATA_DIR, else medmnist's default folder
+    download: bool = False
+    size: Literal[28, 64, 128, 224] = 28
+    num_clients: int = Field(ge=1, le=100_000)
+    partition: ComponentRef = Field(default_factory=lambda: ComponentRef(name="dirichlet"))
+    local_test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
+class OptimizerSpec(Strict):
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    nesterov: bool = False
+
+
+class LRScheduleSpec(Strict):
+    """Step decay applied per round: ``lr_r = lr * gamma ** (r // step_rounds)``."""
+
+    gamma: float = Field(default=1.0, gt=0, le=1)
+    step_rounds: int = Field(default=1, ge=1)
+
+
+class TrainingSpec(Strict):
+    objective: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cross_entropy"))
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
+
+
+class FederationSpec(Strict):
+    rounds: int = Field(ge=1, le=1_000_000)
+    clients_per_round: int = Field(ge=1)
+    selection: ComponentRef = Field(default_factory=lambda: ComponentRef(name="uniform"))
+    aggregation: ComponentRef = Field(default_factory=lambda: ComponentRef(name="fedavg"))
+
+
+class EvaluationSpec(Strict):
+    every: int = Field(default=1, ge=1)  # evaluate every N rounds (and always the last)
+    batch_size: int = Field(default=256, ge=1, le=65536)
+
+
+class TrackingSpec(Strict):
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else MLflow's default local store
+    experiment: str = "fedreg"
+    run_name: str | None = None
+    log_model: bool = True
+
+
+class RunSpec(Strict):
+    name: str = Field(default="run", min_length=1)
+    description: str = ""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    data: DataSpec
+    model: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cnn"))
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    federation: FederationSpec
+    metrics: list[ComponentRef] = Field(default_factory=lambda: [ComponentRef(name="global_accuracy")])
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+#: where component references live in a spec: path -> kind
+COMPONENT_PATHS: dict[tuple[str, ...], str] = {
+    ("data", "dataset"): "dataset",
+    ("data", "partition"): "partition",
+    ("model",): "model",
+    ("training", "objective"): "objective",
+    ("federation", "selection"): "selection",
+    ("federation", "aggregation"): "aggregation",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolved specs
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ResolvedComponent:
+    """A component reference resolved against the registry, with validated parameters."""
+
+    def __init__(self, info, params):
+        self.info = info
+        self.params = params
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def instantiate(self):
+        return self.info.cls(self.params)
+
+
+class ResolvedSpec:
+    """A validated spec (one variant) with its components resolved."""
+
+    def __init__(self, spec: RunSpec, components: dict[str, ResolvedComponent],
+                 metrics: list[ResolvedComponent], variant: str | None, raw: dict[str, Any]):
+        self.spec = spec
+        self.components = components  # key: dataset/partition/model/objective/selection/aggregation
+        self.metrics = metrics
+        self.variant = variant
+        self.raw = raw  # the variant's raw dict (without 'variants')
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The spec with every default filled in and every component's params validated."""
+        d = self.spec.model_dump(mode="json", exclude={"variants"})
+        for path, kind in COMPONENT_PATHS.items():
+            ref = self.components[kind]
+            target = d
+            for p in path[:-1]:
+                target = target[p]
+            target[path[-1]] = {"name": ref.name, "params": ref.params.model_dump(mode="json")}
+        d["metrics"] = [{"name": m.name, "params": m.params.model_dump(mode="json")} for m in self.metrics]
+        if self.variant:
+            d["variant"] = self.variant
+        return d
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading, overrides, variants
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise SpecError([SpecIssue("", f"spec file '{p}' does not exist")])
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([SpecIssue("", f"malformed YAML{where}: {problem}. Fix the YAML syntax")],
+                        source=str(p)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([SpecIssue("", f"a spec must be a mapping of keys to values, got {type(data).__name__}")],
+                        source=str(p))
+    return data
+
+
+def _split_path(path: str) -> list[str]:
+    parts = [p for p in path.split(".")]
+    if not path or any(not p for p in parts):
+        raise ValueError(f"'{path}' is not a dotted path like training.batch_size")
+    return parts
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``a.b.c`` (list items by index: ``metrics.0.name``) in a nested dict, creating mappings."""
+    parts = _split_path(path)
+    target: Any = data
+    for part in parts[:-1]:
+        if isinstance(target, list):
+            target = target[int(part)]
+            continue
+        nxt = target.get(part)
+        if nxt is None or not isinstance(nxt, dict | list):
+            nxt = {}
+            if isinstance(target.get(part), str):  # component shorthand: keep its name
+                nxt = {"name": target[part]}
+            target[part] = nxt
+        target = nxt
+    last = parts[-1]
+    if isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    issues = []
+    for item in items:
+        if "=" not in item:
+            issues.append(SpecIssue(f"--set {item}", "expected path.to.key=value"))
+            continue
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+            _split_path(key.strip())
+        except (yaml.YAMLError, ValueError) as exc:
+            issues.append(SpecIssue(f"--set {item}", str(exc).splitlines()[0]))
+            continue
+        out.append((key.strip(), value))
+    if issues:
+        raise SpecError(issues)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    issues = []
+    for key, value in overrides:
+        try:
+            set_path(data, key, value)
+        except (ValueError, IndexError, TypeError, AttributeError) as exc:
+            issues.append(SpecIssue(key, f"cannot set this path: {exc}"))
+    if issues:
+        raise SpecError(issues)
+    return data
+
+
+def merge_variant(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Apply a variant's overrides. Keys may be dotted paths. Mappings merge recursively, except a mapping
+    that names a component (has ``name``), which replaces the reference whole; anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if "." in key:
+            parts = key.split(".")
+            nested: Any = value
+            for p in reversed(parts[1:]):
+                nested = {p: nested}
+            key, value = parts[0], nested
+        if isinstance(value, dict) and "name" not in value and isinstance(out.get(key), dict):
+            out[key] = merge_variant(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[SpecIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        path = _loc(err["loc"])
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (remove it or check its spelling)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("model_type",):
+            msg = f"{msg} (got {err['input']!r})"
+        issues.append(SpecIssue(path, msg))
+    return issues
+
+
+def _raw_get(data: Any, path: tuple[str, ...]) -> Any:
+    for p in path:
+        if not isinstance(data, dict) or p not in data:
+            return None
+        data = data[p]
+    return data
+
+
+def _resolve_ref(registry: Registry, kind: str, raw: Any, path: str,
+                 issues: list[SpecIssue]) -> ResolvedComponent | None:
+    try:
+        ref = ComponentRef.model_validate(raw)
+    except ValidationError:
+        return None  # already reported by the structural pass
+    try:
+        info = registry.lookup(kind, ref.name, ref.provider)
+    except LookupError as exc:
+        issues.append(SpecIssue(f"{path}.name" if isinstance(raw, dict) else path, str(exc)))
+        return None
+    try:
+        params = info.cls.Params.model_validate(ref.params)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc, f"{path}.params"))
+        return None
+    return ResolvedComponent(info, params)
+
+
+def _defaults_for(path: tuple[str, ...]) -> Any:
+    defaults = {("data", "partition"): "dirichlet", ("model",): "cnn", ("training", "objective"): "cross_entropy",
+                ("federation", "selection"): "uniform", ("federation", "aggregation"): "fedavg"}
+    return defaults.get(path)
+
+
+def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = None,
+                 prefix: str = "") -> tuple[ResolvedSpec | None, list[SpecIssue]]:
+    """Validate one (variant of a) spec; returns the resolved spec or the issues found."""
+    issues: list[SpecIssue] = []
+    spec = None
+    try:
+        spec = RunSpec.model_validate(raw)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc))
+
+    components: dict[str, ResolvedComponent] = {}
+    for path, kind in COMPONENT_PATHS.items():
+        value = _raw_get(raw, path)
+        if value is None:
+            value = _defaults_for(path)
+            if value is None:
+                continue
+        res = _resolve_ref(registry, kind, value, ".".join(path), issues)
+        if res is not None:
+            components[kind] = res
+    metrics: list[ResolvedComponent] = []
+    raw_metrics = raw.get("metrics", ["global_accuracy"]) if isinstance(raw, dict) else []
+    if isinstance(raw_metrics, list):
+        seen: dict[str, int] = {}
+        for i, m in enumerate(raw_metrics):
+            res = _resolve_ref(registry, "metric", m, f"metrics.{i}", issues)
+            if res is not None:
+                if res.name in seen:
+                    issues.append(SpecIssue(f"metrics.{i}", f"metric '{res.name}' is listed twice "
+                                                            f"(also metrics.{seen[res.name]})"))
+                seen[res.name] = i
+                metrics.append(res)
+
+    if spec is not None:
+        fed = spec.federation
+        if fed.clients_per_round > spec.data.num_clients:
+            issues.append(SpecIssue(
+                "federation.clients_per_round",
+                f"{fed.clients_per_round} clients per round but only {spec.data.num_clients} clients "
+                f"(data.num_clients); lower clients_per_round or raise num_clients"))
+    if prefix:
+        issues = [SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message) for i in issues]
+    if issues or spec is None:
+        return None, issues
+    return ResolvedSpec(spec, components, metrics, variant, raw), issues
+
+
+def expand_variants(raw: dict[str, Any]) -> list[tuple[str | None, dict[str, Any], str]]:
+    """(variant name, raw dict, path prefix for errors) for every variant, or the base spec alone."""
+    base = {k: v for k, v in raw.items() if k != "variants"}
+    variants = raw.get("variants") or {}
+    if not isinstance(variants, dict) or not variants:
+        return [(None, base, "")]
+    out = []
+    for name, override in variants.items():
+        if override is None:
+            override = {}
+        if not isinstance(override, dict):
+            out.append((str(name), None, f"variants.{name}"))
+            continue
+        out.append((str(name), merge_variant(base, override), f"variants.{name}"))
+    return out
+
+
+def resolve(raw: dict[str, Any], registry: Registry, only: list[str] | None = None,
+            source: str | None = None) -> list[ResolvedSpec]:
+    """Validate a raw spec and all its variants; raise one SpecError with every problem."""
+    issues: list[SpecIssue] = []
+    resolved: list[ResolvedSpec] = []
+    expanded = expand_variants(raw)
+    names = [n for n, _, _ in expanded if n is not None]
+    if only:
+        unknown = [v for v in only if v not in names]
+        for v in unknown:
+            issues.append(SpecIssue("--variant", f"unknown variant '{v}'; the spec declares: "
+                                                 f"{', '.join(names) or '(no variants)'}"))
+        expanded = [e for e in expanded if e[0] in only]
+    base_keys: set[str] | None = None
+    for name, data, prefix in expanded:
+        if data is None:
+            issues.append(SpecIssue(prefix, "a variant must be a mapping of overrides"))
+            continue
+        res, found = validate_one(data, registry, variant=name)
+        if name is not None and found and base_keys is None:
+            _, base_issues = validate_one({k: v for k, v in raw.items() if k != "variants"}, registry)
+            base_keys = {str(i) for i in base_issues}
+        for i in found:
+            # a problem the variant shares with the base spec is reported once, at its own path
+            if name is None or str(i) in (base_keys or set()):
+                issues.append(i)
+            else:
+                issues.append(SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message))
+        if res is not None:
+            resolved.append(res)
+    if issues:
+        # de-duplicate while keeping order
+        seen, unique = set(), []
+        for i in issues:
+            if str(i) not in seen:
+                seen.add(str(i))
+                unique.append(i)
+        raise SpecError(unique, source=source)
+    return resolved
+
+
+def load_spec(path: str | os.PathLike, registry: Registry, overrides: list[str] | None = None,
+              variants: list[str] | None = None) -> list[ResolvedSpec]:
+    raw = load_yaml(path)
+    if overrides:
+        raw = apply_overrides(raw, parse_overrides(overrides))
+    return resolve(raw, registry, only=variants, source=str(path))

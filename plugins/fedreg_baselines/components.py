@@ -1,0 +1,36 @@
+"""FedAvg (McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+AISTATS 2017) as three components."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from fedreg.aggregate import weighted_average
+from fedreg.components import Aggregator, Objective, Selector
+
+
+class CrossEntropy(Objective):
+    """Plain cross-entropy on the client's labels."""
+
+    name = "cross_entropy"
+
+    def loss(self, model, x, y, ctx):
+        return F.cross_entropy(model(x), y)
+
+
+class FedAvg(Aggregator):
+    """Average of client weights, weighted by client sample counts."""
+
+    name = "fedavg"
+
+    def aggregate(self, round, global_state, updates, failures):
+        return weighted_average([u.state for u in updates], [u.num_samples for u in updates])
+
+
+class UniformSelection(Selector):
+    """k clients uniformly at random without replacement, from the run's sampling stream."""
+
+    name = "uniform"
+
+    def select(self, round, clients, k, rng):
+        return sorted(int(c) for c in rng.choice(len(clients), size=k, replace=False))

@@ -1,0 +1,73 @@
+"""FedKPer components (thin: the math is in :mod:`fedreg_fedkper.math`)."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from fedreg.aggregate import weighted_average
+from fedreg.components import Aggregator, Objective, Params
+from fedreg_fedkper.math import (
+    adaptive_kd_loss,
+    normalized_label_entropy,
+    reliability_score,
+    reliability_weights,
+)
+
+
+class AdaptiveKDParams(Params):
+    tau: float = Field(default=1.0, gt=0, description="distillation temperature")
+    lambda_max: float = Field(default=10.0, ge=0, description="upper bound of the adaptive weight beta")
+
+
+class AdaptiveKD(Objective):
+    """FedKPer's adaptive distillation toward the frozen global model received this round."""
+
+    name = "adaptive_kd"
+    Params = AdaptiveKDParams
+
+    def setup(self, ctx):
+        self._teacher = ctx.global_model()
+
+    def loss(self, model, x, y, ctx):
+        with torch.no_grad():
+            g = self._teacher(x)
+        loss, _ = adaptive_kd_loss(model(x), g, y, self.params.tau, self.params.lambda_max)
+        return loss
+
+    def finish(self, ctx):
+        self._teacher = None
+        return {}
+
+
+class ReliabilityDiversityParams(Params):
+    eps: float = Field(default=1e-6, ge=0, description="keeps single-class clients from weight zero")
+    eval_batch_size: int = Field(default=256, ge=1)
+
+
+class ReliabilityDiversity(Aggregator):
+    """FedKPer's aggregation: weights s_k = max(a_k, 0) * (eps + H_k), a_k the trained model's accuracy on the
+    client's own training data, H_k its normalised label entropy; sample counts if any score is NaN."""
+
+    name = "reliability_diversity"
+    Params = ReliabilityDiversityParams
+
+    def client_report(self, ctx, model):
+        was = model.training
+        model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for s in range(0, ctx.num_samples, self.params.eval_batch_size):
+                x = ctx.train_x[s:s + self.params.eval_batch_size]
+                correct += int((model(x).argmax(1) == ctx.train_y[s:s + self.params.eval_batch_size]).sum())
+        model.train(was)
+        acc = correct / max(ctx.num_samples, 1)
+        counts = torch.bincount(ctx.train_y, minlength=ctx.num_classes).numpy()
+        entropy = normalized_label_entropy(counts, ctx.num_classes)
+        return {"train_acc": acc, "label_entropy": entropy,
+                "score": reliability_score(acc, entropy, self.params.eps)}
+
+    def aggregate(self, round, global_state, updates, failures):
+        weights, _ = reliability_weights([u.report.get("score", float("nan")) for u in updates],
+                                         [u.num_samples for u in updates])
+        return weighted_average([u.state for u in updates], weights)

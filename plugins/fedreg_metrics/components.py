@@ -1,0 +1,124 @@
+"""Metric components (thin wrappers over :mod:`fedreg_metrics.formulas`)."""
+
+from __future__ import annotations
+
+import torch
+
+from fedreg.components import GLOBAL_ON_LOCAL, GLOBAL_TEST, LOCAL, Metric, MetricResult, RoundEvaluation
+from fedreg_metrics.formulas import backward_transfer, balanced_accuracy, flip_rates, mean_and_worst
+
+
+class GlobalAccuracy(Metric):
+    """Global model on the official test split: accuracy, balanced accuracy and loss."""
+
+    name = "global_accuracy"
+    requires = frozenset({GLOBAL_TEST})
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        p = ev.global_test
+        return MetricResult({"global_acc": p.accuracy(),
+                             "global_bacc": balanced_accuracy(p.labels.numpy(), p.preds.numpy()),
+                             "global_loss": float(p.loss.mean())})
+
+
+class LocalAccuracy(Metric):
+    """Each participating client's trained model (its personal model for personalised methods) on its own
+    local test set: mean and worst client, plain and class-balanced."""
+
+    name = "local_accuracy"
+    requires = frozenset({LOCAL})
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        acc = {c: p.accuracy() for c, p in ev.local.items()}
+        bacc = {c: balanced_accuracy(p.labels.numpy(), p.preds.numpy()) for c, p in ev.local.items()}
+        mean, worst, worst_c = mean_and_worst(acc)
+        bmean, bworst, _ = mean_and_worst(bacc)
+        out = MetricResult({"local_acc_mean": mean, "local_acc_worst": worst,
+                            "local_bacc_mean": bmean, "local_bacc_worst": bworst})
+        if worst_c is not None:
+            out.scalars["local_acc_worst_client"] = float(worst_c)
+        out.per_client = {c: {f"local_acc[{ev.local_model_role}]": acc[c],
+                              f"local_bacc[{ev.local_model_role}]": bacc[c]} for c in acc}
+        return out
+
+
+class GlobalOnLocalAccuracy(Metric):
+    """The global model on every client's local test set: mean and worst client."""
+
+    name = "global_on_local"
+    requires = frozenset({GLOBAL_ON_LOCAL})
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        acc = {c: p.accuracy() for c, p in ev.global_on_local.items() if len(p.labels)}
+        mean, worst, _ = mean_and_worst(acc)
+        return MetricResult({"global_on_local_acc_mean": mean, "global_on_local_acc_worst": worst},
+                            {c: {"global_on_local_acc": v} for c, v in acc.items()})
+
+
+class Flips(Metric):
+    """Negative/positive flip rates and consistency since the previous evaluation of the same model role:
+    the global model on the global test set, and each client's local model on its local test set (compared
+    with that client's previous local evaluation)."""
+
+    name = "flips"
+    requires = frozenset({GLOBAL_TEST, LOCAL})
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.prev_global: torch.Tensor | None = None
+        self.prev_local: dict[int, torch.Tensor] = {}
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        out = MetricResult()
+        now = ev.global_test.correct
+        if self.prev_global is not None:
+            r = flip_rates(self.prev_global.numpy(), now.numpy())
+            out.scalars.update({"global_nfr": r["nfr"], "global_pfr": r["pfr"],
+                                "global_consistency": r["consistency"]})
+        self.prev_global = now.clone()
+        local_rates = {}
+        for c, p in ev.local.items():
+            if c in self.prev_local and len(self.prev_local[c]) == len(p.correct):
+                local_rates[c] = flip_rates(self.prev_local[c].numpy(), p.correct.numpy())
+            self.prev_local[c] = p.correct.clone()
+        if local_rates:
+            for key in ("nfr", "pfr", "consistency"):
+                out.scalars[f"local_{key}"] = float(sum(v[key] for v in local_rates.values()) / len(local_rates))
+            out.per_client = {c: {f"local_{k}": v for k, v in r.items()} for c, r in local_rates.items()}
+        return out
+
+    def state_dict(self):
+        return {"prev_global": self.prev_global, "prev_local": dict(self.prev_local)}
+
+    def load_state_dict(self, state):
+        self.prev_global = state.get("prev_global")
+        self.prev_local = dict(state.get("prev_local", {}))
+
+
+class BackwardTransfer(Metric):
+    """BwT: mean over clients sampled in earlier rounds of (global model's accuracy on the client's local test
+    set now) minus (that accuracy right after the round in which the client was last sampled)."""
+
+    name = "bwt"
+    requires = frozenset({GLOBAL_ON_LOCAL})
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.at_last_sample: dict[int, float] = {}
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        now = {c: p.accuracy() for c, p in ev.global_on_local.items() if len(p.labels)}
+        out = MetricResult()
+        if self.at_last_sample:
+            out.scalars["bwt"] = backward_transfer(now, self.at_last_sample)
+            out.per_client = {c: {"bwt": now[c] - a} for c, a in self.at_last_sample.items() if c in now}
+        for c in ev.participants:
+            if c in now:
+                self.at_last_sample[c] = now[c]
+        return out
+
+    def state_dict(self):
+        return {"at_last_sample": {str(k): v for k, v in self.at_last_sample.items()}}
+
+    def load_state_dict(self, state):
+        self.at_last_sample = {int(k): float(v) for k, v in state.get("at_last_sample", {}).items()}

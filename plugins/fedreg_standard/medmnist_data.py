@@ -1,0 +1,124 @@
+"""MedMNIST 2D datasets through the ``medmnist`` package, held once in memory as normalised tensors.
+
+The data root is ``data.root`` from the spec, else ``$FEDREG_DATA_DIR``, else medmnist's default folder
+(``~/.medmnist``). A missing file is downloaded from the official source only when ``data.download`` is
+true; the file's MD5 is always verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import medmnist
+import numpy as np
+import torch
+from medmnist.info import DEFAULT_ROOT, INFO
+from pydantic import Field
+
+from fedreg.components import Dataset, DatasetTensors, Params
+from fedreg.errors import DataError
+
+
+def md5sum(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_root(root: str | None) -> Path:
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("FEDREG_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(DEFAULT_ROOT).expanduser()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1], channels_last in memory."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def load_medmnist(flag: str, root: str | None, download: bool, size: int,
+                  expected_md5: str | None = None) -> DatasetTensors:
+    info = INFO[flag]
+    suffix = "" if size == 28 else f"_{size}"
+    folder = resolve_root(root)
+    path = folder / f"{flag}{suffix}.npz"
+    url = info[f"url{suffix}"]
+    official_md5 = info[f"MD5{suffix}"]
+    md5 = expected_md5 or official_md5
+    if not path.exists():
+        if not download:
+            raise DataError(
+                f"dataset file '{path}' not found. Put {flag}{suffix}.npz (from {url}, MD5 {official_md5}) in "
+                f"'{folder}', point data.root or FEDREG_DATA_DIR at the folder that holds it, or set "
+                f"data.download: true to fetch it")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            cls = getattr(medmnist, info["python_class"])
+            cls(split="test", root=str(folder), size=size, download=True)
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"could not download {flag}{suffix}.npz into '{folder}': {exc}".strip()) from None
+    actual = md5sum(path)
+    if actual != md5:
+        raise DataError(
+            f"'{path}' has MD5 {actual}, expected {md5}: the file is corrupt, truncated or another version. "
+            f"Replace it with the file from {url}")
+    cls = getattr(medmnist, info["python_class"])
+    try:
+        train = cls(split="train", root=str(folder), size=size, download=False)
+        test = cls(split="test", root=str(folder), size=size, download=False)
+        arrays = (train.imgs, train.labels, test.imgs, test.labels)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, RuntimeError) as exc:
+        raise DataError(f"cannot read '{path}' as a MedMNIST file ({type(exc).__name__}: {exc}); "
+                        f"replace it with the file from {url}") from None
+    tr_x, tr_y, te_x, te_y = arrays
+    return DatasetTensors(
+        name=flag,
+        train_x=to_tensor(tr_x),
+        train_y=torch.from_numpy(np.asarray(tr_y).reshape(-1).astype(np.int64)),
+        test_x=to_tensor(te_x),
+        test_y=torch.from_numpy(np.asarray(te_y).reshape(-1).astype(np.int64)),
+        num_classes=len(info["label"]),
+        in_channels=int(info["n_channels"]),
+        image_size=size,
+        class_names=[info["label"][str(i)] for i in range(len(info["label"]))],
+        checksum=actual,
+        source=str(path),
+    )
+
+
+class MedMNISTParams(Params):
+    md5: str | None = Field(default=None, description="expected MD5 of the file (default: the official one)")
+
+
+def _make(flag: str) -> type[Dataset]:
+    info = INFO[flag]
+
+    class _MedMNIST(Dataset):
+        __doc__ = f"MedMNIST {info['python_class']} ({info['task']}, {len(info['label'])} classes)."
+        name = flag
+        Params = MedMNISTParams
+
+        def load(self, root, download, size):
+            return load_medmnist(flag, root, download, size, self.params.md5)
+
+    _MedMNIST.__name__ = _MedMNIST.__qualname__ = info["python_class"] + "Dataset"
+    return _MedMNIST
+
+
+#: every 2D single-label (multi-class or binary) MedMNIST dataset
+MEDMNIST_DATASETS: list[type[Dataset]] = [
+    _make(flag) for flag, info in INFO.items()
+    if not flag.endswith("3d") and info["task"] in ("multi-class", "binary-class")
+]
