@@ -33,11 +33,12 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from fedreg.runtime import run_experiment
-    from fedreg.spec import load_spec
+    from fedreg.spec import load_raw, resolve
 
-    specs = load_spec(args.spec, _registry(), args.set, args.variant)
+    raw = load_raw(args.spec, args.set)
+    specs = resolve(raw, _registry(), only=args.variant, source=args.spec)
     try:
-        res = run_experiment(specs, source=args.spec, progress=not args.no_progress)
+        res = run_experiment(specs, source=args.spec, progress=not args.no_progress, original=raw)
     except KeyboardInterrupt:
         print("\ninterrupted: the MLflow run was marked KILLED; what was logged stays logged", file=sys.stderr)
         return 130

@@ -22,6 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from fedreg.errors import ComponentFailure
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -237,25 +239,37 @@ class Objective(Component):
         return ctx.model
 
     def train(self, ctx: LocalContext) -> TrainOutput:
+        """The local training loop: ``setup``, then per batch ``loss``, backward, ``before_step``, optimizer
+        step, then ``finish``. Override it only when the loop itself differs (e.g. two models, two phases)."""
+        hook = self._hook
         model = ctx.model
         model.train()
-        self.setup(ctx)
+        hook("setup", ctx, ctx)
         opt = ctx.make_optimizer(model.parameters())
         total, steps = 0.0, 0
         for _ in range(ctx.epochs):
             for x, y in ctx.batches():
                 opt.zero_grad(set_to_none=True)
-                loss = self.loss(model, x, y, ctx)
+                loss = hook("loss", ctx, model, x, y, ctx)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise NonFiniteLoss(f"loss is {value} at step {steps}")
+                    raise ComponentFailure(self, "loss", ctx.round, ctx.client_id,
+                                           NonFiniteLoss(f"loss is {value} at step {steps}"))
                 loss.backward()
-                self.before_step(ctx)
+                hook("before_step", ctx, ctx)
                 opt.step()
                 total += value
                 steps += 1
-        payload = self.finish(ctx) or {}
+        payload = hook("finish", ctx, ctx) or {}
         return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
+
+    def _hook(self, method: str, ctx: LocalContext, *args):
+        try:
+            return getattr(self, method)(*args)
+        except (KeyboardInterrupt, ComponentFailure):
+            raise
+        except Exception as exc:  # noqa: BLE001 - named and re-raised
+            raise ComponentFailure(self, method, ctx.round, ctx.client_id, exc) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ plugin returned at the boundary."""
 from __future__ import annotations
 
 import math
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,18 +23,7 @@ from fedreg.components import (
     StateDict,
     clone_state,
 )
-from fedreg.errors import PluginError
-
-
-class ComponentFailure(Exception):
-    """A component method raised; names the plugin, the method, the round and the client."""
-
-    def __init__(self, component: Component, method: str, round: int, client: int | None, exc: BaseException):
-        self.component, self.method, self.round, self.client, self.original = component, method, round, client, exc
-        who = f"{component.kind} '{component.name}'"
-        where = f"round {round}" + (f", client {client}" if client is not None else "")
-        super().__init__(f"{who}.{method} raised {type(exc).__name__}: {exc} ({where})")
-        self.detail = "".join(traceback.format_exception(exc))
+from fedreg.errors import ComponentFailure, PluginError
 
 
 def call(component: Component, method: str, round: int, client: int | None, *args, **kwargs) -> Any:
@@ -105,8 +93,6 @@ def run_client(*, round: int, cid: int, work_model: nn.Module, global_state: Sta
                        generator=generator, state=state, broadcast=broadcast, build_model=build_model)
     try:
         out = objective.train(ctx)
-    except NonFiniteLoss as exc:
-        raise ComponentFailure(objective, "loss", round, cid, exc) from exc
     except (KeyboardInterrupt, ComponentFailure):
         raise
     except Exception as exc:  # noqa: BLE001

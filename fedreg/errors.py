@@ -40,3 +40,17 @@ class PluginError(FedregError):
 
 class DataError(FedregError):
     """A dataset file is missing, corrupt, or cannot be partitioned as asked."""
+
+
+class ComponentFailure(Exception):
+    """A component method raised during a run. Names the component, the method, the round and the client;
+    the original exception is kept as ``original`` (and as ``__cause__``)."""
+
+    def __init__(self, component, method: str, round: int, client: int | None, exc: BaseException):
+        import traceback
+
+        self.component, self.method, self.round, self.client, self.original = component, method, round, client, exc
+        who = f"{component.kind} '{component.name}'"
+        where = f"round {round}" + (f", client {client}" if client is not None else "")
+        super().__init__(f"{who}.{method} raised {type(exc).__name__}: {exc} ({where})")
+        self.detail = "".join(traceback.format_exception(exc))

@@ -35,8 +35,8 @@ from fedreg.components import (
     clone_state,
 )
 from fedreg.data import FederatedData, build_federated_data, plot_label_histogram
-from fedreg.engine import ComponentFailure, call, check_state, predict, run_client
-from fedreg.errors import FedregError, PluginError
+from fedreg.engine import call, check_state, predict, run_client
+from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import Tracker, flatten, git_commit
 
@@ -84,7 +84,8 @@ class DataCache:
 
 
 def _select(selector, r: int, infos, k: int, seed: int) -> list[int]:
-    chosen = call(selector, "select", r, None, r, infos, k, seeding.rng(seed, seeding.SAMPLING, r))
+    # streams are indexed by rounds completed (r - 1), so round 1 draws from stream 0
+    chosen = call(selector, "select", r, None, r, infos, k, seeding.rng(seed, seeding.SAMPLING, r - 1))
     try:
         chosen = [int(c) for c in chosen]
     except (TypeError, ValueError):
@@ -143,8 +144,9 @@ class FederatedRun:
         return RunState(round=0, global_state=clone_state(model.state_dict()))
 
     def lr_at(self, r: int) -> float:
+        """Learning rate of round ``r`` (1-based): lr * gamma ** ((r - 1) // step_rounds)."""
         t = self.spec.training
-        return t.optimizer.lr * t.lr_schedule.gamma ** (r // t.lr_schedule.step_rounds)
+        return t.optimizer.lr * t.lr_schedule.gamma ** ((r - 1) // t.lr_schedule.step_rounds)
 
     def make_optimizer_factory(self, lr: float):
         o = self.spec.training.optimizer
@@ -156,7 +158,7 @@ class FederatedRun:
 
     # -- one round ---------------------------------------------------------------------------------------
     def run_round(self, st: RunState, work_model, eval_model) -> dict[str, float] | None:
-        r = st.round
+        r = st.round + 1  # rounds are numbered from 1, as MLflow steps
         spec = self.spec
         chosen = _select(self.selector, r, self.infos, spec.federation.clients_per_round, spec.seed)
         broadcast = call(self.aggregator, "broadcast", r, None, r, st.global_state) or {}
@@ -170,7 +172,7 @@ class FederatedRun:
                 objective=self.objective, aggregator=self.aggregator, tensors=self.client_tensors[cid],
                 num_classes=self.fed.dataset.num_classes, epochs=spec.training.local_epochs,
                 batch_size=spec.training.batch_size, lr=lr, make_optimizer=make_opt,
-                generator=seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r, cid), state=state,
+                generator=seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r - 1, cid), state=state,
                 broadcast=broadcast, build_model=self.build_model, eval_local=self.need_local,
                 eval_batch_size=spec.evaluation.batch_size)
             if not state:
@@ -179,14 +181,14 @@ class FederatedRun:
             if out.local_eval is not None:
                 local_preds[cid] = out.local_eval
             roles.add(out.eval_model_role)
-            self.per_client_rows.append({"round": r + 1, "client": cid, "metric": "train_loss",
+            self.per_client_rows.append({"round": r, "client": cid, "metric": "train_loss",
                                          "value": out.update.train_loss})
             for k, v in out.update.report.items():
-                self.per_client_rows.append({"round": r + 1, "client": cid, "metric": f"report.{k}", "value": v})
+                self.per_client_rows.append({"round": r, "client": cid, "metric": f"report.{k}", "value": v})
         new_state = call(self.aggregator, "aggregate", r, None, r, st.global_state, updates, failures)
         st.global_state = check_state(new_state, st.global_state, f"aggregation '{self.aggregator.name}'",
                                       "aggregate")
-        st.round = r + 1
+        st.round = r
         scalars = {"train_loss": float(np.mean([u.train_loss for u in updates])), "lr": lr}
         last = st.round == spec.federation.rounds
         if st.round % spec.evaluation.every == 0 or last:
@@ -334,8 +336,9 @@ class ExperimentResult:
 
 
 def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progress: bool = True,
-                   echo=print) -> ExperimentResult:
-    """Run every resolved variant; with variants, as MLflow child runs under one parent run."""
+                   echo=print, original: dict | None = None) -> ExperimentResult:
+    """Run every resolved variant; with variants, as MLflow child runs under one parent run (which keeps
+    ``original``, the spec as written with its variants and overrides applied)."""
     first = specs[0].spec
     for rs in specs[1:]:
         if (rs.spec.tracking.uri, rs.spec.tracking.experiment) != (first.tracking.uri, first.tracking.experiment):
@@ -356,8 +359,8 @@ def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progres
         parent = tracker.start_run(first.tracking.run_name or first.name,
                                    {**base_tags, "fedreg.role": "parent",
                                     "fedreg.variants": ",".join(rs.variant or "" for rs in specs)})
-        raw = {k: v for k, v in specs[0].raw.items()}
-        tracker.log_text(parent, yaml.safe_dump(raw, sort_keys=False), "spec.yaml")
+        if original is not None:
+            tracker.log_text(parent, yaml.safe_dump(original, sort_keys=False), "spec.yaml")
         echo(f"parent run {parent} ({len(specs)} variants) -> {tracker.uri}")
     results: list[RunResult] = []
     current = parent

@@ -433,9 +433,14 @@ def resolve(raw: dict[str, Any], registry: Registry, only: list[str] | None = No
     return resolved
 
 
-def load_spec(path: str | os.PathLike, registry: Registry, overrides: list[str] | None = None,
-              variants: list[str] | None = None) -> list[ResolvedSpec]:
+def load_raw(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The spec file as data, with ``--set`` overrides applied (not yet validated)."""
     raw = load_yaml(path)
     if overrides:
         raw = apply_overrides(raw, parse_overrides(overrides))
-    return resolve(raw, registry, only=variants, source=str(path))
+    return raw
+
+
+def load_spec(path: str | os.PathLike, registry: Registry, overrides: list[str] | None = None,
+              variants: list[str] | None = None) -> list[ResolvedSpec]:
+    return resolve(load_raw(path, overrides), registry, only=variants, source=str(path))

@@ -1,0 +1,46 @@
+"""The command line as users call it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, base_spec, write_spec
+
+
+def fedreg(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "fedreg", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_validate_ok():
+    r = fedreg("validate", str(REPO / "specs" / "fedavg-bloodmnist.yaml"), "--set", "federation.rounds=3")
+    assert r.returncode == 0, r.stderr
+    assert "ok: fedavg-bloodmnist" in r.stdout and "3 rounds" in r.stdout
+
+
+def test_validate_bad_spec_exit_2_all_errors_no_traceback(tmp_path):
+    raw = base_spec()
+    raw["federation"]["aggregation"] = "fedprox_typo"
+    raw["training"]["batch_size"] = 0
+    p = write_spec(tmp_path / "bad.yaml", raw)
+    r = fedreg("validate", str(p))
+    assert r.returncode == 2
+    assert "2 problems in" in r.stderr
+    assert "federation.aggregation: unknown aggregation 'fedprox_typo'" in r.stderr
+    assert "training.batch_size: Input should be greater than or equal to 1" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_plugins_lists_components_with_provider():
+    r = fedreg("plugins")
+    assert r.returncode == 0
+    assert "aggregation:" in r.stdout and "fedavg" in r.stdout and "fedreg 0.1.0" in r.stdout
+    r = fedreg("plugins", "--json")
+    data = json.loads(r.stdout)
+    by = {(c["kind"], c["name"]): c for c in data["components"]}
+    kd = by[("objective", "adaptive_kd")]
+    assert kd["distribution"] == "fedreg" and kd["hooks"] == ["setup", "loss", "finish"]
+    assert kd["params"]["tau"]["default"] == 1.0 and kd["params"]["lambda_max"]["default"] == 10.0
+    assert data["broken"] == []
