@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from fedreg.errors import ComponentFailure
+from fedreg.errors import ComponentFailure, FedregError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -54,8 +54,28 @@ class Component:
 
     @classmethod
     def implemented_hooks(cls) -> list[str]:
+        """The contract methods this class (or a plugin base class of it) defines itself."""
         base = KIND_BASES[cls.kind]
-        return [m for m in cls.contract if getattr(cls, m, None) is not getattr(base, m, None)]
+        found = []
+        for method in cls.contract:
+            for klass in cls.__mro__:
+                if klass is base or klass is Component:
+                    break
+                if method in vars(klass):
+                    found.append(method)
+                    break
+        return found
+
+    @classmethod
+    def check_spec(cls, params: Params, spec: Any) -> list[str]:
+        """Cross-field checks against the whole run spec (a :class:`fedreg.spec.RunSpec`), run when the spec is
+        validated, before any data is loaded: return one message per problem (name the fix), or ``[]``.
+        Example: an aggregator that needs a minimum number of clients per round."""
+        return []
+
+    def start_run(self, run: RunInfo) -> None:
+        """Called once before the first round with facts about the federation (number of clients, their
+        sizes and label counts, clients per round, rounds). Default: nothing."""
 
     # Checkpointable state (server side and metric state). Default: stateless.
     def state_dict(self) -> dict[str, Any]:
@@ -64,6 +84,29 @@ class Component:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"{self.kind} '{self.name}' is stateless but was given state {sorted(state)}")
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    client_id: int
+    num_train: int
+    num_test: int
+    label_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts about the federation, given to every component's ``start_run``."""
+
+    clients: tuple[ClientInfo, ...]
+    num_classes: int
+    clients_per_round: int
+    rounds: int
+    seed: int
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +138,7 @@ class Dataset(Component):
     """A dataset: loads the official train and test splits as tensors."""
 
     kind = "dataset"
-    contract = ("load",)
+    contract = ("check_spec", "load")
 
     def load(self, root: str | None, download: bool, size: int) -> DatasetTensors:
         raise NotImplementedError
@@ -105,7 +148,7 @@ class Partition(Component):
     """Splits training labels into one index array per client."""
 
     kind = "partition"
-    contract = ("split",)
+    contract = ("check_spec", "split")
 
     def split(self, labels: np.ndarray, num_clients: int, num_classes: int,
               rng: np.random.Generator) -> list[np.ndarray]:
@@ -117,7 +160,7 @@ class Model(Component):
     """A model factory."""
 
     kind = "model"
-    contract = ("build",)
+    contract = ("check_spec", "build")
 
     def build(self, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         raise NotImplementedError
@@ -128,19 +171,11 @@ class Model(Component):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClientInfo:
-    client_id: int
-    num_train: int
-    num_test: int
-    label_counts: tuple[int, ...]
-
-
 class Selector(Component):
     """Picks the clients of a round."""
 
     kind = "selection"
-    contract = ("select",)
+    contract = ("check_spec", "start_run", "select")
 
     def select(self, round: int, clients: Sequence[ClientInfo], k: int,
                rng: np.random.Generator) -> list[int]:
@@ -169,12 +204,13 @@ class LocalContext:
     num_classes: int
     epochs: int
     batch_size: int
-    lr: float
+    lr: float  # this round's learning rate
     make_optimizer: Callable[..., torch.optim.Optimizer]
     generator: torch.Generator  # this client's and round's shuffling stream
     state: dict[str, Any]  # this client's persistent state for the run (empty the first time)
     broadcast: dict[str, Any]  # server-to-client extras from Aggregator.broadcast
     build_model: Callable[[], nn.Module]
+    momentum: float = 0.0  # the optimizer's momentum (methods whose math assumes plain SGD may correct for it)
     _global_model: nn.Module | None = None
 
     @property
@@ -218,7 +254,10 @@ class Objective(Component):
     """A local objective: how a client trains the model it received."""
 
     kind = "objective"
-    contract = ("setup", "loss", "before_step", "finish", "train", "eval_model")
+    contract = ("check_spec", "start_run", "setup", "loss", "before_step", "finish", "train", "eval_model")
+    #: which model ``eval_model`` returns, recorded with local metrics: "local" (the trained copy of the
+    #: global model) or "personal" (a model of the client's own, e.g. Ditto, FedPer, APFL, local-only)
+    local_model_role: ClassVar[str] = "local"
 
     def setup(self, ctx: LocalContext) -> None:
         """Runs before the first batch (e.g. build the frozen global model, load client state)."""
@@ -266,7 +305,7 @@ class Objective(Component):
     def _hook(self, method: str, ctx: LocalContext, *args):
         try:
             return getattr(self, method)(*args)
-        except (KeyboardInterrupt, ComponentFailure):
+        except (KeyboardInterrupt, ComponentFailure, FedregError):
             raise
         except Exception as exc:  # noqa: BLE001 - named and re-raised
             raise ComponentFailure(self, method, ctx.round, ctx.client_id, exc) from exc
@@ -300,7 +339,8 @@ class Aggregator(Component):
     """Server-side aggregation, with optional server state and client-side reporting."""
 
     kind = "aggregation"
-    contract = ("broadcast", "client_report", "aggregate", "state_dict", "load_state_dict")
+    contract = ("check_spec", "start_run", "broadcast", "client_report", "aggregate", "state_dict",
+                "load_state_dict")
 
     def broadcast(self, round: int, global_state: StateDict) -> dict[str, Any]:
         """Extras sent to every selected client with the global weights (default: none)."""
@@ -373,7 +413,7 @@ class Metric(Component):
     """A per-round metric. Declares which predictions it needs in ``requires``."""
 
     kind = "metric"
-    contract = ("update", "state_dict", "load_state_dict")
+    contract = ("check_spec", "start_run", "update", "state_dict", "load_state_dict")
     requires: ClassVar[frozenset[str]] = frozenset({GLOBAL_TEST})
 
     def update(self, ev: RoundEvaluation) -> MetricResult:

@@ -23,14 +23,14 @@ from fedreg.components import (
     StateDict,
     clone_state,
 )
-from fedreg.errors import ComponentFailure, PluginError
+from fedreg.errors import ComponentFailure, FedregError, PluginError
 
 
 def call(component: Component, method: str, round: int, client: int | None, *args, **kwargs) -> Any:
     try:
         return getattr(component, method)(*args, **kwargs)
-    except (KeyboardInterrupt, ComponentFailure):
-        raise
+    except (KeyboardInterrupt, ComponentFailure, FedregError):
+        raise  # FedregError is a user-facing problem the component already explained
     except Exception as exc:  # noqa: BLE001
         raise ComponentFailure(component, method, round, client, exc) from exc
 
@@ -77,23 +77,24 @@ def check_state(new: Any, ref: StateDict, who: str, what: str) -> StateDict:
 class ClientOutcome:
     update: ClientUpdate
     local_eval: Predictions | None
-    eval_model_role: str
 
 
 def run_client(*, round: int, cid: int, work_model: nn.Module, global_state: StateDict, objective: Objective,
                aggregator: Aggregator, tensors, num_classes: int, epochs: int, batch_size: int, lr: float,
                make_optimizer: Callable, generator: torch.Generator, state: dict, broadcast: dict,
-               build_model: Callable[[], nn.Module], eval_local: bool, eval_batch_size: int) -> ClientOutcome:
+               build_model: Callable[[], nn.Module], eval_local: bool, eval_batch_size: int,
+               momentum: float = 0.0) -> ClientOutcome:
     """Local training of one client: load the global weights, train with the objective, report."""
     train_x, train_y, test_x, test_y = tensors
     work_model.load_state_dict(global_state)
     ctx = LocalContext(round=round, client_id=cid, model=work_model, global_state=global_state,
                        train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, num_classes=num_classes,
                        epochs=epochs, batch_size=batch_size, lr=lr, make_optimizer=make_optimizer,
-                       generator=generator, state=state, broadcast=broadcast, build_model=build_model)
+                       generator=generator, state=state, broadcast=broadcast, build_model=build_model,
+                       momentum=momentum)
     try:
         out = objective.train(ctx)
-    except (KeyboardInterrupt, ComponentFailure):
+    except (KeyboardInterrupt, ComponentFailure, FedregError):
         raise
     except Exception as exc:  # noqa: BLE001
         raise ComponentFailure(objective, "train", round, cid, exc) from exc
@@ -104,13 +105,11 @@ def run_client(*, round: int, cid: int, work_model: nn.Module, global_state: Sta
         raise PluginError(f"aggregation '{aggregator.name}'.client_report must return a dict of numbers, "
                           f"got {report!r} (round {round}, client {cid})")
     local_eval = None
-    role = "local"
     if eval_local and len(test_y):
         model = call(objective, "eval_model", round, cid, ctx)
-        role = "personal" if model is not work_model else "local"
         local_eval = predict(model, test_x, test_y, eval_batch_size)
     weights = clone_state(work_model.state_dict())
     update = ClientUpdate(client_id=cid, num_samples=int(len(train_y)), state=weights,
                           report={k: float(v) for k, v in report.items()}, payload=out.payload,
                           train_loss=float(out.loss))
-    return ClientOutcome(update, local_eval, role)
+    return ClientOutcome(update, local_eval)

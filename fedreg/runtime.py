@@ -31,6 +31,7 @@ from fedreg.components import (
     MetricResult,
     Predictions,
     RoundEvaluation,
+    RunInfo,
     StateDict,
     clone_state,
 )
@@ -58,6 +59,8 @@ class RunResult:
     final: dict[str, float]
     history: list[dict[str, float]]
     wall_time_s: float
+    global_state: StateDict | None = None
+    client_states: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class DataCache:
@@ -164,7 +167,7 @@ class FederatedRun:
         broadcast = call(self.aggregator, "broadcast", r, None, r, st.global_state) or {}
         lr = self.lr_at(r)
         make_opt = self.make_optimizer_factory(lr)
-        updates, failures, local_preds, roles = [], [], {}, set()
+        updates, failures, local_preds = [], [], {}
         for cid in chosen:
             state = st.client_states.setdefault(cid, {})
             out = run_client(
@@ -174,13 +177,12 @@ class FederatedRun:
                 batch_size=spec.training.batch_size, lr=lr, make_optimizer=make_opt,
                 generator=seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r - 1, cid), state=state,
                 broadcast=broadcast, build_model=self.build_model, eval_local=self.need_local,
-                eval_batch_size=spec.evaluation.batch_size)
+                eval_batch_size=spec.evaluation.batch_size, momentum=spec.training.optimizer.momentum)
             if not state:
                 st.client_states.pop(cid, None)  # keep state only for clients that have it
             updates.append(out.update)
             if out.local_eval is not None:
                 local_preds[cid] = out.local_eval
-            roles.add(out.eval_model_role)
             self.per_client_rows.append({"round": r, "client": cid, "metric": "train_loss",
                                          "value": out.update.train_loss})
             for k, v in out.update.report.items():
@@ -193,7 +195,7 @@ class FederatedRun:
         last = st.round == spec.federation.rounds
         if st.round % spec.evaluation.every == 0 or last:
             eval_model.load_state_dict(st.global_state)
-            ev = self.evaluate(st.round, chosen, eval_model, local_preds, roles)
+            ev = self.evaluate(st.round, chosen, eval_model, local_preds)
             for metric in self.metrics:
                 res = call(metric, "update", r, None, ev)
                 if not isinstance(res, MetricResult):
@@ -205,9 +207,9 @@ class FederatedRun:
                         self.per_client_rows.append({"round": st.round, "client": cid, "metric": k, "value": v})
         return scalars
 
-    def evaluate(self, round_no: int, chosen, eval_model, local_preds, roles) -> RoundEvaluation:
+    def evaluate(self, round_no: int, chosen, eval_model, local_preds) -> RoundEvaluation:
         ev = RoundEvaluation(round=round_no, participants=list(chosen), num_classes=self.fed.dataset.num_classes,
-                             local=local_preds, local_model_role="personal" if "personal" in roles else "local")
+                             local=local_preds, local_model_role=self.objective.local_model_role)
         if self.eval_x is None:
             return ev
         allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
@@ -228,6 +230,10 @@ class FederatedRun:
         spec = self.spec
         t0 = time.perf_counter()
         st = self.initial_state()
+        info = RunInfo(tuple(self.infos), self.fed.dataset.num_classes, spec.federation.clients_per_round,
+                       spec.federation.rounds, spec.seed)
+        for comp in (self.selector, self.objective, self.aggregator, *self.metrics):
+            call(comp, "start_run", 0, None, info)
         work_model, eval_model = self.build_model(), self.build_model()
         bar = tqdm(total=spec.federation.rounds, desc=self.label, disable=not self.progress, unit="round",
                    dynamic_ncols=True, leave=True)
@@ -249,7 +255,7 @@ class FederatedRun:
         final["wall_time_s"] = wall
         self.tracker.log_metrics(self.run_id, final, step=st.round)
         self.log_outputs(st)
-        return RunResult(self.run_id, self.rs.variant, final, st.history, wall)
+        return RunResult(self.run_id, self.rs.variant, final, st.history, wall, st.global_state, st.client_states)
 
     def log_outputs(self, st: RunState) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -323,6 +329,7 @@ def component_tags(rs: ResolvedSpec) -> dict[str, str]:
         tags[f"fedreg.{kind}"] = comp.name
         tags[f"fedreg.{kind}.provider"] = comp.info.provider
     tags["fedreg.metrics"] = ",".join(m.name for m in rs.metrics)
+    tags["fedreg.local_model_role"] = rs.components["objective"].info.cls.local_model_role
     for m in rs.metrics:
         tags[f"fedreg.metric.{m.name}.provider"] = m.info.provider
     return tags

@@ -368,6 +368,13 @@ def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = 
                 "federation.clients_per_round",
                 f"{fed.clients_per_round} clients per round but only {spec.data.num_clients} clients "
                 f"(data.num_clients); lower clients_per_round or raise num_clients"))
+        # each component's own cross-field checks
+        located = [(".".join(path), components.get(kind)) for path, kind in COMPONENT_PATHS.items()]
+        located += [(f"metrics.{i}", m) for i, m in enumerate(metrics)]
+        for path, comp in located:
+            if comp is not None:
+                for msg in comp.info.cls.check_spec(comp.params, spec):
+                    issues.append(SpecIssue(path, msg))
     if prefix:
         issues = [SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message) for i in issues]
     if issues or spec is None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BLOOD_MD5, make_medmnist_npz
-from fedreg_standard.medmnist_data import load_medmnist
 
+from conftest import BLOOD_MD5, make_medmnist_npz
 from fedreg.errors import DataError
+from fedreg_standard.medmnist_data import load_medmnist
 
 
 @pytest.mark.realdata

@@ -6,8 +6,8 @@ import inspect
 import re
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from fedreg import hookspecs
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("fedreg_")]

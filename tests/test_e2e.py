@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, base_spec, make_medmnist_npz, write_spec
 from mlflow.tracking import MlflowClient
 
+from conftest import REPO, base_spec, make_medmnist_npz, write_spec
 from fedreg import hookimpl
 from fedreg.components import Objective
 from fedreg.errors import PluginError

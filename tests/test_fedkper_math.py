@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from fedreg_fedkper.math import (
     adaptive_beta,
     adaptive_kd_loss,
@@ -68,7 +69,8 @@ def test_total_loss_formula():
     exp_beta = min(1 / (ce_g + 1e-8), lam)
     kl = float(F.kl_div(F.log_softmax(z.detach() / tau, 1), F.softmax(g / tau, 1), reduction="batchmean"))
     assert float(beta) == pytest.approx(exp_beta, rel=1e-6)
-    assert float(loss) == pytest.approx(float(F.cross_entropy(z, y)) + exp_beta * tau**2 * kl, rel=1e-6)
+    ce = float(F.cross_entropy(z.detach(), y))
+    assert float(loss.detach()) == pytest.approx(ce + exp_beta * tau**2 * kl, rel=1e-6)
     loss.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
 

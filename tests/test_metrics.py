@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from fedreg_metrics.components import BackwardTransfer, Flips, GlobalOnLocalAccuracy, LocalAccuracy
-from fedreg_metrics.formulas import backward_transfer, balanced_accuracy, flip_rates
 
 from fedreg.components import Predictions, RoundEvaluation
+from fedreg_metrics.components import BackwardTransfer, Flips, GlobalOnLocalAccuracy, LocalAccuracy
+from fedreg_metrics.formulas import backward_transfer, balanced_accuracy, flip_rates
 
 
 def preds(labels, predicted):

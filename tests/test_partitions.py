@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from fedreg import seeding
+from fedreg.components import DatasetTensors
+from fedreg.data import build_federated_data, carve_local_test
+from fedreg.errors import DataError
 from fedreg_fedkper.math import normalized_label_entropy
 from fedreg_standard.partitions import (
     DirichletParams,
@@ -13,11 +18,6 @@ from fedreg_standard.partitions import (
     iid_split,
     shard_split,
 )
-
-from fedreg import seeding
-from fedreg.components import DatasetTensors
-from fedreg.data import build_federated_data, carve_local_test
-from fedreg.errors import DataError
 
 LABELS = np.random.default_rng(0).integers(0, 8, size=4000)
 

@@ -7,13 +7,13 @@ import sys
 import types
 
 import pytest
-from conftest import base_spec
-from fedreg_baselines.components import FedAvg
 
+from conftest import base_spec
 from fedreg import hookimpl
 from fedreg.components import Aggregator, Objective
 from fedreg.registry import build_registry
 from fedreg.spec import resolve
+from fedreg_baselines.components import FedAvg
 
 
 def test_first_party_plugins_come_from_entry_points():

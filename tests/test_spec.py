@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import yaml
-from conftest import REPO, base_spec
 
+from conftest import REPO, base_spec
 from fedreg.errors import SpecError
 from fedreg.spec import apply_overrides, load_spec, merge_variant, parse_overrides, resolve
 
@@ -48,7 +48,7 @@ BAD = [
     (lambda s: s["data"].update(size=32), "data.size", "28, 64, 128 or 224"),
     (lambda s: s["federation"].update(clients_per_round=9), "federation.clients_per_round", "only 4 clients"),
     (lambda s: s["federation"].update(aggregation="fedavgg"), "federation.aggregation",
-     "unknown aggregation 'fedavgg'. Registered aggregation components: fedavg"),
+     "unknown aggregation 'fedavgg'. Registered aggregation components: fedadam, fedavg, fedavgm"),
     (lambda s: s["data"].update(dataset="bloodmnst"), "data.dataset", "Did you mean 'bloodmnist'?"),
     (lambda s: s["data"]["partition"]["params"].update(alpha=0), "data.partition.params.alpha", "greater than 0"),
     (lambda s: s["data"]["partition"]["params"].update(beta=1), "data.partition.params.beta", "unknown key"),
@@ -178,3 +178,11 @@ def test_merge_variant_replaces_named_component_whole():
     out = merge_variant(base, {"training": {"objective": {"name": "cross_entropy"}}})
     assert out["training"] == {"objective": {"name": "cross_entropy"}, "batch_size": 12}
     assert base == copy.deepcopy(base)
+
+
+def test_component_cross_field_check_at_validation(registry):
+    raw = base_spec()
+    raw["federation"]["aggregation"] = {"name": "krum", "params": {"f": 1}}
+    found = problems(raw, registry)
+    assert "needs at least 2f+3 = 5 clients per round" in found["federation.aggregation"]
+    assert "raise federation.clients_per_round to 5" in found["federation.aggregation"]

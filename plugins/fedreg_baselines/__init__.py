@@ -1,19 +1,47 @@
-"""First-party baseline components. FedAvg is ``cross_entropy`` + ``fedavg`` + ``uniform``."""
+"""First-party baseline methods as components, each citing its paper.
+
+- FedAvg = ``cross_entropy`` + ``fedavg`` + ``uniform``.
+- Global FL: ``fedprox``; ``scaffold`` and ``feddyn`` (each an objective plus an aggregation of the same
+  name); ``moon``; ``fedntd``; server optimizers ``fedavgm`` and ``fedadam``.
+- Personalised FL (objectives; local metrics use the personal model): ``ditto``, ``fedper``, ``fedrep``,
+  ``fedbabu``, ``apfl``, ``local_only``.
+- Robust aggregation: ``median``, ``trimmed_mean``, ``krum`` (Multi-Krum with m > 1).
+"""
 
 from fedreg import hookimpl
 from fedreg_baselines.components import CrossEntropy, FedAvg, UniformSelection
+from fedreg_baselines.global_fl import (
+    FedDyn,
+    FedDynAggregator,
+    FedNTD,
+    FedProx,
+    Moon,
+    Scaffold,
+    ScaffoldAggregator,
+)
+from fedreg_baselines.personalized import PERSONALIZED_OBJECTIVES
+from fedreg_baselines.robust import CoordinateMedian, Krum, TrimmedMean
+from fedreg_baselines.server_opt import FedAdam, FedAvgM
+
+OBJECTIVES = [CrossEntropy, FedProx, Scaffold, FedDyn, Moon, FedNTD, *PERSONALIZED_OBJECTIVES]
+AGGREGATORS = [FedAvg, ScaffoldAggregator, FedDynAggregator, FedAvgM, FedAdam, CoordinateMedian, TrimmedMean,
+               Krum]
+SELECTORS = [UniformSelection]
 
 
 @hookimpl
 def fedreg_register_objectives(register):
-    register(CrossEntropy)
+    for cls in OBJECTIVES:
+        register(cls)
 
 
 @hookimpl
 def fedreg_register_aggregators(register):
-    register(FedAvg)
+    for cls in AGGREGATORS:
+        register(cls)
 
 
 @hookimpl
 def fedreg_register_selectors(register):
-    register(UniformSelection)
+    for cls in SELECTORS:
+        register(cls)
