@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import traceback
+from pathlib import Path
 
 from fedreg import __version__
 from fedreg.errors import FedregError
@@ -31,16 +32,14 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def _run(specs, raw, source, progress, resume=None) -> int:
     from fedreg.runtime import run_experiment
-    from fedreg.spec import load_raw, resolve
 
-    raw = load_raw(args.spec, args.set)
-    specs = resolve(raw, _registry(), only=args.variant, source=args.spec)
     try:
-        res = run_experiment(specs, source=args.spec, progress=not args.no_progress, original=raw)
+        res = run_experiment(specs, source=source, progress=progress, original=raw, resume=resume)
     except KeyboardInterrupt:
-        print("\ninterrupted: the MLflow run was marked KILLED; what was logged stays logged", file=sys.stderr)
+        print("\ninterrupted: the MLflow run was marked KILLED; what was logged stays logged. Continue it with "
+              "'fedreg run SPEC --resume'", file=sys.stderr)
         return 130
     if res.parent_run_id:
         print(f"parent run: {res.parent_run_id} (compare with: fedreg compare {res.parent_run_id})")
@@ -48,6 +47,43 @@ def cmd_run(args) -> int:
         print(f"run: {res.results[0].run_id}")
     print(f"tracking store: {res.tracking_uri} (open it with: fedreg ui)")
     return 0
+
+
+def cmd_run(args) -> int:
+    from fedreg import checkpoint
+    from fedreg.errors import FedregError
+    from fedreg.spec import load_raw, resolve
+
+    raw = load_raw(args.spec, args.set)
+    specs = resolve(raw, _registry(), only=args.variant, source=args.spec)
+    resume = None
+    if args.resume:
+        first = specs[0].spec
+        resume = checkpoint.find_unfinished(Path(first.checkpoint.dir), first.name)
+        if resume is None:
+            raise FedregError(f"nothing to resume: no unfinished run of spec '{first.name}' under "
+                              f"'{Path(first.checkpoint.dir) / first.name}'; run without --resume")
+    return _run(specs, raw, args.spec, not args.no_progress, resume)
+
+
+def cmd_resume(args) -> int:
+    from fedreg import checkpoint
+    from fedreg.errors import FedregError
+    from fedreg.spec import resolve
+
+    exp = checkpoint.find_by_run_id(Path(args.checkpoint_dir), args.run_id)
+    if exp is None:
+        raise FedregError(f"no checkpoint of run '{args.run_id}' under '{args.checkpoint_dir}'; pass "
+                          f"--checkpoint-dir if the spec set checkpoint.dir")
+    meta = exp.read()
+    raw = meta["original"]
+    if raw is None:
+        raise FedregError(f"'{exp.meta_path}' does not hold the spec; resume with 'fedreg run SPEC --resume'")
+    names = [k for k in meta["runs"] if k != "run"]
+    specs = resolve(raw, _registry(), only=None, source=meta.get("spec_file"))
+    if names:
+        specs = [rs for rs in specs if rs.variant in names or rs.variant is None] or specs
+    return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp)
 
 
 def cmd_plugins(args) -> int:
@@ -92,6 +128,14 @@ def cmd_compare(args) -> int:
     return compare(args.run_id, tracking=args.tracking_uri, log=not args.no_log)
 
 
+def cmd_replay(args) -> int:
+    from fedreg.tracking import replay
+
+    n = replay(args.folder, args.tracking_uri)
+    print(f"replayed {n} tracking calls from {args.folder}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from fedreg.tracking import tracking_uri
 
@@ -121,7 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="run a spec (all its variants) and log to MLflow")
     spec_args(sp)
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the latest unfinished run of this spec from its checkpoints")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("resume", help="continue a run (or parent run) from its checkpoints")
+    sp.add_argument("run_id")
+    sp.add_argument("--checkpoint-dir", default=".fedreg/checkpoints")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_resume)
 
     sp = sub.add_parser("validate", help="check a spec without running it")
     spec_args(sp)
@@ -136,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tracking-uri", default=None)
     sp.add_argument("--no-log", action="store_true", help="do not log the table and plots to the parent run")
     sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("replay", help="send tracking calls a run could not deliver (its spool folder)")
+    sp.add_argument("folder")
+    sp.add_argument("--tracking-uri", default=None, help="default: the store the run was logging to")
+    sp.set_defaults(func=cmd_replay)
 
     sp = sub.add_parser("ui", help="start the MLflow UI on fedreg's tracking store")
     sp.add_argument("--tracking-uri", default=None)

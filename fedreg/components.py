@@ -43,6 +43,8 @@ class Component:
     api_version: ClassVar[int] = 1
     #: Methods of the kind's contract; ``fedreg plugins`` lists those a component overrides.
     contract: ClassVar[tuple[str, ...]] = ()
+    #: Set by the registry on instances: "plugin 'p', distribution version" (for error messages).
+    origin: str = ""
 
     def __init__(self, params: Params | None = None):
         self.params = params if params is not None else self.Params()

@@ -23,7 +23,7 @@ from fedreg.components import (
     StateDict,
     clone_state,
 )
-from fedreg.errors import ComponentFailure, FedregError, PluginError
+from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
 
 
 def call(component: Component, method: str, round: int, client: int | None, *args, **kwargs) -> Any:
@@ -73,6 +73,14 @@ def check_state(new: Any, ref: StateDict, who: str, what: str) -> StateDict:
     return new
 
 
+def non_finite_key(state: StateDict) -> str | None:
+    """The first floating tensor holding NaN or Inf, or None."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+    return None
+
+
 @dataclass
 class ClientOutcome:
     update: ClientUpdate
@@ -102,7 +110,7 @@ def run_client(*, round: int, cid: int, work_model: nn.Module, global_state: Sta
         raise ComponentFailure(objective, "train", round, cid, NonFiniteLoss(f"mean loss is {out.loss}"))
     report = call(aggregator, "client_report", round, cid, ctx, work_model) or {}
     if not isinstance(report, dict) or not all(isinstance(v, int | float) for v in report.values()):
-        raise PluginError(f"aggregation '{aggregator.name}'.client_report must return a dict of numbers, "
+        raise PluginError(f"{describe(aggregator)}: client_report must return a dict of numbers, "
                           f"got {report!r} (round {round}, client {cid})")
     local_eval = None
     if eval_local and len(test_y):

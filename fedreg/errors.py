@@ -42,6 +42,12 @@ class DataError(FedregError):
     """A dataset file is missing, corrupt, or cannot be partitioned as asked."""
 
 
+def describe(component) -> str:
+    """``aggregation 'krum' (plugin 'baselines', fedreg 0.1.0)``: a component with where it came from."""
+    origin = getattr(component, "origin", "")
+    return f"{component.kind} '{component.name}'" + (f" ({origin})" if origin else "")
+
+
 class ComponentFailure(Exception):
     """A component method raised during a run. Names the component, the method, the round and the client;
     the original exception is kept as ``original`` (and as ``__cause__``)."""
@@ -50,7 +56,7 @@ class ComponentFailure(Exception):
         import traceback
 
         self.component, self.method, self.round, self.client, self.original = component, method, round, client, exc
-        who = f"{component.kind} '{component.name}'"
+        who = describe(component)
         where = f"round {round}" + (f", client {client}" if client is not None else "")
-        super().__init__(f"{who}.{method} raised {type(exc).__name__}: {exc} ({where})")
+        super().__init__(f"{who}: {method} raised {type(exc).__name__}: {exc} ({where})")
         self.detail = "".join(traceback.format_exception(exc))

@@ -93,15 +93,17 @@ class Registry:
                 f"{kind} '{name}' is registered by more than one distribution: {who}. Choose one with "
                 f"'provider: <distribution>' next to 'name: {name}'.")
         for b in self.broken:
-            if name == b.plugin or name in b.error:
-                raise LookupError(f"{kind} '{name}' is unavailable: plugin '{b.plugin}' is broken: {b.error}")
+            if name == b.plugin or name in b.error or name in b.distribution:
+                raise LookupError(f"{kind} '{name}' is unavailable: plugin '{b.plugin}' "
+                                  f"({b.distribution} {b.version}) is broken: {b.error}")
         names = self.names(kind)
         msg = f"unknown {kind} '{name}'. Registered {kind} components: {', '.join(names) or '(none)'}."
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         if close:
             msg += f" Did you mean '{close[0]}'?"
         if self.broken:
-            msg += " Broken plugins (see 'fedreg plugins'): " + ", ".join(b.plugin for b in self.broken) + "."
+            msg += " It may come from a broken plugin (see 'fedreg plugins'): " + "; ".join(
+                f"'{b.plugin}' ({b.distribution} {b.version}): {b.error}" for b in self.broken)
         raise LookupError(msg)
 
     # -- building ------------------------------------------------------------------------------------------

@@ -23,12 +23,14 @@ import yaml
 from tqdm.auto import tqdm
 
 import fedreg
-from fedreg import seeding
+from fedreg import checkpoint, seeding
 from fedreg.components import (
     GLOBAL_ON_LOCAL,
     GLOBAL_TEST,
     LOCAL,
+    ClientFailure,
     MetricResult,
+    NonFiniteLoss,
     Predictions,
     RoundEvaluation,
     RunInfo,
@@ -36,8 +38,8 @@ from fedreg.components import (
     clone_state,
 )
 from fedreg.data import FederatedData, build_federated_data, plot_label_histogram
-from fedreg.engine import call, check_state, predict, run_client
-from fedreg.errors import ComponentFailure, FedregError, PluginError
+from fedreg.engine import call, check_state, non_finite_key, predict, run_client
+from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import Tracker, flatten, git_commit
 
@@ -92,10 +94,10 @@ def _select(selector, r: int, infos, k: int, seed: int) -> list[int]:
     try:
         chosen = [int(c) for c in chosen]
     except (TypeError, ValueError):
-        raise PluginError(f"selection '{selector.name}'.select must return client ids, got {chosen!r} "
+        raise PluginError(f"{describe(selector)}: select must return client ids, got {chosen!r} "
                           f"(round {r})") from None
     if len(chosen) != k or len(set(chosen)) != k or any(c < 0 or c >= len(infos) for c in chosen):
-        raise PluginError(f"selection '{selector.name}' broke the rule 'return {k} distinct client ids in "
+        raise PluginError(f"{describe(selector)} broke the rule 'return {k} distinct client ids in "
                           f"0..{len(infos) - 1}': got {chosen} (round {r})")
     return chosen
 
@@ -104,8 +106,10 @@ class FederatedRun:
     """One run (one variant) of a spec."""
 
     def __init__(self, rs: ResolvedSpec, fed: FederatedData, tracker: Tracker, run_id: str,
-                 progress: bool = True, label: str | None = None):
+                 progress: bool = True, label: str | None = None, checkpoint_file: Path | None = None,
+                 resume: dict[str, Any] | None = None):
         self.rs, self.spec, self.fed = rs, rs.spec, fed
+        self.checkpoint_file, self.resume = checkpoint_file, resume
         self.tracker, self.run_id = tracker, run_id
         self.progress, self.label = progress, label or rs.variant or rs.spec.name
         comps = rs.components
@@ -123,6 +127,7 @@ class FederatedRun:
         self.client_tensors = [fed.client_tensors(c) for c in range(fed.num_clients)]
         self.local_test_sizes = [len(t[3]) for t in self.client_tensors]
         self.per_client_rows: list[dict[str, Any]] = []
+        self.failure_rows: list[dict[str, Any]] = []
 
         parts_x, parts_y = [], []
         if self.need_global_test:
@@ -169,16 +174,27 @@ class FederatedRun:
         make_opt = self.make_optimizer_factory(lr)
         updates, failures, local_preds = [], [], {}
         for cid in chosen:
-            state = st.client_states.setdefault(cid, {})
-            out = run_client(
-                round=r, cid=cid, work_model=work_model, global_state=st.global_state,
-                objective=self.objective, aggregator=self.aggregator, tensors=self.client_tensors[cid],
-                num_classes=self.fed.dataset.num_classes, epochs=spec.training.local_epochs,
-                batch_size=spec.training.batch_size, lr=lr, make_optimizer=make_opt,
-                generator=seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r - 1, cid), state=state,
-                broadcast=broadcast, build_model=self.build_model, eval_local=self.need_local,
-                eval_batch_size=spec.evaluation.batch_size, momentum=spec.training.optimizer.momentum)
-            if not state:
+            # the client's state is committed only if its round succeeds
+            state = dict(st.client_states.get(cid, {}))
+            try:
+                out = run_client(
+                    round=r, cid=cid, work_model=work_model, global_state=st.global_state,
+                    objective=self.objective, aggregator=self.aggregator, tensors=self.client_tensors[cid],
+                    num_classes=self.fed.dataset.num_classes, epochs=spec.training.local_epochs,
+                    batch_size=spec.training.batch_size, lr=lr, make_optimizer=make_opt,
+                    generator=seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r - 1, cid),
+                    state=state, broadcast=broadcast, build_model=self.build_model, eval_local=self.need_local,
+                    eval_batch_size=spec.evaluation.batch_size, momentum=spec.training.optimizer.momentum)
+                bad = non_finite_key(out.update.state)
+                if bad is not None:
+                    raise ComponentFailure(self.objective, "train", r, cid,
+                                           NonFiniteLoss(f"the trained weights hold NaN or Inf in '{bad}'"))
+            except ComponentFailure as exc:
+                failures.append(self.handle_failure(exc, r, cid))
+                continue
+            if state:
+                st.client_states[cid] = state
+            else:
                 st.client_states.pop(cid, None)  # keep state only for clients that have it
             updates.append(out.update)
             if out.local_eval is not None:
@@ -187,11 +203,16 @@ class FederatedRun:
                                          "value": out.update.train_loss})
             for k, v in out.update.report.items():
                 self.per_client_rows.append({"round": r, "client": cid, "metric": f"report.{k}", "value": v})
+        if len(updates) < spec.faults.min_clients:
+            detail = "; ".join(f"client {f.client_id}: {f.error}" for f in failures)
+            raise FedregError(f"round {r}: {len(updates)} of {len(chosen)} clients succeeded, fewer than "
+                              f"faults.min_clients={spec.faults.min_clients}. Failures: {detail}")
         new_state = call(self.aggregator, "aggregate", r, None, r, st.global_state, updates, failures)
-        st.global_state = check_state(new_state, st.global_state, f"aggregation '{self.aggregator.name}'",
+        st.global_state = check_state(new_state, st.global_state, describe(self.aggregator),
                                       "aggregate")
         st.round = r
-        scalars = {"train_loss": float(np.mean([u.train_loss for u in updates])), "lr": lr}
+        scalars = {"train_loss": float(np.mean([u.train_loss for u in updates])), "lr": lr,
+                   "clients_ok": float(len(updates)), "clients_failed": float(len(failures))}
         last = st.round == spec.federation.rounds
         if st.round % spec.evaluation.every == 0 or last:
             eval_model.load_state_dict(st.global_state)
@@ -199,13 +220,27 @@ class FederatedRun:
             for metric in self.metrics:
                 res = call(metric, "update", r, None, ev)
                 if not isinstance(res, MetricResult):
-                    raise PluginError(f"metric '{metric.name}'.update must return a MetricResult, "
+                    raise PluginError(f"{describe(metric)}: update must return a MetricResult, "
                                       f"got {type(res).__name__}")
                 scalars.update(res.scalars)
                 for cid, vals in res.per_client.items():
                     for k, v in vals.items():
                         self.per_client_rows.append({"round": st.round, "client": cid, "metric": k, "value": v})
         return scalars
+
+    def handle_failure(self, exc: ComponentFailure, r: int, cid: int) -> ClientFailure:
+        """Apply the spec's fault policy to a failed client: re-raise to stop, or record and skip it."""
+        diverged = isinstance(exc.original, NonFiniteLoss)
+        policy = self.spec.faults.divergence if diverged else self.spec.faults.client_failure
+        if policy == "stop":
+            if diverged:
+                raise FedregError(f"client {cid} diverged in round {r}: {exc}. The update was not aggregated; "
+                                  f"lower the learning rate, or set faults.divergence: reject to drop such "
+                                  f"updates and continue") from exc
+            raise exc
+        failure = ClientFailure(cid, "divergence" if diverged else exc.method, str(exc))
+        self.failure_rows.append({"round": r, "client": cid, "stage": failure.stage, "error": failure.error})
+        return failure
 
     def evaluate(self, round_no: int, chosen, eval_model, local_preds) -> RoundEvaluation:
         ev = RoundEvaluation(round=round_no, participants=list(chosen), num_classes=self.fed.dataset.num_classes,
@@ -226,17 +261,48 @@ class FederatedRun:
         return ev
 
     # -- whole run ---------------------------------------------------------------------------------------
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def components(self) -> dict[str, Any]:
+        return {"selection": self.selector, "objective": self.objective, "aggregation": self.aggregator,
+                **{f"metric.{m.name}": m for m in self.metrics}}
+
+    def save_checkpoint(self, st: RunState, elapsed: float) -> None:
+        checkpoint.save(self.checkpoint_file, {
+            "fingerprint": checkpoint.fingerprint(self.rs.resolved_dict()),
+            "identity": checkpoint.identity(self.rs.resolved_dict()),
+            "run_id": self.run_id, "variant": self.rs.variant,
+            "round": st.round, "finished": st.round >= self.spec.federation.rounds,
+            "global_state": st.global_state, "client_states": st.client_states, "history": st.history,
+            "components": {k: c.state_dict() for k, c in self.components().items()},
+            "per_client_rows": self.per_client_rows, "failure_rows": self.failure_rows,
+            "rng": checkpoint.rng_states(), "elapsed_s": elapsed,
+        })
+
+    def restore(self, ck: dict[str, Any]) -> RunState:
+        for key, comp in self.components().items():
+            call(comp, "load_state_dict", ck["round"], None, ck["components"].get(key, {}))
+        self.per_client_rows = list(ck["per_client_rows"])
+        self.failure_rows = list(ck["failure_rows"])
+        checkpoint.restore_rng_states(ck["rng"])
+        return RunState(round=ck["round"], global_state=ck["global_state"], client_states=ck["client_states"],
+                        history=list(ck["history"]))
+
     def run(self) -> RunResult:
         spec = self.spec
         t0 = time.perf_counter()
-        st = self.initial_state()
         info = RunInfo(tuple(self.infos), self.fed.dataset.num_classes, spec.federation.clients_per_round,
                        spec.federation.rounds, spec.seed)
         for comp in (self.selector, self.objective, self.aggregator, *self.metrics):
             call(comp, "start_run", 0, None, info)
+        if self.resume is not None:
+            st = self.restore(self.resume)
+            t0 -= float(self.resume["elapsed_s"])
+        else:
+            st = self.initial_state()
+        every = spec.checkpoint.every if self.checkpoint_file is not None else 0
         work_model, eval_model = self.build_model(), self.build_model()
-        bar = tqdm(total=spec.federation.rounds, desc=self.label, disable=not self.progress, unit="round",
-                   dynamic_ncols=True, leave=True)
+        bar = tqdm(total=spec.federation.rounds, initial=st.round, desc=self.label, disable=not self.progress,
+                   unit="round", dynamic_ncols=True, leave=True)
         try:
             while st.round < spec.federation.rounds:
                 rt = time.perf_counter()
@@ -244,6 +310,8 @@ class FederatedRun:
                 scalars["round_time_s"] = time.perf_counter() - rt
                 st.history.append({"round": st.round, **scalars})
                 self.tracker.log_metrics(self.run_id, scalars, step=st.round)
+                if every and (st.round % every == 0 or st.round == spec.federation.rounds):
+                    self.save_checkpoint(st, time.perf_counter() - t0)
                 bar.update(1)
                 shown = {k: f"{scalars[k]:.4f}" for k in ("global_acc", "local_acc_mean") if k in scalars}
                 if shown:
@@ -266,6 +334,13 @@ class FederatedRun:
                     w = csv.DictWriter(f, fieldnames=["round", "client", "metric", "value"])
                     w.writeheader()
                     w.writerows(self.per_client_rows)
+                self.tracker.log_file(self.run_id, p, "metrics")
+            if self.failure_rows:
+                p = d / "failures.csv"
+                with p.open("w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=["round", "client", "stage", "error"])
+                    w.writeheader()
+                    w.writerows(self.failure_rows)
                 self.tracker.log_file(self.run_id, p, "metrics")
             p = d / "history.json"
             p.write_text(json.dumps(st.history))
@@ -343,49 +418,109 @@ class ExperimentResult:
 
 
 def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progress: bool = True,
-                   echo=print, original: dict | None = None) -> ExperimentResult:
+                   echo=print, original: dict | None = None,
+                   resume: checkpoint.ExperimentDir | None = None) -> ExperimentResult:
     """Run every resolved variant; with variants, as MLflow child runs under one parent run (which keeps
-    ``original``, the spec as written with its variants and overrides applied)."""
+    ``original``, the spec as written with its variants and overrides applied). With ``resume``, continue
+    the runs recorded there from their checkpoints, in the same MLflow runs."""
     first = specs[0].spec
     for rs in specs[1:]:
-        if (rs.spec.tracking.uri, rs.spec.tracking.experiment) != (first.tracking.uri, first.tracking.experiment):
-            raise FedregError("all variants must log to the same tracking uri and experiment; move "
-                              "'tracking' out of the variants")
+        if (rs.spec.tracking.uri, rs.spec.tracking.experiment, rs.spec.checkpoint) != (
+                first.tracking.uri, first.tracking.experiment, first.checkpoint):
+            raise FedregError("all variants must share 'tracking' and 'checkpoint'; move them out of the variants")
     torch.set_flush_denormal(True)
-    tracker = Tracker(first.tracking.uri, first.tracking.experiment)
+    meta = resume.read() if resume else None
+    checkpoints = {}
+    if meta is not None:
+        for rs in specs:
+            f = resume.run_file(rs.variant)
+            if f.exists():
+                ck = checkpoint.load(f)
+                if ck["fingerprint"] != checkpoint.fingerprint(rs.resolved_dict()):
+                    raise FedregError(
+                        f"the checkpoint '{f}' belongs to another spec: "
+                        f"{checkpoint.differences(ck['identity'], checkpoint.identity(rs.resolved_dict()))}. "
+                        f"Run without --resume to start afresh, or restore the spec it was made with")
+                checkpoints[rs.variant] = ck
+    # everything that can fail on input happens before anything is written: data, partitions, folders, store
+    cache = DataCache()
+    feds = [cache.get(rs) for rs in specs]
+    ck_root = Path(first.checkpoint.dir) / first.name
+    if first.checkpoint.every:
+        checkpoint.ensure_writable(ck_root)
+    tracker = Tracker(meta["tracking_uri"] if meta else first.tracking.uri, first.tracking.experiment,
+                      spool_dir=Path(first.checkpoint.dir).parent / "spool")
+    try:
+        return _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck_root, checkpoints,
+                             progress)
+    finally:
+        spool = tracker.close()
+        if spool is not None:
+            echo(f"warning: {tracker.pending} tracking calls could not be delivered to {tracker.uri}; they are kept "
+                 f"in '{spool}'. Send them when the server is back with: fedreg replay {spool}")
+        elif tracker.outages:
+            echo(f"the tracking server was unreachable {tracker.outages} time(s); everything was delivered later")
+
+
+def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck_root, checkpoints,
+                  progress) -> ExperimentResult:
+    first = specs[0].spec
     commit = git_commit(Path(source).parent if source else ".")
     base_tags = {"fedreg.version": fedreg.__version__, "fedreg.spec": first.name}
     if source:
         base_tags["fedreg.spec_file"] = str(source)
     if commit:
         base_tags["mlflow.source.git.commit"] = commit
-    cache = DataCache()
-    parent = None
     with_variants = any(rs.variant for rs in specs)
-    if with_variants:
+    parent = meta["parent_run_id"] if meta else None
+    if parent:
+        tracker.set_status(parent, "RUNNING")
+    elif with_variants:
         parent = tracker.start_run(first.tracking.run_name or first.name,
                                    {**base_tags, "fedreg.role": "parent",
                                     "fedreg.variants": ",".join(rs.variant or "" for rs in specs)})
         if original is not None:
             tracker.log_text(parent, yaml.safe_dump(original, sort_keys=False), "spec.yaml")
         echo(f"parent run {parent} ({len(specs)} variants) -> {tracker.uri}")
+    exp = resume
+    if meta is None:
+        meta = {"spec_file": str(source) if source else None, "original": original, "parent_run_id": parent,
+                "runs": {}, "tracking_uri": tracker.uri, "status": "RUNNING"}
     results: list[RunResult] = []
-    current = parent
     try:
-        for rs in specs:
-            fed = cache.get(rs)
-            tags = {**base_tags, **component_tags(rs), "fedreg.role": "child" if parent else "single",
-                    "fedreg.dataset.md5": fed.dataset.checksum, "fedreg.dataset": fed.dataset.name}
-            if rs.variant:
-                tags["fedreg.variant"] = rs.variant
+        for rs, fed in zip(specs, feds, strict=True):
+            key = rs.variant or "run"
             name = rs.variant or first.tracking.run_name or rs.spec.name
-            run_id = tracker.start_run(name, tags, parent=parent)
-            current = run_id
-            tracker.log_params(run_id, flatten(rs.resolved_dict()))
-            tracker.log_text(run_id, yaml.safe_dump(rs.resolved_dict(), sort_keys=False), "spec.yaml")
-            log_partition(tracker, run_id, fed)
+            ck = checkpoints.get(rs.variant)
+            run_id = meta["runs"].get(key)
+            if ck is not None and ck["finished"]:
+                echo(f"{name}: finished before, kept as it is (run {run_id})")
+                results.append(RunResult(run_id, rs.variant, summarize(ck["history"]), ck["history"],
+                                         float(ck["elapsed_s"]), ck["global_state"], ck["client_states"]))
+                continue
+            if run_id is None:
+                tags = {**base_tags, **component_tags(rs), "fedreg.role": "child" if parent else "single",
+                        "fedreg.dataset.md5": fed.dataset.checksum, "fedreg.dataset": fed.dataset.name}
+                if rs.variant:
+                    tags["fedreg.variant"] = rs.variant
+                run_id = tracker.start_run(name, tags, parent=parent)
+                tracker.log_params(run_id, flatten(rs.resolved_dict()))
+                tracker.log_text(run_id, yaml.safe_dump(rs.resolved_dict(), sort_keys=False), "spec.yaml")
+                log_partition(tracker, run_id, fed)
+                meta["runs"][key] = run_id
+            else:
+                tracker.set_status(run_id, "RUNNING")
+                echo(f"{name}: resuming run {run_id} after round {ck['round'] if ck else 0}")
+            ck_file = None
+            if first.checkpoint.every:
+                if exp is None:
+                    exp = checkpoint.ExperimentDir(ck_root / (parent or run_id))
+                exp.write(meta)
+                ck_file = exp.run_file(rs.variant)
+                tracker.set_tags(run_id, {"fedreg.checkpoint": str(ck_file.resolve())})
             try:
-                result = FederatedRun(rs, fed, tracker, run_id, progress=progress).run()
+                result = FederatedRun(rs, fed, tracker, run_id, progress=progress, checkpoint_file=ck_file,
+                                      resume=ck).run()
             except KeyboardInterrupt:
                 tracker.end_run(run_id, "KILLED")
                 raise
@@ -396,7 +531,6 @@ def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progres
                 tracker.end_run(run_id, "FAILED")
                 raise
             tracker.end_run(run_id, "FINISHED")
-            current = parent
             results.append(result)
             echo(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.final.items()
                                         if k in ("final_global_acc", "last10_global_acc", "wall_time_s")))
@@ -410,7 +544,9 @@ def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progres
         raise
     if parent:
         tracker.end_run(parent, "FINISHED")
-    del current
+    if exp is not None:
+        meta["status"] = "FINISHED"
+        exp.write(meta)
     return ExperimentResult(parent, results, tracker.uri)
 
 

@@ -91,6 +91,19 @@ class EvaluationSpec(Strict):
     batch_size: int = Field(default=256, ge=1, le=65536)
 
 
+class FaultsSpec(Strict):
+    """What happens when a client fails or diverges."""
+
+    client_failure: Literal["stop", "skip"] = "stop"  # a client whose training raises: stop the run, or skip it
+    divergence: Literal["reject", "stop"] = "reject"  # NaN/Inf loss or update: reject the update, or stop
+    min_clients: int = Field(default=1, ge=1)  # fewest successful clients a round may aggregate
+
+
+class CheckpointSpec(Strict):
+    every: int = Field(default=1, ge=0)  # write a checkpoint every N rounds (and at the end); 0: never
+    dir: str = ".fedreg/checkpoints"
+
+
 class TrackingSpec(Strict):
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else MLflow's default local store
     experiment: str = "fedreg"
@@ -109,6 +122,8 @@ class RunSpec(Strict):
     metrics: list[ComponentRef] = Field(default_factory=lambda: [ComponentRef(name="global_accuracy")])
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    faults: FaultsSpec = Field(default_factory=FaultsSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -140,7 +155,9 @@ class ResolvedComponent:
         return self.info.name
 
     def instantiate(self):
-        return self.info.cls(self.params)
+        obj = self.info.cls(self.params)
+        obj.origin = f"plugin '{self.info.plugin}', {self.info.provider}".rstrip(", ")
+        return obj
 
 
 class ResolvedSpec:
@@ -368,6 +385,9 @@ def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = 
                 "federation.clients_per_round",
                 f"{fed.clients_per_round} clients per round but only {spec.data.num_clients} clients "
                 f"(data.num_clients); lower clients_per_round or raise num_clients"))
+        if spec.faults.min_clients > fed.clients_per_round:
+            issues.append(SpecIssue("faults.min_clients", f"{spec.faults.min_clients} exceeds "
+                                    f"federation.clients_per_round ({fed.clients_per_round}); lower it"))
         # each component's own cross-field checks
         located = [(".".join(path), components.get(kind)) for path, kind in COMPONENT_PATHS.items()]
         located += [(f"metrics.{i}", m) for i, m in enumerate(metrics)]

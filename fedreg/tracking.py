@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedreg.errors import FedregError
@@ -46,10 +48,37 @@ def git_commit(path: str | os.PathLike = ".") -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _is_outage(exc: BaseException) -> bool:
+    """A tracking server that cannot be reached (as opposed to a request it rejected)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+        return True
+    text = str(exc)
+    return isinstance(exc, MlflowException) and any(s in text for s in (
+        "Max retries exceeded", "Connection refused", "Failed to establish", "failed with exception",
+        "Read timed out", "Connection aborted", "RemoteDisconnected"))
+
+
 class Tracker:
-    def __init__(self, uri: str | None, experiment: str):
+    """MLflow calls for one invocation. Calls are queued and sent in order; while the tracking server cannot
+    be reached, training goes on, the queue is retried every ``retry_s`` seconds, and whatever is still
+    undelivered at the end is written to a spool folder that ``fedreg replay`` sends later."""
+
+    def __init__(self, uri: str | None, experiment: str, spool_dir: str | os.PathLike = ".fedreg/spool",
+                 retry_s: float = 5.0):
         self.uri = tracking_uri(uri)
+        if self.uri.startswith(("http://", "https://")):
+            # fail fast and let the queue retry, instead of MLflow's own minutes-long backoff
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.client = MlflowClient(tracking_uri=self.uri)
+        self.queue: list[tuple[str, tuple]] = []
+        self.retry_s = retry_s
+        self._next_try = 0.0
+        self.spool_root = Path(spool_dir)
+        self._files: Path | None = None
+        self.outages = 0
         try:
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
@@ -58,29 +87,104 @@ class Tracker:
                               f"{str(exc).splitlines()[0] if str(exc) else ''}. Check tracking.uri / "
                               f"MLFLOW_TRACKING_URI, or start the tracking server") from None
 
-    def start_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+    # -- delivery ------------------------------------------------------------------------------------------
+    def _send(self, op: str, args: tuple) -> None:
+        getattr(self, "_" + op)(*args)
+
+    def flush(self, force: bool = False) -> bool:
+        """Send queued calls in order; False if the server is still unreachable."""
+        if not self.queue:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        while self.queue:
+            op, args = self.queue[0]
+            try:
+                self._send(op, args)
+            except Exception as exc:  # noqa: BLE001
+                if not _is_outage(exc):
+                    raise
+                if self._next_try == 0.0 or force:
+                    self.outages += 1
+                self._next_try = time.monotonic() + self.retry_s
+                return False
+            self.queue.pop(0)
+        self._next_try = 0.0
+        return True
+
+    def _call(self, op: str, *args) -> None:
+        self.queue.append((op, args))
+        self.flush()
+
+    def _keep(self, path: str | Path) -> str:
+        """A copy of a temporary file that outlives it, for a queued artifact."""
+        if self._files is None:
+            self._files = Path(tempfile.mkdtemp(prefix="fedreg-artifacts-"))
+        dest = self._files / f"{len(list(self._files.iterdir()))}-{Path(path).name}"
+        shutil.copy2(path, dest)
+        return str(dest)
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def close(self, wait_s: float = 10.0) -> Path | None:
+        """Deliver what is queued (retrying for up to ``wait_s``); spool the rest and return its folder."""
+        deadline = time.monotonic() + wait_s
+        while self.queue and not self.flush(force=True) and time.monotonic() < deadline:
+            time.sleep(min(1.0, self.retry_s))
+        if not self.queue:
+            return None
+        folder = self.spool_root / time.strftime("%Y%m%d-%H%M%S")
+        (folder / "files").mkdir(parents=True, exist_ok=True)
+        with (folder / "calls.jsonl").open("w") as f:
+            for op, args in self.queue:
+                args = list(args)
+                if op == "log_file":
+                    dest = folder / "files" / Path(args[1]).name
+                    shutil.copy2(args[1], dest)
+                    args[1] = str(dest.resolve())
+                f.write(json.dumps({"op": op, "args": args}) + "\n")
+        (folder / "target.json").write_text(json.dumps({"tracking_uri": self.uri}))
+        return folder
+
+    # -- the calls the runtime makes -------------------------------------------------------------------------
+    def start_run(self, name: str, tags: dict[str, str], parent: str | None = None, wait_s: float = 120.0) -> str:
+        """Needs the server: waits up to ``wait_s`` for it (a new run needs its id)."""
         tags = dict(tags)
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        return run.info.run_id
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.flush(force=True)
+            try:
+                return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+            except Exception as exc:  # noqa: BLE001
+                if not _is_outage(exc) or time.monotonic() > deadline:
+                    raise FedregError(f"cannot create an MLflow run in '{self.uri}': {exc}") from None
+                time.sleep(2.0)
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+        self._call("log_params", run_id, {k: str(v) for k, v in params.items()})
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call("set_tags", run_id, {k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+        self._call("log_metrics", run_id, {k: float(v) for k, v in metrics.items()}, int(step),
+                   int(time.time() * 1000))
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        try:
+            if not self.queue:
+                self._log_file(run_id, str(path), artifact_path)
+                return
+        except Exception as exc:  # noqa: BLE001
+            if not _is_outage(exc):
+                raise
+            self.outages += 1
+            self._next_try = time.monotonic() + self.retry_s
+        self._call("log_file", run_id, self._keep(path), artifact_path)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -88,5 +192,54 @@ class Tracker:
             p.write_text(text)
             self.log_file(run_id, p, str(Path(name).parent) if Path(name).parent != Path(".") else None)
 
+    def set_status(self, run_id: str, status: str) -> None:
+        self._call("set_status", run_id, status)
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._call("end_run", run_id, status)
+
+    # -- the MLflow requests behind them ----------------------------------------------------------------------
+    def _log_params(self, run_id, params):
+        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def _set_tags(self, run_id, tags):
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _log_metrics(self, run_id, metrics, step, ts):
+        items = [Metric(k, v, ts, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def _log_file(self, run_id, path, artifact_path):
+        self.client.log_artifact(run_id, path, artifact_path)
+
+    def _set_status(self, run_id, status):
+        self.client.update_run(run_id, status=status)
+
+    def _end_run(self, run_id, status):
         self.client.set_terminated(run_id, status=status)
+
+
+def replay(folder: str | os.PathLike, uri: str | None = None) -> int:
+    """Send the calls a run could not deliver (``fedreg replay``); returns how many were sent."""
+    folder = Path(folder)
+    try:
+        target = json.loads((folder / "target.json").read_text())
+        calls = [json.loads(line) for line in (folder / "calls.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise FedregError(f"'{folder}' is not a fedreg spool folder: {exc}") from None
+    t = Tracker.__new__(Tracker)
+    t.uri = uri or target["tracking_uri"]
+    t.client = MlflowClient(tracking_uri=t.uri)
+    for i, call in enumerate(calls):
+        try:
+            t._send(call["op"], tuple(call["args"]))
+        except Exception as exc:  # noqa: BLE001
+            rest = folder / "calls.jsonl"
+            rest.write_text("".join(json.dumps(c) + "\n" for c in calls[i:]))
+            raise FedregError(f"replay stopped at call {i + 1} of {len(calls)} ({exc}); the remaining calls are "
+                              f"kept in '{folder}', run the same command again") from None
+    (folder / "calls.jsonl").write_text("")
+    return len(calls)

@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 BLOOD_MD5 = "7053d0359d879ad8a5505303e11de1dc"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Each test runs in its own folder: checkpoints and spools it writes by default stay out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def registry():
     return get_registry()

@@ -106,7 +106,8 @@ def test_hook_raising_marks_run_failed_and_keeps_logs(tmp_path, tracking_uri):
                    "num_clients": 3, "partition": "iid"}
     raw["training"]["objective"] = "test_exploding"
     (rs,) = resolve(raw, reg)
-    with pytest.raises(PluginError, match=r"objective 'test_exploding'.loss raised ValueError: bad batch "
+    with pytest.raises(PluginError, match=r"objective 'test_exploding' \(plugin 'exploding_plugin', [^)]*\): "
+                                          r"loss raised ValueError: bad batch "
                                           r"\(round 2, client \d\)"):
         run_experiment([rs], progress=False, echo=lambda *_: None)
     client = MlflowClient(tracking_uri)
