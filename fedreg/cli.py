@@ -79,10 +79,8 @@ def cmd_resume(args) -> int:
     raw = meta["original"]
     if raw is None:
         raise FedregError(f"'{exp.meta_path}' does not hold the spec; resume with 'fedreg run SPEC --resume'")
-    names = [k for k in meta["runs"] if k != "run"]
-    specs = resolve(raw, _registry(), only=None, source=meta.get("spec_file"))
-    if names:
-        specs = [rs for rs in specs if rs.variant in names or rs.variant is None] or specs
+    # every variant of the original invocation: started ones continue, the others start
+    specs = resolve(raw, _registry(), only=meta.get("variants") or None, source=meta.get("spec_file"))
     return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import tempfile
 from pathlib import Path
@@ -11,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedreg.errors import FedregError
-from fedreg.runtime import plot_curves
+from fedreg.runtime import plot_curves, write_csv
 from fedreg.tracking import tracking_uri
 
 #: (column header, metric key in the child run)
@@ -92,10 +91,7 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
             (d / "table.md").write_text(text)
-            with (d / "table.csv").open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+            write_csv(d / "table.csv", rows, list(rows[0]))
             plot_curves(histories, d / "curves.png", CURVE_KEYS)
             for name in ("table.md", "table.csv", "curves.png"):
                 client.log_artifact(parent_id, str(d / name), "compare")

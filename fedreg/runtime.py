@@ -328,20 +328,12 @@ class FederatedRun:
     def log_outputs(self, st: RunState) -> None:
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
-            if self.per_client_rows:
-                p = d / "per_client.csv"
-                with p.open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["round", "client", "metric", "value"])
-                    w.writeheader()
-                    w.writerows(self.per_client_rows)
-                self.tracker.log_file(self.run_id, p, "metrics")
-            if self.failure_rows:
-                p = d / "failures.csv"
-                with p.open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["round", "client", "stage", "error"])
-                    w.writeheader()
-                    w.writerows(self.failure_rows)
-                self.tracker.log_file(self.run_id, p, "metrics")
+            tables = (("per_client.csv", self.per_client_rows, ["round", "client", "metric", "value"]),
+                      ("failures.csv", self.failure_rows, ["round", "client", "stage", "error"]))
+            for name, rows, fields in tables:
+                if rows:
+                    write_csv(d / name, rows, fields)
+                    self.tracker.log_file(self.run_id, d / name, "metrics")
             p = d / "history.json"
             p.write_text(json.dumps(st.history))
             self.tracker.log_file(self.run_id, p, "metrics")
@@ -353,6 +345,13 @@ class FederatedRun:
                 p = d / "global_weights.pt"
                 torch.save(st.global_state, p)
                 self.tracker.log_file(self.run_id, p, "model")
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def summarize(history: list[dict[str, float]], window: int = 10) -> dict[str, float]:
@@ -485,7 +484,8 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
     exp = resume
     if meta is None:
         meta = {"spec_file": str(source) if source else None, "original": original, "parent_run_id": parent,
-                "runs": {}, "tracking_uri": tracker.uri, "status": "RUNNING"}
+                "variants": [rs.variant for rs in specs if rs.variant], "runs": {}, "tracking_uri": tracker.uri,
+                "status": "RUNNING"}
     results: list[RunResult] = []
     try:
         for rs, fed in zip(specs, feds, strict=True):

@@ -125,6 +125,7 @@ def test_bad_input(case, breaker, args, message, env, capsys):
         write_spec(spec, raw)
     code = main(["run", str(spec), "--no-progress", *args])
     err = capsys.readouterr().err
+    print(f"[{case}] {err.strip()}")  # shown by `pytest -rA`: the message each bad input gets
     assert code == 2, err
     assert message in err, err
     assert err.startswith("error: ") and "Traceback" not in err

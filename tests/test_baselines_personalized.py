@@ -48,13 +48,7 @@ PLUGIN = types.ModuleType("pfl_test_plugin")
 PLUGIN.fedreg_register_objectives = _register
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny CNN runs faster on one thread, and the machine's other cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

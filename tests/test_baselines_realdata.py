@@ -15,7 +15,7 @@ from fedreg.spec import load_yaml
 from fedreg.testing import initial_accuracy, tiny_federation
 from fedreg_standard.medmnist_data import load_medmnist
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 VARIANTS = load_yaml(REPO / "specs" / "baselines" / "all-methods.yaml")["variants"]
 
@@ -29,13 +29,6 @@ def blood_subset(data_dir) -> DatasetTensors:
     return DatasetTensors("bloodmnist-subset", ds.train_x[tr], ds.train_y[tr], ds.test_x[te], ds.test_y[te],
                           ds.num_classes, ds.in_channels, 28, ds.class_names, ds.checksum)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny runs: intra-op threads only add overhead here
-    yield
-    torch.set_num_threads(n)
 
 
 def test_every_registered_method_has_a_variant():

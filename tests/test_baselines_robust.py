@@ -38,13 +38,7 @@ def fedreg_register_aggregators(register):
 PLUGINS = [("robust", sys.modules[__name__])]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The federations here are tiny: one intra-op thread is several times faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_info(clients_per_round: int, num_clients: int = 8) -> RunInfo:
