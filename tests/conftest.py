@@ -13,6 +13,10 @@ from fedreg.registry import get_registry
 REPO = Path(__file__).resolve().parents[1]
 BLOOD_MD5 = "7053d0359d879ad8a5505303e11de1dc"
 
+# Tests run in their own folders (see _in_tmp_dir): a relative data root is taken from where pytest started.
+if os.environ.get("FEDREG_DATA_DIR"):
+    os.environ["FEDREG_DATA_DIR"] = str(Path(os.environ["FEDREG_DATA_DIR"]).resolve())
+
 
 @pytest.fixture(autouse=True)
 def _in_tmp_dir(tmp_path, monkeypatch):

@@ -166,16 +166,29 @@ def server(tmp_path):
     srv.stop()
 
 
+def checkpoint_round(folder: Path) -> int:
+    """The round of the newest checkpoint under ``folder`` (0 if none can be read yet)."""
+    files = list(folder.rglob("*.pt"))
+    if not files:
+        return 0
+    try:
+        return int(torch.load(files[0], weights_only=True)["round"])
+    except Exception:  # noqa: BLE001 - being replaced right now
+        return 0
+
+
 def test_tracking_outage_training_continues_and_metrics_are_flushed(tmp_path, server):
-    rounds = 14
+    rounds = 40  # long enough to outlast the server's stop and restart
     spec = small_spec(tmp_path, rounds, server.uri)
     proc = cli_proc("run", str(spec), "--no-progress")
     wait_for(lambda: steps_logged(server.uri) >= 2 or proc.poll() is not None, 240, "round 2")
     server.stop()
+    assert proc.poll() is None, "the run ended before the server went away"
     ck = tmp_path / "ck"
-    progress = lambda: max((p.stat().st_mtime for p in ck.rglob("*.pt")), default=0)  # noqa: E731
-    before = progress()
-    wait_for(lambda: progress() > before + 1.0, 120, "training to go on while the server is down")
+    down_at = checkpoint_round(ck)
+    wait_for(lambda: checkpoint_round(ck) >= down_at + 2 or proc.poll() is not None, 120,
+             "training to go on while the server is down")
+    assert checkpoint_round(ck) >= down_at + 2
     server.start()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -189,11 +202,12 @@ def test_tracking_outage_training_continues_and_metrics_are_flushed(tmp_path, se
 
 
 def test_undelivered_calls_are_spooled_and_replayed(tmp_path, server):
-    rounds = 6
+    rounds = 20
     spec = small_spec(tmp_path, rounds, server.uri)
     proc = cli_proc("run", str(spec), "--no-progress", cwd=tmp_path)
     wait_for(lambda: steps_logged(server.uri) >= 1 or proc.poll() is not None, 240, "round 1")
     server.stop()
+    assert proc.poll() is None, "the run ended before the server went away"
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "could not be delivered" in out
