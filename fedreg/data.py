@@ -103,8 +103,8 @@ def build_federated_data(dataset: DatasetTensors, partition: Partition, num_clie
     for cid, idx in enumerate(parts):
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:
-            raise DataError(f"partition '{partition.name}' left client {cid} with no data; raise the "
-                            f"partition's alpha or lower data.num_clients")
+            raise DataError(f"partition '{partition.name}' left client {cid} with no data; change the "
+                            f"partition's parameters (e.g. a larger Dirichlet alpha) or lower data.num_clients")
         tr, te = carve_local_test(idx, labels, local_test_fraction, split_rng)
         clients.append(ClientSplit(cid, tr, te))
     return FederatedData(dataset, clients)

@@ -83,9 +83,13 @@ class Tracker:
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         except Exception as exc:  # noqa: BLE001
+            if _is_outage(exc):
+                raise FedregError(f"cannot use the MLflow tracking store '{self.uri}': the server cannot be "
+                                  f"reached. Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running "
+                                  f"one (or leave both unset for MLflow's local store)") from None
             raise FedregError(f"cannot use the MLflow tracking store '{self.uri}': {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}. Check tracking.uri / "
-                              f"MLFLOW_TRACKING_URI, or start the tracking server") from None
+                              f"MLFLOW_TRACKING_URI") from None
 
     # -- delivery ------------------------------------------------------------------------------------------
     def _send(self, op: str, args: tuple) -> None:
