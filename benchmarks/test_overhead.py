@@ -102,12 +102,7 @@ def test_round_overhead_against_plain_loop(method, data_dir, benchmark):
     torch.set_flush_denormal(True)
     fed = DataCache().get(rs)
     run = FederatedRun(rs, fed, NullTracker(), "bench", progress=False)
-    from fedreg.components import RunInfo
-    info = RunInfo(tuple(run.infos), fed.dataset.num_classes, rs.spec.federation.clients_per_round,
-                   rs.spec.federation.rounds, rs.spec.seed)
-    for comp in (run.selector, run.objective, run.aggregator, *run.metrics):
-        comp.start_run(info)
-    st = run.initial_state()
+    st = run.start()
     work, ev = run.build_model(), run.build_model()
     start_state = {k: v.clone() for k, v in st.global_state.items()}
 

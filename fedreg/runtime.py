@@ -287,18 +287,22 @@ class FederatedRun:
         return RunState(round=ck["round"], global_state=ck["global_state"], client_states=ck["client_states"],
                         history=list(ck["history"]))
 
-    def run(self) -> RunResult:
+    def start(self) -> RunState:
+        """Tell every component the run's facts (``start_run``), then the state to go on from: the
+        checkpoint's when resuming, else the initial weights."""
         spec = self.spec
-        t0 = time.perf_counter()
         info = RunInfo(tuple(self.infos), self.fed.dataset.num_classes, spec.federation.clients_per_round,
                        spec.federation.rounds, spec.seed)
         for comp in (self.selector, self.objective, self.aggregator, *self.metrics):
             call(comp, "start_run", 0, None, info)
+        return self.restore(self.resume) if self.resume is not None else self.initial_state()
+
+    def run(self) -> RunResult:
+        spec = self.spec
+        t0 = time.perf_counter()
+        st = self.start()
         if self.resume is not None:
-            st = self.restore(self.resume)
             t0 -= float(self.resume["elapsed_s"])
-        else:
-            st = self.initial_state()
         every = spec.checkpoint.every if self.checkpoint_file is not None else 0
         work_model, eval_model = self.build_model(), self.build_model()
         bar = tqdm(total=spec.federation.rounds, initial=st.round, desc=self.label, disable=not self.progress,

@@ -339,10 +339,18 @@ def _resolve_ref(registry: Registry, kind: str, raw: Any, path: str,
     return ResolvedComponent(info, params)
 
 
-def _defaults_for(path: tuple[str, ...]) -> Any:
-    defaults = {("data", "partition"): "dirichlet", ("model",): "cnn", ("training", "objective"): "cross_entropy",
-                ("federation", "selection"): "uniform", ("federation", "aggregation"): "fedavg"}
-    return defaults.get(path)
+def _field_default(path: tuple[str, ...]) -> Any:
+    """The spec models' own default at ``path`` as raw data (None where the field is required)."""
+    model: Any = RunSpec
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[path[-1]]
+    if field.is_required():
+        return None
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = None,
@@ -359,14 +367,14 @@ def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = 
     for path, kind in COMPONENT_PATHS.items():
         value = _raw_get(raw, path)
         if value is None:
-            value = _defaults_for(path)
+            value = _field_default(path)
             if value is None:
                 continue
         res = _resolve_ref(registry, kind, value, ".".join(path), issues)
         if res is not None:
             components[kind] = res
     metrics: list[ResolvedComponent] = []
-    raw_metrics = raw.get("metrics", ["global_accuracy"]) if isinstance(raw, dict) else []
+    raw_metrics = raw.get("metrics", _field_default(("metrics",))) if isinstance(raw, dict) else []
     if isinstance(raw_metrics, list):
         seen: dict[str, int] = {}
         for i, m in enumerate(raw_metrics):

@@ -17,6 +17,7 @@ import torch
 
 from fedreg.components import DatasetTensors
 from fedreg.data import build_federated_data
+from fedreg.engine import predict
 from fedreg.registry import build_registry
 from fedreg.runtime import FederatedRun, RunResult
 from fedreg.spec import merge_variant, resolve
@@ -68,34 +69,30 @@ class NullTracker:
         return lambda *a, **k: None
 
 
-def tiny_federation(overrides: dict[str, Any] | None = None, *, plugins: Iterable[tuple[str, object]] = (),
-                    dataset: DatasetTensors | None = None, registry=None) -> RunResult:
-    """Run a small federation in memory: ``TINY_SPEC`` with ``overrides`` merged in (dotted keys allowed,
-    as in spec variants), components from the installed plugins plus ``plugins`` ((name, module) pairs).
-    Returns the :class:`fedreg.runtime.RunResult` (``final``, ``history``, ``global_state``)."""
+def _tiny_run(overrides, plugins, dataset, registry) -> FederatedRun:
     reg = registry or build_registry(extra_plugins=list(plugins))
     raw = merge_variant(copy.deepcopy(TINY_SPEC), overrides or {})
     (rs,) = resolve(raw, reg)
     ds = dataset or synthetic_dataset(num_classes=4)
     fed = build_federated_data(ds, rs.components["partition"].instantiate(), rs.spec.data.num_clients,
                                rs.spec.data.local_test_fraction, rs.spec.seed)
-    run = FederatedRun(rs, fed, NullTracker(), run_id="tiny", progress=False)
-    return run.run()
+    return FederatedRun(rs, fed, NullTracker(), run_id="tiny", progress=False)
+
+
+def tiny_federation(overrides: dict[str, Any] | None = None, *, plugins: Iterable[tuple[str, object]] = (),
+                    dataset: DatasetTensors | None = None, registry=None) -> RunResult:
+    """Run a small federation in memory: ``TINY_SPEC`` with ``overrides`` merged in (dotted keys allowed,
+    as in spec variants), components from the installed plugins plus ``plugins`` ((name, module) pairs).
+    Returns the :class:`fedreg.runtime.RunResult` (``final``, ``history``, ``global_state``)."""
+    return _tiny_run(overrides, plugins, dataset, registry).run()
 
 
 def initial_accuracy(overrides: dict[str, Any] | None = None, dataset: DatasetTensors | None = None) -> float:
     """Accuracy of the initial global model on the test split, for 'improves on its start' checks."""
-    raw = merge_variant(copy.deepcopy(TINY_SPEC), overrides or {})
-    (rs,) = resolve(raw, build_registry())
-    ds = dataset or synthetic_dataset(num_classes=4)
-    fed = build_federated_data(ds, rs.components["partition"].instantiate(), rs.spec.data.num_clients,
-                               rs.spec.data.local_test_fraction, rs.spec.seed)
-    run = FederatedRun(rs, fed, NullTracker(), run_id="tiny", progress=False)
+    run = _tiny_run(overrides, (), dataset, None)
     model = run.build_model()
     model.load_state_dict(run.initial_state().global_state)
-    from fedreg.engine import predict
-
-    return predict(model, ds.test_x, ds.test_y).accuracy()
+    return predict(model, run.fed.dataset.test_x, run.fed.dataset.test_y).accuracy()
 
 
 __all__ = ["tiny_federation", "synthetic_dataset", "initial_accuracy", "NullTracker", "TINY_SPEC"]
