@@ -43,6 +43,9 @@ from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import Tracker, flatten, git_commit
 
+#: per-round metrics that measure time, not learning: they differ between identical runs
+TIMING_KEYS = ("round_time_s", "elapsed_s")
+
 
 @dataclass
 class RunState:
@@ -111,7 +114,7 @@ class FederatedRun:
         self.rs, self.spec, self.fed = rs, rs.spec, fed
         self.checkpoint_file, self.resume = checkpoint_file, resume
         self.tracker, self.run_id = tracker, run_id
-        self.progress, self.label = progress, label or rs.variant or rs.spec.name
+        self.progress, self.label = progress, label or rs.key or rs.spec.name
         comps = rs.components
         self.model_factory = comps["model"].instantiate()
         self.objective = comps["objective"].instantiate()
@@ -311,7 +314,9 @@ class FederatedRun:
             while st.round < spec.federation.rounds:
                 rt = time.perf_counter()
                 scalars = self.run_round(st, work_model, eval_model)
-                scalars["round_time_s"] = time.perf_counter() - rt
+                now = time.perf_counter()
+                scalars["round_time_s"] = now - rt
+                scalars["elapsed_s"] = now - t0  # wall time since the run started, for accuracy-vs-time plots
                 st.history.append({"round": st.round, **scalars})
                 self.tracker.log_metrics(self.run_id, scalars, step=st.round)
                 if every and (st.round % every == 0 or st.round == spec.federation.rounds):
@@ -361,7 +366,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None
 def summarize(history: list[dict[str, float]], window: int = 10) -> dict[str, float]:
     """final_<m> (last evaluated round) and last10_<m> (mean over the last ``window`` evaluated rounds)."""
     out: dict[str, float] = {}
-    keys = sorted({k for h in history for k in h if k not in ("round", "round_time_s", "lr")})
+    keys = sorted({k for h in history for k in h if k not in ("round", "lr", *TIMING_KEYS)})
     for k in keys:
         vals = [h[k] for h in history if k in h and not (isinstance(h[k], float) and math.isnan(h[k]))]
         if vals:
@@ -436,7 +441,7 @@ def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progres
     checkpoints = {}
     if meta is not None:
         for rs in specs:
-            f = resume.run_file(rs.variant)
+            f = resume.run_file(rs.key)
             if f.exists():
                 ck = checkpoint.load(f)
                 if ck["fingerprint"] != checkpoint.fingerprint(rs.resolved_dict()):
@@ -444,7 +449,7 @@ def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progres
                         f"the checkpoint '{f}' belongs to another spec: "
                         f"{checkpoint.differences(ck['identity'], checkpoint.identity(rs.resolved_dict()))}. "
                         f"Run without --resume to start afresh, or restore the spec it was made with")
-                checkpoints[rs.variant] = ck
+                checkpoints[rs.key] = ck
     # everything that can fail on input happens before anything is written: data, partitions, folders, store
     cache = DataCache()
     feds = [cache.get(rs) for rs in specs]
@@ -474,28 +479,28 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
         base_tags["fedreg.spec_file"] = str(source)
     if commit:
         base_tags["mlflow.source.git.commit"] = commit
-    with_variants = any(rs.variant for rs in specs)
+    with_variants = any(rs.key for rs in specs)
     parent = meta["parent_run_id"] if meta else None
     if parent:
         tracker.set_status(parent, "RUNNING")
     elif with_variants:
         parent = tracker.start_run(first.tracking.run_name or first.name,
                                    {**base_tags, "fedreg.role": "parent",
-                                    "fedreg.variants": ",".join(rs.variant or "" for rs in specs)})
+                                    "fedreg.variants": ",".join(dict.fromkeys(rs.variant or "" for rs in specs))})
         if original is not None:
             tracker.log_text(parent, yaml.safe_dump(original, sort_keys=False), "spec.yaml")
         echo(f"parent run {parent} ({len(specs)} variants) -> {tracker.uri}")
     exp = resume
     if meta is None:
         meta = {"spec_file": str(source) if source else None, "original": original, "parent_run_id": parent,
-                "variants": [rs.variant for rs in specs if rs.variant], "runs": {}, "tracking_uri": tracker.uri,
+                "variants": list(dict.fromkeys(rs.variant for rs in specs if rs.variant)), "runs": {}, "tracking_uri": tracker.uri,
                 "status": "RUNNING"}
     results: list[RunResult] = []
     try:
         for rs, fed in zip(specs, feds, strict=True):
-            key = rs.variant or "run"
-            name = rs.variant or first.tracking.run_name or rs.spec.name
-            ck = checkpoints.get(rs.variant)
+            key = rs.key or "run"
+            name = rs.key or first.tracking.run_name or rs.spec.name
+            ck = checkpoints.get(rs.key)
             run_id = meta["runs"].get(key)
             if ck is not None and ck["finished"]:
                 echo(f"{name}: finished before, kept as it is (run {run_id})")
@@ -507,6 +512,7 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
                         "fedreg.dataset.md5": fed.dataset.checksum, "fedreg.dataset": fed.dataset.name}
                 if rs.variant:
                     tags["fedreg.variant"] = rs.variant
+                tags["fedreg.seed"] = str(rs.spec.seed)
                 run_id = tracker.start_run(name, tags, parent=parent)
                 tracker.log_params(run_id, flatten(rs.resolved_dict()))
                 tracker.log_text(run_id, yaml.safe_dump(rs.resolved_dict(), sort_keys=False), "spec.yaml")
@@ -520,7 +526,7 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
                 if exp is None:
                     exp = checkpoint.ExperimentDir(ck_root / (parent or run_id))
                 exp.write(meta)
-                ck_file = exp.run_file(rs.variant)
+                ck_file = exp.run_file(rs.key)
                 tracker.set_tags(run_id, {"fedreg.checkpoint": str(ck_file.resolve())})
             try:
                 result = FederatedRun(rs, fed, tracker, run_id, progress=progress, checkpoint_file=ck_file,

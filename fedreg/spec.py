@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -115,6 +115,8 @@ class RunSpec(Strict):
     name: str = Field(default="run", min_length=1)
     description: str = ""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    # a sweep: every variant runs once per seed (each run's 'seed' is set from this list)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(default=None, min_length=1)
     data: DataSpec
     model: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cnn"))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -125,6 +127,13 @@ class RunSpec(Strict):
     faults: FaultsSpec = Field(default_factory=FaultsSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
 
 
 #: where component references live in a spec: path -> kind
@@ -164,16 +173,30 @@ class ResolvedSpec:
     """A validated spec (one variant) with its components resolved."""
 
     def __init__(self, spec: RunSpec, components: dict[str, ResolvedComponent],
-                 metrics: list[ResolvedComponent], variant: str | None, raw: dict[str, Any]):
+                 metrics: list[ResolvedComponent], variant: str | None, raw: dict[str, Any],
+                 swept: bool = False):
         self.spec = spec
         self.components = components  # key: dataset/partition/model/objective/selection/aggregation
         self.metrics = metrics
         self.variant = variant
         self.raw = raw  # the variant's raw dict (without 'variants')
+        self.swept = swept  # one run of a 'seeds' sweep: its seed is part of its name
+
+    @property
+    def key(self) -> str | None:
+        """The run's name within its invocation: the variant, with ``.seed<N>`` in a seed sweep."""
+        if not self.swept:
+            return self.variant
+        return f"{self.variant or self.spec.name}.seed{self.spec.seed}"
+
+    def with_seed(self, seed: int) -> ResolvedSpec:
+        spec = self.spec.model_copy(update={"seed": seed, "seeds": None})
+        return ResolvedSpec(spec, self.components, self.metrics, self.variant, {**self.raw, "seed": seed},
+                            swept=True)
 
     def resolved_dict(self) -> dict[str, Any]:
         """The spec with every default filled in and every component's params validated."""
-        d = self.spec.model_dump(mode="json", exclude={"variants"})
+        d = self.spec.model_dump(mode="json", exclude={"variants", "seeds"})
         for path, kind in COMPONENT_PATHS.items():
             ref = self.components[kind]
             target = d
@@ -457,6 +480,11 @@ def resolve(raw: dict[str, Any], registry: Registry, only: list[str] | None = No
                 issues.append(SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message))
         if res is not None:
             resolved.append(res)
+    # a seed sweep runs seed-major (every variant with the first seed, then the next seed), so a sweep cut
+    # short still holds complete comparisons
+    swept = [(i, j, res.with_seed(sd)) for j, res in enumerate(resolved) for i, sd in enumerate(res.spec.seeds or [])]
+    if swept:
+        resolved = [r for *_, r in sorted(swept, key=lambda t: t[:2])] + [r for r in resolved if not r.spec.seeds]
     if issues:
         # de-duplicate while keeping order
         seen, unique = set(), []

@@ -17,7 +17,7 @@ from fedreg import hookimpl
 from fedreg.components import Objective
 from fedreg.errors import PluginError
 from fedreg.registry import build_registry
-from fedreg.runtime import run_experiment
+from fedreg.runtime import TIMING_KEYS, run_experiment
 from fedreg.spec import resolve
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def test_same_spec_same_seed_identical_metrics(tmp_path, tracking_uri, registry)
     specs = resolve(raw, registry)
     one = run_experiment(specs, progress=False, echo=lambda *_: None)
     two = run_experiment(specs[:1], progress=False, echo=lambda *_: None)
-    h = [[{k: v for k, v in x.items() if k != "round_time_s"} for x in r.history]
+    h = [[{k: v for k, v in x.items() if k not in TIMING_KEYS} for x in r.history]
          for r in one.results + two.results]
     assert h[0] == h[1] == h[2]
     assert h[0][-1]["global_acc"] > 0.2  # 11 classes; the toy classes are learnable

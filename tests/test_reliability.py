@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from conftest import base_spec, make_medmnist_npz, write_spec
 from fedreg import hookimpl
 from fedreg.errors import ComponentFailure, FedregError
+from fedreg.runtime import TIMING_KEYS
 from fedreg.testing import tiny_federation
 from fedreg_baselines.components import CrossEntropy
 
@@ -68,14 +69,14 @@ def histories(uri: str) -> dict[str, dict[int, float]]:
     (run,) = c.search_runs([c.get_experiment_by_name("rel").experiment_id])
     out = {}
     for key in run.data.metrics:
-        if key in ("round_time_s", "wall_time_s") or key.startswith(("final_round_time", "last10_round_time")):
+        if key in (*TIMING_KEYS, "wall_time_s") or key.startswith(("final_round_time", "last10_round_time")):
             continue
         out[key] = {m.step: m.value for m in c.get_metric_history(run.info.run_id, key)}  # last value per step
     return out
 
 
 def test_sigkill_then_resume_gives_identical_metrics(tmp_path):
-    rounds = 10
+    rounds = 25  # enough that the kill lands mid-run even when tracking lags behind training
     ref_uri = f"sqlite:///{tmp_path / 'ref.db'}"
     ref = cli_proc("run", str(small_spec(tmp_path, rounds, ref_uri, "ck-ref")), "--no-progress")
     assert ref.wait(300) == 0, ref.stderr.read()
