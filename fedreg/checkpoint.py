@@ -22,12 +22,17 @@ from fedreg.errors import FedregError
 from fedreg.tracking import flatten
 
 FORMAT = 1
-IGNORED_FOR_IDENTITY = ("checkpoint", "tracking", "variant")
+IGNORED_FOR_IDENTITY = ("checkpoint", "tracking", "variant", "execution")
+#: settings added after checkpoints were first written: left out at their default value, so older
+#: checkpoints stay resumable
+LATER_DEFAULTS = {"training.precision": "fp32"}
 
 
 def identity(resolved: dict[str, Any]) -> dict[str, str]:
-    """The flattened resolved spec that decides whether a checkpoint belongs to it."""
-    return {k: v for k, v in flatten(resolved).items() if k.split(".")[0] not in IGNORED_FOR_IDENTITY}
+    """The flattened resolved spec that decides whether a checkpoint belongs to it (where clients train
+    is not part of it: a run may continue on another backend)."""
+    return {k: v for k, v in flatten(resolved).items()
+            if k.split(".")[0] not in IGNORED_FOR_IDENTITY and LATER_DEFAULTS.get(k, object()) != v}
 
 
 def fingerprint(resolved: dict[str, Any]) -> str:

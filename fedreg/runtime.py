@@ -38,8 +38,17 @@ from fedreg.components import (
     clone_state,
 )
 from fedreg.data import FederatedData, build_federated_data, plot_label_histogram
-from fedreg.engine import call, check_state, non_finite_key, predict, run_client
+from fedreg.engine import call, check_state, predict
 from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
+from fedreg.execution import (
+    Backend,
+    ClientJob,
+    ClientRunner,
+    ModelBuilder,
+    RoundInput,
+    TrainingConfig,
+    backend_class,
+)
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import Tracker, flatten, git_commit
 
@@ -116,7 +125,8 @@ class FederatedRun:
         self.tracker, self.run_id = tracker, run_id
         self.progress, self.label = progress, label or rs.key or rs.spec.name
         comps = rs.components
-        self.model_factory = comps["model"].instantiate()
+        self.build_model = ModelBuilder(comps["model"].instantiate(), fed.dataset.in_channels,
+                                        fed.dataset.num_classes, fed.dataset.image_size)
         self.objective = comps["objective"].instantiate()
         self.selector = comps["selection"].instantiate()
         self.aggregator = comps["aggregation"].instantiate()
@@ -127,27 +137,30 @@ class FederatedRun:
         self.need_global_on_local = GLOBAL_ON_LOCAL in needs
         ds = fed.dataset
         self.infos = fed.infos()
-        self.client_tensors = [fed.client_tensors(c) for c in range(fed.num_clients)]
-        self.local_test_sizes = [len(t[3]) for t in self.client_tensors]
+        self.local_test_sizes = [len(c.test_idx) for c in fed.clients]
         self.per_client_rows: list[dict[str, Any]] = []
         self.failure_rows: list[dict[str, Any]] = []
+        t, o = self.spec.training, self.spec.training.optimizer
+        self.config = TrainingConfig(
+            seed=self.spec.seed, epochs=t.local_epochs, batch_size=t.batch_size, momentum=o.momentum,
+            weight_decay=o.weight_decay, nesterov=o.nesterov, num_classes=ds.num_classes,
+            eval_local=self.need_local, eval_batch_size=self.spec.evaluation.batch_size, precision=t.precision)
+        # clients are index sets into the dataset's tensors: a client's tensors are gathered when it trains
+        self.runner = ClientRunner(self.config, self.build_model, fed.client_tensors)
 
         parts_x, parts_y = [], []
         if self.need_global_test:
             parts_x.append(ds.test_x)
             parts_y.append(ds.test_y)
         if self.need_global_on_local:
-            parts_x += [t[2] for t in self.client_tensors]
-            parts_y += [t[3] for t in self.client_tensors]
+            # all local test sets, evaluated in one batched pass with the global test set
+            idx = torch.from_numpy(np.concatenate([c.test_idx for c in fed.clients]))
+            parts_x.append(ds.train_x[idx])
+            parts_y.append(ds.train_y[idx])
         self.eval_x = torch.cat(parts_x) if parts_x else None
         self.eval_y = torch.cat(parts_y) if parts_y else None
 
     # -- models ----------------------------------------------------------------------------------------
-    def build_model(self) -> torch.nn.Module:
-        ds = self.fed.dataset
-        m = self.model_factory.build(ds.in_channels, ds.num_classes, ds.image_size)
-        return m.to(memory_format=torch.channels_last)
-
     def initial_state(self) -> RunState:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seeding.rng(self.spec.seed, seeding.MODEL_INIT).integers(2**62)))
@@ -159,52 +172,32 @@ class FederatedRun:
         t = self.spec.training
         return t.optimizer.lr * t.lr_schedule.gamma ** ((r - 1) // t.lr_schedule.step_rounds)
 
-    def make_optimizer_factory(self, lr: float):
-        o = self.spec.training.optimizer
-
-        def make(params):
-            return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                   nesterov=o.nesterov)
-        return make
-
     # -- one round ---------------------------------------------------------------------------------------
-    def run_round(self, st: RunState, work_model, eval_model) -> dict[str, float] | None:
+    def run_round(self, st: RunState, backend: Backend, eval_model) -> dict[str, float] | None:
         r = st.round + 1  # rounds are numbered from 1, as MLflow steps
         spec = self.spec
         chosen = _select(self.selector, r, self.infos, spec.federation.clients_per_round, spec.seed)
         broadcast = call(self.aggregator, "broadcast", r, None, r, st.global_state) or {}
         lr = self.lr_at(r)
-        make_opt = self.make_optimizer_factory(lr)
+        rin = RoundInput(r, st.global_state, broadcast, self.objective, self.aggregator)
+        # each client's state is a copy, committed only if its round succeeds
+        jobs = [ClientJob(r, cid, lr, dict(st.client_states.get(cid, {}))) for cid in chosen]
         updates, failures, local_preds = [], [], {}
-        for cid in chosen:
-            # the client's state is committed only if its round succeeds
-            state = dict(st.client_states.get(cid, {}))
-            try:
-                out = run_client(
-                    round=r, cid=cid, work_model=work_model, global_state=st.global_state,
-                    objective=self.objective, aggregator=self.aggregator, tensors=self.client_tensors[cid],
-                    num_classes=self.fed.dataset.num_classes, epochs=spec.training.local_epochs,
-                    batch_size=spec.training.batch_size, lr=lr, make_optimizer=make_opt,
-                    generator=seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r - 1, cid),
-                    state=state, broadcast=broadcast, build_model=self.build_model, eval_local=self.need_local,
-                    eval_batch_size=spec.evaluation.batch_size, momentum=spec.training.optimizer.momentum)
-                bad = non_finite_key(out.update.state)
-                if bad is not None:
-                    raise ComponentFailure(self.objective, "train", r, cid,
-                                           NonFiniteLoss(f"the trained weights hold NaN or Inf in '{bad}'"))
-            except ComponentFailure as exc:
-                failures.append(self.handle_failure(exc, r, cid))
+        for res in backend.train(jobs, rin):
+            cid = res.cid
+            if res.failure is not None:
+                failures.append(self.handle_failure(res.failure, r, cid))
                 continue
-            if state:
-                st.client_states[cid] = state
+            if res.state:
+                st.client_states[cid] = res.state
             else:
                 st.client_states.pop(cid, None)  # keep state only for clients that have it
-            updates.append(out.update)
-            if out.local_eval is not None:
-                local_preds[cid] = out.local_eval
+            updates.append(res.update)
+            if res.local_eval is not None:
+                local_preds[cid] = res.local_eval
             self.per_client_rows.append({"round": r, "client": cid, "metric": "train_loss",
-                                         "value": out.update.train_loss})
-            for k, v in out.update.report.items():
+                                         "value": res.update.train_loss})
+            for k, v in res.update.report.items():
                 self.per_client_rows.append({"round": r, "client": cid, "metric": f"report.{k}", "value": v})
         if len(updates) < spec.faults.min_clients:
             detail = "; ".join(f"client {f.client_id}: {f.error}" for f in failures)
@@ -219,7 +212,8 @@ class FederatedRun:
         last = st.round == spec.federation.rounds
         if st.round % spec.evaluation.every == 0 or last:
             eval_model.load_state_dict(st.global_state)
-            ev = self.evaluate(st.round, chosen, eval_model, local_preds)
+            with self.config.autocast():
+                ev = self.evaluate(st.round, chosen, eval_model, local_preds)
             for metric in self.metrics:
                 res = call(metric, "update", r, None, ev)
                 if not isinstance(res, MetricResult):
@@ -307,13 +301,16 @@ class FederatedRun:
         if self.resume is not None:
             t0 -= float(self.resume["elapsed_s"])
         every = spec.checkpoint.every if self.checkpoint_file is not None else 0
-        work_model, eval_model = self.build_model(), self.build_model()
+        eval_model = self.build_model()
+        backend = backend_class(spec.execution.backend)(spec.execution, self.runner,
+                                                         spec.federation.clients_per_round)
+        backend.start()
         bar = tqdm(total=spec.federation.rounds, initial=st.round, desc=self.label, disable=not self.progress,
                    unit="round", dynamic_ncols=True, leave=True)
         try:
             while st.round < spec.federation.rounds:
                 rt = time.perf_counter()
-                scalars = self.run_round(st, work_model, eval_model)
+                scalars = self.run_round(st, backend, eval_model)
                 now = time.perf_counter()
                 scalars["round_time_s"] = now - rt
                 scalars["elapsed_s"] = now - t0  # wall time since the run started, for accuracy-vs-time plots
@@ -327,6 +324,7 @@ class FederatedRun:
                     bar.set_postfix(shown)
         finally:
             bar.close()
+            backend.close()
         wall = time.perf_counter() - t0
         final = summarize(st.history)
         final["wall_time_s"] = wall

@@ -77,6 +77,9 @@ class TrainingSpec(Strict):
     batch_size: int = Field(default=32, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
+    # bf16: local training and evaluation under bfloat16 autocast (faster on CPUs with bf16 support;
+    # changes numerics, so results differ from fp32 beyond rounding)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class FederationSpec(Strict):
@@ -89,6 +92,20 @@ class FederationSpec(Strict):
 class EvaluationSpec(Strict):
     every: int = Field(default=1, ge=1)  # evaluate every N rounds (and always the last)
     batch_size: int = Field(default=256, ge=1, le=65536)
+
+
+class ExecutionSpec(Strict):
+    """Where and how the round's clients train. Changes speed, not results (``vectorized``: within float
+    tolerance)."""
+
+    backend: Literal["local", "ray", "vectorized"] = "local"
+    threads: int | None = Field(default=None, ge=1)  # intra-op threads of the main process; None: torch's default
+    # ray: the cluster to join ("auto", "ray://host:10001", ...); None: $RAY_ADDRESS, else start Ray locally
+    address: str | None = None
+    workers: int | None = Field(default=None, ge=1)  # ray: client workers; None: as many as the CPUs allow
+    cpus_per_client: float = Field(default=1.0, gt=0)  # ray: CPUs per worker (also its torch threads)
+    gpus_per_client: float = Field(default=0.0, ge=0)  # ray: GPU fraction per worker
+    device: str = "cpu"  # vectorized: where clients train ("cpu", "cuda", "cuda:1")
 
 
 class FaultsSpec(Strict):
@@ -125,6 +142,7 @@ class RunSpec(Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     faults: FaultsSpec = Field(default_factory=FaultsSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

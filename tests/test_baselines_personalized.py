@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 import fedreg
 from fedreg.components import ClientUpdate, LocalContext, clone_state
-from fedreg.engine import run_client
+from fedreg.execution import ClientJob, ClientRunner, RoundInput, TrainingConfig
 from fedreg.registry import build_registry
 from fedreg.runtime import FederatedRun
 from fedreg.testing import initial_accuracy, synthetic_dataset, tiny_federation
@@ -253,10 +253,11 @@ def test_fedbabu_finetuned_copy_does_not_leak():
     outs = []
     for eval_local in (False, True):
         ctx = make_ctx()
-        out = run_client(round=1, cid=0, work_model=ctx.model, global_state=ctx.global_state, objective=FedBABU(),
-                         aggregator=FedAvg(), tensors=tensors, num_classes=4, epochs=1, batch_size=16, lr=0.05,
-                         make_optimizer=ctx.make_optimizer, generator=torch.Generator().manual_seed(0), state={},
-                         broadcast={}, build_model=ctx.build_model, eval_local=eval_local, eval_batch_size=64)
+        config = TrainingConfig(seed=0, epochs=1, batch_size=16, momentum=0.0, weight_decay=0.0, nesterov=False,
+                                num_classes=4, eval_local=eval_local, eval_batch_size=64)
+        runner = ClientRunner(config, ctx.build_model, lambda cid: tensors)
+        out = runner.run(ClientJob(1, 0, 0.05, {}), RoundInput(1, ctx.global_state, {}, FedBABU(), FedAvg()))
+        assert out.failure is None
         outs.append(out)
     assert isinstance(outs[1].update, ClientUpdate) and outs[1].local_eval is not None
     assert states_equal(outs[0].update.state, outs[1].update.state)  # fine-tuning ran, nothing was sent from it

@@ -1,0 +1,228 @@
+"""How a round's clients train: the execution backends.
+
+A backend receives the round's client jobs and returns one :class:`ClientResult` per job, in job order.
+Failures are data (``ClientResult.failure``), never exceptions: the round loop applies the spec's fault
+policy. Every backend runs the same per-client code, :class:`ClientRunner`, so they differ only in where
+and how many clients train at once:
+
+- ``local``: one after another in this process;
+- ``ray``: as Ray tasks on worker actors, locally or on a cluster (:mod:`fedreg.backends.ray_backend`);
+- ``vectorized``: the round's clients in lock-step with ``torch.func`` (:mod:`fedreg.backends.vectorized`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedreg import seeding
+from fedreg.components import (
+    Aggregator,
+    ClientUpdate,
+    LocalContext,
+    NonFiniteLoss,
+    Objective,
+    Predictions,
+    StateDict,
+    TrainOutput,
+    clone_state,
+)
+from fedreg.engine import call, non_finite_key, predict
+from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
+
+
+@dataclass
+class ClientJob:
+    """One client's work in one round."""
+
+    round: int
+    cid: int
+    lr: float
+    state: dict[str, Any]  # the client's persistent state (a copy: committed only if the client succeeds)
+
+
+@dataclass
+class RoundInput:
+    """What every client of a round receives."""
+
+    round: int
+    global_state: StateDict
+    broadcast: dict[str, Any]
+    objective: Objective
+    aggregator: Aggregator
+
+
+@dataclass
+class ClientResult:
+    cid: int
+    update: ClientUpdate | None = None
+    local_eval: Predictions | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    failure: ComponentFailure | None = None
+
+
+@dataclass
+class TrainingConfig:
+    """The run's fixed training settings, shipped once to wherever clients train."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    num_classes: int
+    eval_local: bool
+    eval_batch_size: int
+    precision: str = "fp32"
+
+    def make_optimizer_factory(self, lr: float):
+        def make(params):
+            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                                   nesterov=self.nesterov)
+        return make
+
+    def autocast(self):
+        """bf16 autocast when the spec asks for it (changed numerics, faster on CPUs with bf16 units)."""
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+@dataclass
+class ModelBuilder:
+    """Builds a fresh model for the run's dataset (picklable, so workers can build their own)."""
+
+    factory: Any  # the spec's Model component
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+    def __call__(self) -> nn.Module:
+        m = self.factory.build(self.in_channels, self.num_classes, self.image_size)
+        return m.to(memory_format=torch.channels_last)
+
+
+class ClientRunner:
+    """The per-client code every backend runs: build the client's context, train it with the objective,
+    then report (aggregator), evaluate locally and package the update."""
+
+    def __init__(self, config: TrainingConfig, build_model: ModelBuilder, tensors):
+        self.config = config
+        self.build_model = build_model  # () -> a fresh model (channels_last)
+        self.tensors = tensors  # cid -> (train_x, train_y, test_x, test_y), e.g. FederatedData.client_tensors
+        self._work_model: nn.Module | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_work_model": None}  # workers build their own
+
+    @property
+    def work_model(self) -> nn.Module:
+        if self._work_model is None:
+            self._work_model = self.build_model()
+        return self._work_model
+
+    def context(self, job: ClientJob, rin: RoundInput, model: nn.Module) -> LocalContext:
+        c = self.config
+        train_x, train_y, test_x, test_y = self.tensors(job.cid)
+        return LocalContext(
+            round=job.round, client_id=job.cid, model=model, global_state=rin.global_state, train_x=train_x,
+            train_y=train_y, test_x=test_x, test_y=test_y, num_classes=c.num_classes, epochs=c.epochs,
+            batch_size=c.batch_size, lr=job.lr, make_optimizer=c.make_optimizer_factory(job.lr),
+            generator=seeding.torch_generator(c.seed, seeding.CLIENT_SHUFFLE, job.round - 1, job.cid),
+            state=job.state, broadcast=rin.broadcast, build_model=self.build_model, momentum=c.momentum)
+
+    def run(self, job: ClientJob, rin: RoundInput) -> ClientResult:
+        """Train one client; a failing component becomes ``ClientResult.failure``."""
+        model = self.work_model
+        model.load_state_dict(rin.global_state)
+        ctx = self.context(job, rin, model)
+        try:
+            with self.config.autocast():
+                out = call_train(rin.objective, ctx)
+            return self.finish(ctx, rin, out)
+        except ComponentFailure as exc:
+            return ClientResult(job.cid, failure=exc)
+
+    def finish(self, ctx: LocalContext, rin: RoundInput, out: TrainOutput) -> ClientResult:
+        """After training (``ctx.model`` holds the trained weights): check, report, evaluate, package."""
+        r, cid = ctx.round, ctx.client_id
+        if not _finite(out.loss):
+            raise ComponentFailure(rin.objective, "train", r, cid, NonFiniteLoss(f"mean loss is {out.loss}"))
+        bad = non_finite_key(ctx.model.state_dict())
+        if bad is not None:
+            raise ComponentFailure(rin.objective, "train", r, cid,
+                                   NonFiniteLoss(f"the trained weights hold NaN or Inf in '{bad}'"))
+        report = call(rin.aggregator, "client_report", r, cid, ctx, ctx.model) or {}
+        if not isinstance(report, dict) or not all(isinstance(v, int | float) for v in report.values()):
+            raise PluginError(f"{describe(rin.aggregator)}: client_report must return a dict of numbers, "
+                              f"got {report!r} (round {r}, client {cid})")
+        local_eval = None
+        if self.config.eval_local and len(ctx.test_y):
+            model = call(rin.objective, "eval_model", r, cid, ctx)
+            with self.config.autocast():
+                local_eval = predict(model, ctx.test_x, ctx.test_y, self.config.eval_batch_size)
+        update = ClientUpdate(client_id=cid, num_samples=ctx.num_samples, state=clone_state(ctx.model.state_dict()),
+                              report={k: float(v) for k, v in report.items()}, payload=out.payload,
+                              train_loss=float(out.loss))
+        return ClientResult(cid, update=update, local_eval=local_eval, state=ctx.state)
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+def call_train(objective: Objective, ctx: LocalContext) -> TrainOutput:
+    try:
+        return objective.train(ctx)
+    except (KeyboardInterrupt, ComponentFailure, FedregError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ComponentFailure(objective, "train", ctx.round, ctx.client_id, exc) from exc
+
+
+class Backend:
+    """Where a round's clients train. ``start`` once per run, ``train`` once per round, ``close`` at the end."""
+
+    name = "local"
+
+    def __init__(self, execution, runner: ClientRunner, clients_per_round: int):
+        self.execution = execution  # the spec's ExecutionSpec
+        self.runner = runner
+        self.clients_per_round = clients_per_round
+
+    def start(self) -> None:
+        """Prepare once per run (start workers, ship data)."""
+
+    def train(self, jobs: list[ClientJob], rin: RoundInput) -> list[ClientResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``start`` acquired."""
+
+
+class LocalBackend(Backend):
+    """Clients one after another in this process, reusing one work model."""
+
+    name = "local"
+
+    def train(self, jobs, rin):
+        return [self.runner.run(job, rin) for job in jobs]
+
+
+#: backend name -> "module:class"; heavy dependencies are imported only when the backend is used
+BACKENDS = {
+    "local": "fedreg.execution:LocalBackend",
+    "ray": "fedreg.backends.ray_backend:RayBackend",
+    "vectorized": "fedreg.backends.vectorized:VectorizedBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
