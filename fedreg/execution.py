@@ -80,6 +80,7 @@ class TrainingConfig:
     eval_local: bool
     eval_batch_size: int
     precision: str = "fp32"
+    device: str = "cpu"  # where clients train; results come back to the CPU
 
     def make_optimizer_factory(self, lr: float):
         def make(params):
@@ -90,8 +91,19 @@ class TrainingConfig:
     def autocast(self):
         """bf16 autocast when the spec asks for it (changed numerics, faster on CPUs with bf16 units)."""
         if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def to_device(obj: Any, device: str | torch.device) -> Any:
+    """``obj`` with every tensor inside dicts, lists and tuples moved to ``device`` (others unchanged)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
 
 
 @dataclass
@@ -122,20 +134,36 @@ class ClientRunner:
         return {**self.__dict__, "_work_model": None}  # workers build their own
 
     @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    def new_model(self) -> nn.Module:
+        return self.build_model().to(self.device)
+
+    @property
     def work_model(self) -> nn.Module:
         if self._work_model is None:
-            self._work_model = self.build_model()
+            self._work_model = self.new_model()
         return self._work_model
 
     def context(self, job: ClientJob, rin: RoundInput, model: nn.Module) -> LocalContext:
+        """The client's context; off the CPU, with its data, weights and state moved to the device."""
         c = self.config
-        train_x, train_y, test_x, test_y = self.tensors(job.cid)
+        tensors, global_state, state, broadcast = self.tensors(job.cid), rin.global_state, job.state, rin.broadcast
+        if not self.on_cpu:
+            tensors, global_state, state, broadcast = to_device((tensors, global_state, state, broadcast),
+                                                                self.device)
+        train_x, train_y, test_x, test_y = tensors
         return LocalContext(
-            round=job.round, client_id=job.cid, model=model, global_state=rin.global_state, train_x=train_x,
+            round=job.round, client_id=job.cid, model=model, global_state=global_state, train_x=train_x,
             train_y=train_y, test_x=test_x, test_y=test_y, num_classes=c.num_classes, epochs=c.epochs,
             batch_size=c.batch_size, lr=job.lr, make_optimizer=c.make_optimizer_factory(job.lr),
             generator=seeding.torch_generator(c.seed, seeding.CLIENT_SHUFFLE, job.round - 1, job.cid),
-            state=job.state, broadcast=rin.broadcast, build_model=self.build_model, momentum=c.momentum)
+            state=state, broadcast=broadcast, build_model=self.new_model, momentum=c.momentum)
 
     def run(self, job: ClientJob, rin: RoundInput) -> ClientResult:
         """Train one client; a failing component becomes ``ClientResult.failure``."""
@@ -170,7 +198,13 @@ class ClientRunner:
         update = ClientUpdate(client_id=cid, num_samples=ctx.num_samples, state=clone_state(ctx.model.state_dict()),
                               report={k: float(v) for k, v in report.items()}, payload=out.payload,
                               train_loss=float(out.loss))
-        return ClientResult(cid, update=update, local_eval=local_eval, state=ctx.state)
+        result = ClientResult(cid, update=update, local_eval=local_eval, state=ctx.state)
+        if not self.on_cpu:
+            update.state, update.payload, result.state = to_device((update.state, update.payload, result.state), "cpu")
+            if local_eval is not None:
+                result.local_eval = Predictions(*to_device((local_eval.labels, local_eval.preds, local_eval.loss),
+                                                           "cpu"))
+        return result
 
 
 def _finite(x: float) -> bool:

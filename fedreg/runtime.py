@@ -100,6 +100,21 @@ class DataCache:
         return self._feds[fkey]
 
 
+def check_device(device: str) -> str:
+    """The spec's execution.device, checked against this machine."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise FedregError(f"execution.device: '{device}' is not a device ({exc}); use 'cpu', 'cuda' or "
+                          f"'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FedregError(f"execution.device is '{device}' but no CUDA device is visible on this machine; "
+                          f"set execution.device: cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise FedregError(f"execution.device: '{device}' is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
 def _select(selector, r: int, infos, k: int, seed: int) -> list[int]:
     # streams are indexed by rounds completed (r - 1), so round 1 draws from stream 0
     chosen = call(selector, "select", r, None, r, infos, k, seeding.rng(seed, seeding.SAMPLING, r - 1))
@@ -144,7 +159,8 @@ class FederatedRun:
         self.config = TrainingConfig(
             seed=self.spec.seed, epochs=t.local_epochs, batch_size=t.batch_size, momentum=o.momentum,
             weight_decay=o.weight_decay, nesterov=o.nesterov, num_classes=ds.num_classes,
-            eval_local=self.need_local, eval_batch_size=self.spec.evaluation.batch_size, precision=t.precision)
+            eval_local=self.need_local, eval_batch_size=self.spec.evaluation.batch_size, precision=t.precision,
+            device=check_device(self.spec.execution.device))
         # clients are index sets into the dataset's tensors: a client's tensors are gathered when it trains
         self.runner = ClientRunner(self.config, self.build_model, fed.client_tensors)
 
@@ -157,8 +173,8 @@ class FederatedRun:
             idx = torch.from_numpy(np.concatenate([c.test_idx for c in fed.clients]))
             parts_x.append(ds.train_x[idx])
             parts_y.append(ds.train_y[idx])
-        self.eval_x = torch.cat(parts_x) if parts_x else None
-        self.eval_y = torch.cat(parts_y) if parts_y else None
+        self.eval_x = torch.cat(parts_x).to(self.runner.device) if parts_x else None
+        self.eval_y = torch.cat(parts_y).to(self.runner.device) if parts_y else None
 
     # -- models ----------------------------------------------------------------------------------------
     def initial_state(self) -> RunState:
@@ -245,6 +261,8 @@ class FederatedRun:
         if self.eval_x is None:
             return ev
         allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
+        if not self.runner.on_cpu:
+            allp = Predictions(allp.labels.cpu(), allp.preds.cpu(), allp.loss.cpu())
         offset = 0
         if self.need_global_test:
             n = len(self.fed.dataset.test_y)
@@ -301,7 +319,7 @@ class FederatedRun:
         if self.resume is not None:
             t0 -= float(self.resume["elapsed_s"])
         every = spec.checkpoint.every if self.checkpoint_file is not None else 0
-        eval_model = self.build_model()
+        eval_model = self.runner.new_model()
         backend = backend_class(spec.execution.backend)(spec.execution, self.runner,
                                                          spec.federation.clients_per_round)
         backend.start()
