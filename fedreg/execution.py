@@ -91,7 +91,9 @@ class TrainingConfig:
     def autocast(self):
         """bf16 autocast when the spec asks for it (changed numerics, faster on CPUs with bf16 units)."""
         if self.precision == "bf16":
-            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+            # the region spans whole local training, where the optimizer updates weights in place: autocast's
+            # cache of cast weights would go stale after the first step, so it is off
+            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
 
