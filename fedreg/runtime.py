@@ -319,6 +319,9 @@ class FederatedRun:
         if self.resume is not None:
             t0 -= float(self.resume["elapsed_s"])
         every = spec.checkpoint.every if self.checkpoint_file is not None else 0
+        threads_before = torch.get_num_threads()
+        if spec.execution.threads:
+            torch.set_num_threads(spec.execution.threads)
         eval_model = self.runner.new_model()
         backend = backend_class(spec.execution.backend)(spec.execution, self.runner,
                                                          spec.federation.clients_per_round)
@@ -343,6 +346,7 @@ class FederatedRun:
         finally:
             bar.close()
             backend.close()
+            torch.set_num_threads(threads_before)
         wall = time.perf_counter() - t0
         final = summarize(st.history)
         final["wall_time_s"] = wall

@@ -59,3 +59,20 @@ def test_a_cuda_device_without_one_is_refused(monkeypatch):
         _tiny_run({"execution.device": "cuda"}, (), None, None)
     with pytest.raises(FedregError, match="'tpu9' is not"):
         _tiny_run({"execution.device": "tpu9"}, (), None, None)
+
+
+def test_execution_threads_apply_during_the_run_only(monkeypatch):
+    seen = []
+    from fedreg_baselines.components import CrossEntropy
+
+    original = CrossEntropy.loss
+
+    def spy(self, model, x, y, ctx):
+        seen.append(torch.get_num_threads())
+        return original(self, model, x, y, ctx)
+
+    monkeypatch.setattr(CrossEntropy, "loss", spy)
+    before = torch.get_num_threads()
+    tiny_federation({"federation.rounds": 1, "execution.threads": 1})
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
