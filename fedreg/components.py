@@ -230,10 +230,14 @@ class LocalContext:
             self._global_model = m
         return self._global_model
 
+    def epoch_order(self) -> torch.Tensor:
+        """One epoch's shuffled order of the training samples (one draw from ``generator``)."""
+        return torch.randperm(self.num_samples, generator=self.generator)
+
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled mini-batches of the client's training data (last batch may be short)."""
         n = self.num_samples
-        order = torch.randperm(n, generator=self.generator)
+        order = self.epoch_order()
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             yield self.train_x[idx], self.train_y[idx]
@@ -252,11 +256,30 @@ class NonFiniteLoss(ArithmeticError):
     """A local objective produced a NaN or Inf loss."""
 
 
+@dataclass(frozen=True)
+class FunctionalContext:
+    """What ``Objective.functional_loss`` may use besides the batch: the same for every client of a round."""
+
+    round: int
+    num_classes: int
+    lr: float  # this round's learning rate
+    global_params: dict[str, torch.Tensor]  # the received model's parameters by name (do not modify)
+    broadcast: dict[str, Any]  # server-to-client extras from Aggregator.broadcast (read only)
+
+
 class Objective(Component):
-    """A local objective: how a client trains the model it received."""
+    """A local objective: how a client trains the model it received.
+
+    ``functional_loss`` (optional) is the same loss written as a pure function of the parameters, for the
+    ``vectorized`` backend, which trains a round's clients together with ``torch.func``; an objective is
+    vectorizable iff it overrides it. That backend calls only ``functional_loss`` (and ``eval_model``
+    after training): it never calls ``setup``, ``loss``, ``before_step``, ``finish`` or ``train``, so a
+    vectorizable objective must not rely on them, on attributes set on ``self`` or on ``ctx.state``.
+    """
 
     kind = "objective"
-    contract = ("check_spec", "start_run", "setup", "loss", "before_step", "finish", "train", "eval_model")
+    contract = ("check_spec", "start_run", "setup", "loss", "before_step", "finish", "train", "eval_model",
+                "functional_loss")
     #: which model ``eval_model`` returns, recorded with local metrics: "local" (the trained copy of the
     #: global model) or "personal" (a model of the client's own, e.g. Ditto, FedPer, APFL, local-only)
     local_model_role: ClassVar[str] = "local"
@@ -278,6 +301,25 @@ class Objective(Component):
     def eval_model(self, ctx: LocalContext) -> nn.Module:
         """The model whose local accuracy this client reports (personalised methods return their own)."""
         return ctx.model
+
+    def functional_loss(self, forward: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
+                        params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                        fctx: FunctionalContext) -> torch.Tensor:
+        """The scalar loss for one padded batch as a pure function of ``params``, for the ``vectorized``
+        backend (optional; see the class docstring).
+
+        ``forward(params, x)`` runs the model with the given parameters (``torch.func.functional_call``);
+        ``params`` are one client's current parameters by name; ``x, y`` a batch padded to the batch size;
+        ``weight`` a float per-sample mask, 1 for real samples and 0 for padding. Return the loss
+        ``loss`` would give on the real samples alone: per-sample terms as a ``weight``-weighted mean, so
+        padding changes nothing. It runs under ``torch.func.vmap`` and ``grad``: no Python control flow on
+        tensor values, no ``.item()``/``float()`` of tensors, no in-place changes of the inputs."""
+        raise NotImplementedError
+
+    @classmethod
+    def vectorizable(cls) -> bool:
+        """Whether the ``vectorized`` backend can train this objective (it overrides ``functional_loss``)."""
+        return cls.functional_loss is not Objective.functional_loss
 
     def train(self, ctx: LocalContext) -> TrainOutput:
         """The local training loop: ``setup``, then per batch ``loss``, backward, ``before_step``, optimizer

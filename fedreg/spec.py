@@ -394,6 +394,17 @@ def _field_default(path: tuple[str, ...]) -> Any:
     return value.model_dump() if isinstance(value, BaseModel) else value
 
 
+def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> list[SpecIssue]:
+    """The vectorized backend trains only objectives that define ``functional_loss``."""
+    if objective.info.cls.vectorizable():
+        return []
+    able = sorted({i.name for i in registry.all() if i.kind == "objective" and i.cls.vectorizable()})
+    return [SpecIssue("execution.backend", (
+        f"objective '{objective.name}' cannot run on the vectorized backend: it does not define "
+        f"functional_loss (its loss as a pure function that torch.func batches over clients). Objectives that "
+        f"can: {', '.join(able) or '(none installed)'}; execution.backend: local or ray runs any objective"))]
+
+
 def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = None,
                  prefix: str = "") -> tuple[ResolvedSpec | None, list[SpecIssue]]:
     """Validate one (variant of a) spec; returns the resolved spec or the issues found."""
@@ -444,6 +455,8 @@ def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = 
             if comp is not None:
                 for msg in comp.info.cls.check_spec(comp.params, spec):
                     issues.append(SpecIssue(path, msg))
+        if spec.execution.backend == "vectorized" and "objective" in components:
+            issues.extend(_vectorizable_issues(components["objective"], registry))
     if prefix:
         issues = [SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message) for i in issues]
     if issues or spec is None:

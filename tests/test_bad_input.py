@@ -85,6 +85,8 @@ CASES = [
      "federation.aggregation.params.momentum: Input should be less than 1"),
     ("too-many-per-round", set_("federation.clients_per_round", 9), [], "9 clients per round but only 4 clients"),
     ("krum-too-few", set_("federation.aggregation", "krum"), [], "krum with f=1 needs at least 2f+3 = 5"),
+    ("objective-not-vectorizable", set_("execution", {"backend": "vectorized"}), ["--set", "training.objective=moon"],
+     "execution.backend: objective 'moon' cannot run on the vectorized backend"),
     ("bad-set", None, ["--set", "rounds"], "expected path.to.key=value"),
     ("unknown-variant", None, ["--variant", "nope"], "unknown variant 'nope'"),
     ("missing-data-file", set_("data.dataset", {"name": "pathmnist"}), [],

@@ -15,6 +15,9 @@ from fedreg_fedkper.math import (
     normalized_label_entropy,
     reliability_score,
     reliability_weights,
+    weighted_adaptive_beta,
+    weighted_adaptive_kd_loss,
+    weighted_distillation_kl,
 )
 
 
@@ -73,6 +76,51 @@ def test_total_loss_formula():
     assert float(loss.detach()) == pytest.approx(ce + exp_beta * tau**2 * kl, rel=1e-6)
     loss.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+def _kd_batch(n=5, c=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=gen) * 2
+    g = torch.randn(n, c, generator=gen) * 2
+    y = torch.randint(0, c, (n,), generator=gen)
+    return z, g, y
+
+
+def test_weighted_kd_with_unit_weights_is_the_unweighted_loss():
+    z, g, y = _kd_batch()
+    w = torch.ones(len(y))
+    for tau, lam in ((1.0, 10.0), (3.0, 0.5)):
+        loss, beta = adaptive_kd_loss(z, g, y, tau, lam)
+        wloss, wbeta = weighted_adaptive_kd_loss(z, g, y, w, tau, lam)
+        assert float(wbeta) == pytest.approx(float(beta), rel=1e-6)
+        assert float(wloss) == pytest.approx(float(loss), rel=1e-6)
+    assert float(weighted_distillation_kl(z, g, w, 2.0)) == pytest.approx(float(distillation_kl(z, g, 2.0)), rel=1e-6)
+    assert float(weighted_adaptive_beta(g, y, w, 10.0)) == pytest.approx(float(adaptive_beta(g, y, 10.0)), rel=1e-6)
+
+
+def test_weighted_kd_padding_rows_change_nothing():
+    z, g, y = _kd_batch(n=3)
+    pz, pg, py = _kd_batch(n=4, seed=1)  # padding rows hold arbitrary values
+    zz = torch.cat([z, pz * 10]).requires_grad_(True)
+    w = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    wloss, wbeta = weighted_adaptive_kd_loss(zz, torch.cat([g, pg]), torch.cat([y, py]), w, 2.0, 10.0)
+    zr = z.clone().requires_grad_(True)
+    loss, beta = adaptive_kd_loss(zr, g, y, 2.0, 10.0)
+    assert float(wbeta) == pytest.approx(float(beta), rel=1e-6)
+    assert float(wloss.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    wloss.backward()
+    loss.backward()
+    assert torch.allclose(zz.grad[:3], zr.grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(zz.grad[3:], torch.zeros(4, 4))  # padding gets no gradient
+    assert not wbeta.requires_grad
+
+
+def test_weighted_beta_ignores_the_padding_and_is_clamped():
+    g = torch.tensor([[0.0, 0.0], [-30.0, 30.0]])  # row 0: CE log 2; row 1 (padding): CE 60
+    y = torch.tensor([0, 0])
+    w = torch.tensor([1.0, 0.0])
+    assert float(weighted_adaptive_beta(g, y, w, 10.0)) == pytest.approx(1 / (math.log(2) + 1e-8), rel=1e-6)
+    assert float(weighted_adaptive_beta(g, y, w, 1.2)) == pytest.approx(1.2)
 
 
 def test_entropy_normalisation():

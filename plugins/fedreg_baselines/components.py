@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fedreg.aggregate import weighted_average
 from fedreg.components import Aggregator, Objective, Selector
+from fedreg_baselines.losses import weighted_cross_entropy
 
 
 class CrossEntropy(Objective):
@@ -16,6 +17,9 @@ class CrossEntropy(Objective):
 
     def loss(self, model, x, y, ctx):
         return F.cross_entropy(model(x), y)
+
+    def functional_loss(self, forward, params, x, y, weight, fctx):
+        return weighted_cross_entropy(forward(params, x), y, weight)
 
 
 class FedAvg(Aggregator):

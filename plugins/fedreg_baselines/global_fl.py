@@ -18,6 +18,7 @@ from fedreg_baselines.losses import (
     proximal_term,
     scaffold_client_control,
     scaffold_server_control,
+    weighted_cross_entropy,
 )
 
 
@@ -58,6 +59,12 @@ class FedProx(Objective):
         loss = F.cross_entropy(model(x), y)
         if self.params.mu > 0:  # mu = 0 is FedAvg exactly
             loss = loss + self.params.mu / 2 * proximal_term(model.named_parameters(), ctx.global_state)
+        return loss
+
+    def functional_loss(self, forward, params, x, y, weight, fctx):
+        loss = weighted_cross_entropy(forward(params, x), y, weight)
+        if self.params.mu > 0:
+            loss = loss + self.params.mu / 2 * proximal_term(params.items(), fctx.global_params)
         return loss
 
 

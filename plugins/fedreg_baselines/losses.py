@@ -10,6 +10,18 @@ import torch.nn.functional as F
 from fedreg.components import StateDict
 
 
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i v_i / sum_i w_i over a batch (0 when every weight is 0): the mean over the real samples of
+    a padded batch whose padding rows have weight 0."""
+    return (values * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the samples with weight 1 (padding rows, weight 0, change nothing); with
+    every weight 1 it is ``F.cross_entropy(logits, y)``. Pure and vmap-compatible."""
+    return weighted_mean(F.cross_entropy(logits, y, reduction="none"), weight)
+
+
 def proximal_term(named_params, ref: StateDict) -> torch.Tensor:
     """sum_k ||w_k - ref_k||^2 over the model's parameters (FedProx, Ditto)."""
     total = None

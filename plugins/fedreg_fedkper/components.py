@@ -12,6 +12,7 @@ from fedreg_fedkper.math import (
     normalized_label_entropy,
     reliability_score,
     reliability_weights,
+    weighted_adaptive_kd_loss,
 )
 
 
@@ -38,6 +39,12 @@ class AdaptiveKD(Objective):
     def finish(self, ctx):
         self._teacher = None
         return {}
+
+    def functional_loss(self, forward, params, x, y, weight, fctx):
+        g = forward(fctx.global_params, x)  # the frozen teacher: the received parameters
+        loss, _ = weighted_adaptive_kd_loss(forward(params, x), g, y, weight, self.params.tau,
+                                            self.params.lambda_max)
+        return loss
 
 
 class ReliabilityDiversityParams(Params):

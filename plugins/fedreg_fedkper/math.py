@@ -32,6 +32,37 @@ def adaptive_kd_loss(local_logits: torch.Tensor, global_logits: torch.Tensor, y:
     return loss, beta
 
 
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i v_i / sum_i w_i (0 when every weight is 0)."""
+    return (values * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
+
+
+def weighted_adaptive_beta(global_logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                           lambda_max: float) -> torch.Tensor:
+    """:func:`adaptive_beta` on the samples with weight 1 of a padded batch (padding rows have weight 0)."""
+    ce_g = _weighted_mean(F.cross_entropy(global_logits.detach(), y, reduction="none"), weight)
+    return torch.clamp(1.0 / (ce_g + 1e-8), max=lambda_max).detach()
+
+
+def weighted_distillation_kl(local_logits: torch.Tensor, global_logits: torch.Tensor, weight: torch.Tensor,
+                             tau: float) -> torch.Tensor:
+    """:func:`distillation_kl` (batch mean of the per-sample KL) over the samples with weight 1."""
+    log_p_local = F.log_softmax(local_logits / tau, dim=1)
+    log_p_global = F.log_softmax(global_logits.detach() / tau, dim=1)
+    per_sample = F.kl_div(log_p_local, log_p_global, reduction="none", log_target=True).sum(1)
+    return _weighted_mean(per_sample, weight)
+
+
+def weighted_adaptive_kd_loss(local_logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor,
+                              weight: torch.Tensor, tau: float, lambda_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`adaptive_kd_loss` over the real samples of a padded batch (``weight`` 1 real, 0 padding): the
+    CE, beta and KL are all means over the real samples. Pure and vmap-compatible. Returns (L, beta)."""
+    beta = weighted_adaptive_beta(global_logits, y, weight, lambda_max)
+    ce = _weighted_mean(F.cross_entropy(local_logits, y, reduction="none"), weight)
+    loss = ce + beta * (tau ** 2) * weighted_distillation_kl(local_logits, global_logits, weight, tau)
+    return loss, beta
+
+
 def normalized_label_entropy(label_counts: Sequence[int] | np.ndarray, num_classes: int) -> float:
     """Entropy of a client's label distribution divided by log(C), clipped to [0, 1]."""
     counts = np.asarray(label_counts, dtype=np.float64)
