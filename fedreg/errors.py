@@ -60,3 +60,29 @@ class ComponentFailure(Exception):
         where = f"round {round}" + (f", client {client}" if client is not None else "")
         super().__init__(f"{who}: {method} raised {type(exc).__name__}: {exc} ({where})")
         self.detail = "".join(traceback.format_exception(exc))
+
+    def __reduce__(self):
+        # Exception's default pickling calls cls(*args), which does not fit this __init__; rebuild from the
+        # message and the attributes instead, so that a failure crosses processes (Ray workers) intact.
+        state = dict(self.__dict__)
+        state["original"] = _picklable(self.original)
+        return _rebuild_failure, (type(self), self.args, state)
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a RuntimeError with its type name and message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _rebuild_failure(cls, args, state):
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
+    obj.__cause__ = state.get("original")
+    return obj
