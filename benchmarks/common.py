@@ -140,3 +140,16 @@ def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
             fns[name]()
             times[name].append(time.perf_counter() - t0)
     return {k: min(v) for k, v in times.items()}
+
+
+def fedreg_and_plain(run: FederatedRun, rounds: int, repeats: int, benchmark) -> dict[str, float]:
+    """Best times of ``rounds`` fedreg rounds and of the plain loop doing the same work (alternating, after a
+    warm-up); pytest-benchmark records one more call of the fedreg rounds."""
+    fedreg_rounds = Rounds(run, rounds)
+    tensors = [run.fed.client_tensors(c) for c in range(run.fed.num_clients)]
+    start = fedreg_rounds.start
+    best = alternate({"fedreg": fedreg_rounds,
+                      "plain": lambda: plain_rounds(run, {k: v.clone() for k, v in start.items()}, rounds, tensors)},
+                     repeats)
+    benchmark.pedantic(fedreg_rounds, rounds=1, iterations=1)
+    return best

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from common import FEDAVG, FEDKPER, Rounds, alternate, make_run, plain_rounds
+from common import FEDAVG, FEDKPER, fedreg_and_plain, make_run
 
 ROUNDS = 6  # rounds timed per repetition
 REPEATS = 3
@@ -20,13 +20,7 @@ REPEATS = 3
 @pytest.mark.parametrize("method", ["fedavg", "fedkper"])
 def test_round_overhead_against_plain_loop(method, data_dir, benchmark):
     run = make_run(FEDAVG if method == "fedavg" else FEDKPER, variant="fedkper" if method == "fedkper" else None)
-    fedreg_rounds = Rounds(run, ROUNDS)
-    tensors = [run.fed.client_tensors(c) for c in range(run.fed.num_clients)]
-    start = fedreg_rounds.start
-    best = alternate({"fedreg": fedreg_rounds,
-                      "plain": lambda: plain_rounds(run, {k: v.clone() for k, v in start.items()}, ROUNDS, tensors)},
-                     REPEATS)
-    benchmark.pedantic(fedreg_rounds, rounds=1, iterations=1)
+    best = fedreg_and_plain(run, ROUNDS, REPEATS, benchmark)
     ratio = best["fedreg"] / best["plain"]
     benchmark.extra_info.update({"fedreg_s": best["fedreg"], "plain_s": best["plain"], "ratio": ratio,
                                  "rounds": ROUNDS, "threads": torch.get_num_threads()})

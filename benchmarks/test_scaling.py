@@ -13,21 +13,15 @@ benchmarks/README.md. The plain loop computes no metrics, so with many clients t
 from __future__ import annotations
 
 import pytest
-from common import FEDAVG, Rounds, alternate, make_run, plain_rounds
+from common import FEDAVG, fedreg_and_plain, make_run
 
 ROUNDS = 3
 REPEATS = 3
 
 
-def measure(benchmark, overrides: list[str], label: str) -> float:
+def measure(benchmark, overrides: list[str], label: str) -> None:
     run = make_run(FEDAVG, ["training.local_epochs=1", *overrides])
-    fedreg_rounds = Rounds(run, ROUNDS)
-    tensors = [run.fed.client_tensors(c) for c in range(run.fed.num_clients)]
-    start = fedreg_rounds.start
-    best = alternate({"fedreg": fedreg_rounds,
-                      "plain": lambda: plain_rounds(run, {k: v.clone() for k, v in start.items()}, ROUNDS, tensors)},
-                     REPEATS)
-    benchmark.pedantic(fedreg_rounds, rounds=1, iterations=1)
+    best = fedreg_and_plain(run, ROUNDS, REPEATS, benchmark)
     ratio = best["fedreg"] / best["plain"]
     per_round = best["fedreg"] / ROUNDS
     benchmark.extra_info.update({"fedreg_round_s": per_round, "plain_round_s": best["plain"] / ROUNDS,
