@@ -105,7 +105,9 @@ class ExecutionSpec(Strict):
     workers: int | None = Field(default=None, ge=1)  # ray: client workers; None: as many as the CPUs allow
     cpus_per_client: float = Field(default=1.0, gt=0)  # ray: CPUs per worker (also its torch threads)
     gpus_per_client: float = Field(default=0.0, ge=0)  # ray: GPU fraction per worker
-    device: str = "cpu"  # vectorized: where clients train ("cpu", "cuda", "cuda:1")
+    # where clients train and the global model is evaluated ("cpu", "cuda", "cuda:1"); Ray workers train on
+    # a GPU when gpus_per_client > 0
+    device: str = "cpu"
 
 
 class FaultsSpec(Strict):
