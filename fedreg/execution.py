@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,7 +183,7 @@ class ClientRunner:
     def finish(self, ctx: LocalContext, rin: RoundInput, out: TrainOutput) -> ClientResult:
         """After training (``ctx.model`` holds the trained weights): check, report, evaluate, package."""
         r, cid = ctx.round, ctx.client_id
-        if not _finite(out.loss):
+        if not math.isfinite(out.loss):
             raise ComponentFailure(rin.objective, "train", r, cid, NonFiniteLoss(f"mean loss is {out.loss}"))
         bad = non_finite_key(ctx.model.state_dict())
         if bad is not None:
@@ -207,10 +208,6 @@ class ClientRunner:
                 result.local_eval = Predictions(*to_device((local_eval.labels, local_eval.preds, local_eval.loss),
                                                            "cpu"))
         return result
-
-
-def _finite(x: float) -> bool:
-    return x == x and x not in (float("inf"), float("-inf"))
 
 
 def call_train(objective: Objective, ctx: LocalContext) -> TrainOutput:
