@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from fedreg import seeding
 from fedreg.errors import ComponentFailure, FedregError
 
 StateDict = dict[str, torch.Tensor]
@@ -150,12 +151,21 @@ class Partition(Component):
     """Splits training labels into one index array per client."""
 
     kind = "partition"
-    contract = ("check_spec", "split")
+    contract = ("check_spec", "split", "random_streams")
 
     def split(self, labels: np.ndarray, num_clients: int, num_classes: int,
               rng: np.random.Generator) -> list[np.ndarray]:
-        """Return ``num_clients`` disjoint index arrays whose union is ``range(len(labels))``."""
+        """Return ``num_clients`` disjoint index arrays whose union is ``range(len(labels))``. The order of
+        each array is kept when the local test set is carved from it (a rule that draws with
+        ``rng.choice`` picks by position)."""
         raise NotImplementedError
+
+    def random_streams(self, seed: int) -> tuple[Any, Any]:
+        """The random sources of ``split`` and of carving each client's local test set, derived from the
+        run's seed. Default: two independent ``numpy.random.Generator`` streams. A partition that must
+        reproduce code drawing both from one sequence (NumPy's legacy global generator, say) returns the
+        same ``numpy.random.RandomState`` twice; the local-test rules use only methods both types have."""
+        return seeding.rng(seed, seeding.PARTITION), seeding.rng(seed, seeding.LOCAL_TEST)
 
 
 class Model(Component):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedreg import seeding
 from fedreg.components import ClientInfo, DatasetTensors, Partition
 from fedreg.errors import DataError, PluginError
 
@@ -19,19 +18,53 @@ class ClientSplit:
     test_idx: np.ndarray  # into dataset.train_x (the local test set is carved from the client's own data)
 
 
-def carve_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Split one client's indices into local train and local test, stratified by class: of each class
-    with n samples, ``round(fraction * n)`` go to the test set, keeping at least one for training."""
-    train, test = [], []
+def stratified_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float,
+                          rng) -> np.ndarray:
+    """Local test indices mirroring the client's label mix: of each class with n samples,
+    ``round(fraction * n)`` go to the test set, keeping at least one for training."""
+    test = []
     for c in np.unique(labels[indices]):
         idx = rng.permutation(indices[labels[indices] == c])
         k = min(int(round(fraction * len(idx))), len(idx) - 1)
         test.append(idx[:k])
-        train.append(idx[k:])
-    tr = np.sort(np.concatenate(train)) if train else np.empty(0, dtype=np.int64)
-    te = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
-    return tr.astype(np.int64), te.astype(np.int64)
+    return np.concatenate(test) if test else np.empty(0, dtype=np.int64)
+
+
+def per_class_equal_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float,
+                               rng) -> np.ndarray:
+    """Local test indices close to class-balanced, as the FedKPer authors' protocol carves them: the test
+    set's size is ``int(fraction * n)``; each class present on the client gives an equal share
+    ``int(size / classes present)``, drawn without replacement in class order; a class holding fewer
+    samples than the share gives ``int(fraction * its count)`` instead (so rare classes go mostly to the
+    test set). If that leaves the test set empty, ``int(fraction * n)`` samples are drawn from all of the
+    client's data. Draws go through ``rng.choice(..., replace=False)`` on the indices in the order the
+    partition returned them."""
+    indices = np.asarray(indices)
+    size = int(len(indices) * fraction)
+    present = np.unique(labels[indices])
+    share = int(size / len(present)) if len(present) else 0
+    picked = []
+    for c in present:
+        of_class = indices[labels[indices] == c]
+        take = share if share <= len(of_class) else int(fraction * len(of_class))
+        picked.append(rng.choice(of_class, size=take, replace=False))
+    test = np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)
+    if len(test) == 0:
+        test = rng.choice(indices, size=int(fraction * len(indices)), replace=False)
+    return test
+
+
+#: how a client's local test set is carved from its data (``data.local_test.rule``)
+LOCAL_TEST_RULES = {"stratified": stratified_local_test, "per_class_equal": per_class_equal_local_test}
+
+
+def carve_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float, rng,
+                     rule: str = "stratified") -> tuple[np.ndarray, np.ndarray]:
+    """Split one client's indices into (local train, local test), both sorted, by ``rule``."""
+    indices = np.asarray(indices, dtype=np.int64)
+    test = np.sort(np.asarray(LOCAL_TEST_RULES[rule](indices, labels, fraction, rng), dtype=np.int64))
+    train = np.sort(indices[~np.isin(indices, test)])
+    return train, test
 
 
 def check_partition(parts: list[np.ndarray], n: int, num_clients: int, who: str) -> None:
@@ -90,22 +123,23 @@ class FederatedData:
 
 
 def build_federated_data(dataset: DatasetTensors, partition: Partition, num_clients: int,
-                         local_test_fraction: float, seed: int) -> FederatedData:
-    """A pure function of (dataset, partition spec, seed)."""
+                         local_test_fraction: float, seed: int,
+                         local_test_rule: str = "stratified") -> FederatedData:
+    """A pure function of (dataset, partition spec, local-test rule, seed)."""
     labels = dataset.train_y.numpy()
     if num_clients > len(labels):
         raise DataError(f"{num_clients} clients but the training set has only {len(labels)} samples; "
                         f"lower data.num_clients")
-    parts = partition.split(labels, num_clients, dataset.num_classes, seeding.rng(seed, seeding.PARTITION))
+    part_rng, test_rng = partition.random_streams(seed)
+    parts = partition.split(labels, num_clients, dataset.num_classes, part_rng)
     check_partition(parts, len(labels), num_clients, partition.name)
-    split_rng = seeding.rng(seed, seeding.LOCAL_TEST)
     clients = []
     for cid, idx in enumerate(parts):
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:
             raise DataError(f"partition '{partition.name}' left client {cid} with no data; change the "
                             f"partition's parameters (e.g. a larger Dirichlet alpha) or lower data.num_clients")
-        tr, te = carve_local_test(idx, labels, local_test_fraction, split_rng)
+        tr, te = carve_local_test(idx, labels, local_test_fraction, test_rng, local_test_rule)
         clients.append(ClientSplit(cid, tr, te))
     return FederatedData(dataset, clients)
 

@@ -93,10 +93,11 @@ class DataCache:
             self._datasets[dkey] = ds_comp.instantiate().load(s.data.root, s.data.download, s.data.size)
         part = rs.components["partition"]
         fkey = dkey + (part.name, part.params.model_dump_json(), s.data.num_clients,
-                       s.data.local_test_fraction, s.seed)
+                       s.data.local_test.rule, s.data.local_test.fraction, s.seed)
         if fkey not in self._feds:
             self._feds[fkey] = build_federated_data(self._datasets[dkey], part.instantiate(),
-                                                    s.data.num_clients, s.data.local_test_fraction, s.seed)
+                                                    s.data.num_clients, s.data.local_test.fraction, s.seed,
+                                                    s.data.local_test.rule)
         return self._feds[fkey]
 
 

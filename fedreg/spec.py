@@ -47,6 +47,17 @@ class ComponentRef(Strict):
         return {} if value is None else value
 
 
+class LocalTestSpec(Strict):
+    """How each client's local test set is carved from its own data (see :mod:`fedreg.data`).
+
+    ``stratified``: ``round(fraction * n_c)`` of each class c, mirroring the client's label mix.
+    ``per_class_equal``: ``int(fraction * n)`` samples split equally over the classes present, as the
+    FedKPer authors' code does (close to class-balanced; rare classes go mostly to the test set)."""
+
+    rule: Literal["stratified", "per_class_equal"] = "stratified"
+    fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
 class DataSpec(Strict):
     dataset: ComponentRef
     root: str | None = None  # default: $FEDREG_DATA_DIR, else medmnist's default folder
@@ -54,7 +65,17 @@ class DataSpec(Strict):
     size: Literal[28, 64, 128, 224] = 28
     num_clients: int = Field(ge=1, le=100_000)
     partition: ComponentRef = Field(default_factory=lambda: ComponentRef(name="dirichlet"))
-    local_test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    local_test: LocalTestSpec = Field(default_factory=LocalTestSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_local_test_fraction(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "local_test_fraction" in value:
+            raise ValueError(
+                "data.local_test_fraction was replaced by data.local_test: write "
+                f"'local_test: {{rule: stratified, fraction: {value['local_test_fraction']}}}' for the same "
+                "split, or rule: per_class_equal for the FedKPer authors' class-balanced local test sets")
+        return value
 
 
 class OptimizerSpec(Strict):

@@ -75,7 +75,8 @@ def _tiny_run(overrides, plugins, dataset, registry) -> FederatedRun:
     (rs,) = resolve(raw, reg)
     ds = dataset or synthetic_dataset(num_classes=4)
     fed = build_federated_data(ds, rs.components["partition"].instantiate(), rs.spec.data.num_clients,
-                               rs.spec.data.local_test_fraction, rs.spec.seed)
+                               rs.spec.data.local_test.fraction, rs.spec.seed,
+                               rs.spec.data.local_test.rule)
     return FederatedRun(rs, fed, NullTracker(), run_id="tiny", progress=False)
 
 

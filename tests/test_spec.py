@@ -30,8 +30,8 @@ def test_minimal_spec_fills_defaults(registry):
     d = rs.resolved_dict()
     assert d["training"]["objective"] == {"name": "cross_entropy", "params": {}}
     assert d["federation"]["aggregation"]["name"] == "fedavg"
-    assert d["data"]["partition"] == {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 10}}
-    assert d["data"]["local_test_fraction"] == 0.2
+    assert d["data"]["partition"] == {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 10, "cap": False}}
+    assert d["data"]["local_test"] == {"rule": "stratified", "fraction": 0.2}
     assert [m["name"] for m in d["metrics"]] == ["global_accuracy"]
 
 
@@ -44,7 +44,7 @@ BAD = [
     (lambda s: s["training"]["optimizer"].update(momentum=1.5), "training.optimizer.momentum", "less than 1"),
     (lambda s: s["federation"].update(rounds=0), "federation.rounds", "greater than or equal to 1"),
     (lambda s: s["federation"].pop("rounds"), "federation.rounds", "required key is missing"),
-    (lambda s: s["data"].update(local_test_fraction=1.0), "data.local_test_fraction", "less than 1"),
+    (lambda s: s["data"].update(local_test={"fraction": 1.0}), "data.local_test.fraction", "less than 1"),
     (lambda s: s["data"].update(size=32), "data.size", "28, 64, 128 or 224"),
     (lambda s: s["federation"].update(clients_per_round=9), "federation.clients_per_round", "only 4 clients"),
     (lambda s: s["federation"].update(aggregation="fedavgg"), "federation.aggregation",

@@ -26,7 +26,7 @@ from fedreg_baselines.components import CrossEntropy, FedAvg
 from fedreg_baselines.global_fl import FedProx, FedProxParams
 from fedreg_baselines.losses import weighted_cross_entropy, weighted_mean
 from fedreg_fedkper.components import AdaptiveKD
-from fedreg_standard.models import CNNParams, ReferenceCNN
+from fedreg_standard.models import CNNParams, SmallCNN
 
 # ---------------------------------------------------------------------------------------------------------
 # Plain functions
@@ -106,7 +106,7 @@ OBJECTIVES = {"cross_entropy": lambda: CrossEntropy(), "fedprox": lambda: FedPro
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_functional_loss_is_the_loss_and_ignores_padding(name):
     torch.manual_seed(0)
-    build = ModelBuilder(ReferenceCNN(CNNParams(hidden=16)), 1, 4, 28)
+    build = ModelBuilder(SmallCNN(CNNParams(hidden=16)), 1, 4, 28)
     received, model = build(), build()
     with torch.no_grad():
         for p in model.parameters():
@@ -218,7 +218,7 @@ def test_bf16_trains_close_to_local_bf16(one_thread):
 def _runner(tensors, **config):
     cfg = dict(seed=3, epochs=2, batch_size=16, momentum=0.9, weight_decay=1e-3, nesterov=False, num_classes=4,
                eval_local=True, eval_batch_size=64)
-    return ClientRunner(TrainingConfig(**{**cfg, **config}), ModelBuilder(ReferenceCNN(CNNParams(hidden=16)), 1, 4, 28),
+    return ClientRunner(TrainingConfig(**{**cfg, **config}), ModelBuilder(SmallCNN(CNNParams(hidden=16)), 1, 4, 28),
                         tensors)
 
 

@@ -1,11 +1,18 @@
-"""fedreg's standard set-up components: MedMNIST 2D datasets, partitions (Dirichlet label skew, IID,
-k-classes-per-client shards) and the reference CNN. Loaded through the ``fedreg`` entry-point group like
-any third-party plugin."""
+"""fedreg's standard set-up components: MedMNIST 2D datasets, partitions (Dirichlet label skew with an
+optional balance cap, IID, k-classes-per-client shards, and the FedKPer authors' NumPy-seeded partition),
+two CNNs (``cnn`` and the FedKPer authors' ``medmnist_net``) and the authors' round-seeded client sampling.
+Loaded through the ``fedreg`` entry-point group like any third-party plugin."""
 
 from fedreg import hookimpl
 from fedreg_standard.medmnist_data import MEDMNIST_DATASETS
-from fedreg_standard.models import ReferenceCNN
-from fedreg_standard.partitions import DirichletPartition, IIDPartition, ShardPartition
+from fedreg_standard.models import MedMNISTNet, SmallCNN
+from fedreg_standard.partitions import (
+    DirichletPartition,
+    IIDPartition,
+    NumpyLegacyDirichletPartition,
+    ShardPartition,
+)
+from fedreg_standard.selection import NumpySeededByRound
 
 
 @hookimpl
@@ -19,8 +26,15 @@ def fedreg_register_partitions(register):
     register(DirichletPartition)
     register(IIDPartition)
     register(ShardPartition)
+    register(NumpyLegacyDirichletPartition)
 
 
 @hookimpl
 def fedreg_register_models(register):
-    register(ReferenceCNN)
+    register(SmallCNN)
+    register(MedMNISTNet)
+
+
+@hookimpl
+def fedreg_register_selectors(register):
+    register(NumpySeededByRound)

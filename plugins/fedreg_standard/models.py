@@ -1,4 +1,4 @@
-"""Models."""
+"""Models: two-convolution CNNs for small (28x28) images."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from fedreg.components import Model, Params
 
 
 class CNN(nn.Module):
-    """conv 5x5 32 -> max-pool -> conv 5x5 64 -> max-pool -> fc hidden -> fc classes (no padding)."""
+    """conv 5x5 32 -> ReLU -> max-pool 2 -> conv 5x5 64 -> ReLU -> max-pool 2 -> fc hidden -> ReLU -> fc classes.
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: int = 28, hidden: int = 512):
+    ``padding`` pads both convolutions (0: each shrinks the image by 4; 2: sizes are kept). The classifier
+    head is the module ``fc`` (personalised methods name it)."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int = 28, hidden: int = 512,
+                 padding: int = 0):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 32, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2))
-        self.conv2 = nn.Sequential(nn.Conv2d(32, 64, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2))
-        side = ((image_size - 4) // 2 - 4) // 2
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 32, 5, padding=padding), nn.ReLU(inplace=True),
+                                   nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(32, 64, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        side = cnn_side(image_size, padding)
         self.fc1 = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, hidden), nn.ReLU(inplace=True))
         self.fc = nn.Linear(hidden, num_classes)  # the classifier head
 
@@ -23,15 +28,37 @@ class CNN(nn.Module):
         return self.fc(self.fc1(self.conv2(self.conv1(x))))
 
 
+def cnn_side(image_size: int, padding: int) -> int:
+    """Side of the feature map entering the first fully connected layer (must be at least 1)."""
+    shrink = 4 - 2 * padding
+    return ((image_size - shrink) // 2 - shrink) // 2
+
+
 class CNNParams(Params):
-    hidden: int = Field(default=512, ge=1)
+    hidden: int = Field(default=512, ge=1, description="width of the hidden fully connected layer")
+    padding: int = Field(default=0, ge=0, le=2, description="padding of both 5x5 convolutions")
 
 
-class ReferenceCNN(Model):
-    """The reference CNN of FedAvg/FedKPer code (two 5x5 convs, fc 512, fc classes)."""
+class SmallCNN(Model):
+    """Two 5x5 convolutions without padding, fc 512, fc classes (582,600 parameters at 28x28x3 and 8 classes)."""
 
     name = "cnn"
     Params = CNNParams
 
     def build(self, in_channels, num_classes, image_size):
-        return CNN(in_channels, num_classes, image_size, self.params.hidden)
+        return CNN(in_channels, num_classes, image_size, self.params.hidden, self.params.padding)
+
+
+class MedMNISTNetParams(Params):
+    hidden: int = Field(default=512, ge=1, description="width of the hidden fully connected layer")
+
+
+class MedMNISTNet(Model):
+    """The FedKPer authors' MedMNIST network (MedMNISTNet in their code): two 5x5 convolutions with padding
+    2, fc 3136 -> 512, fc classes (1,663,944 parameters at 28x28x3 and 8 classes)."""
+
+    name = "medmnist_net"
+    Params = MedMNISTNetParams
+
+    def build(self, in_channels, num_classes, image_size):
+        return CNN(in_channels, num_classes, image_size, self.params.hidden, padding=2)
