@@ -18,7 +18,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("global acc (final)", "final_global_acc"),
     ("global acc (last-10 mean)", "last10_global_acc"),
     ("local acc mean (last-10 mean)", "last10_local_acc_mean"),
-    ("worst-client local acc (last-10 mean)", "last10_local_acc_worst"),
+    ("worst participant of the round, local acc (last-10 mean)", "last10_local_acc_worst"),
     ("global NFR (last-10 mean)", "last10_global_nfr"),
     ("BwT (last-10 mean)", "last10_bwt"),
     ("global consistency (last-10 mean)", "last10_global_consistency"),
@@ -27,8 +27,9 @@ COLUMNS: list[tuple[str, str]] = [
 
 NOTE = ("'final' is the last evaluated round; 'last-10 mean' averages the last 10 evaluated rounds (never "
         "best-so-far). Local accuracy is each round's participating clients' trained models on their own "
-        "local test sets (personal models where the method has them); 'worst-client' is the worst participant "
-        "of each round.")
+        "local test sets (personal models where the method has them); 'worst participant of the round' is the "
+        "worse of that round's sampled clients, not the worst client of the federation: 'fedreg report' gives "
+        "the worst client (each client at its last participation, the minimum over all clients).")
 
 CURVE_KEYS = ("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr")
 

@@ -23,7 +23,12 @@ class GlobalAccuracy(Metric):
 
 class LocalAccuracy(Metric):
     """Each participating client's trained model (its personal model for personalised methods) on its own
-    local test set: mean and worst client, plain and class-balanced."""
+    local test set: per client, and the mean and the worst participant of the round, plain and class-balanced.
+
+    ``local_acc_worst`` is the worse of the round's participants, not the worst client of the federation (the
+    report derives that from the per-client values at each client's last participation). The worst
+    participant's id is not logged as a scalar: a per-round id summarised like a metric (its last-10 mean)
+    means nothing, and per_client.csv already says which participant it was."""
 
     name = "local_accuracy"
     requires = frozenset({LOCAL})
@@ -31,12 +36,10 @@ class LocalAccuracy(Metric):
     def update(self, ev: RoundEvaluation) -> MetricResult:
         acc = {c: p.accuracy() for c, p in ev.local.items()}
         bacc = {c: balanced_accuracy(p.labels.numpy(), p.preds.numpy()) for c, p in ev.local.items()}
-        mean, worst, worst_c = mean_and_worst(acc)
+        mean, worst, _ = mean_and_worst(acc)
         bmean, bworst, _ = mean_and_worst(bacc)
         out = MetricResult({"local_acc_mean": mean, "local_acc_worst": worst,
                             "local_bacc_mean": bmean, "local_bacc_worst": bworst})
-        if worst_c is not None:
-            out.scalars["local_acc_worst_client"] = float(worst_c)
         out.per_client = {c: {f"local_acc[{ev.local_model_role}]": acc[c],
                               f"local_bacc[{ev.local_model_role}]": bacc[c]} for c in acc}
         return out
