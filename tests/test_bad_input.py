@@ -12,11 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import fedreg.registry
-from conftest import base_spec, make_medmnist_npz, write_spec
 from fedreg import hookimpl
 from fedreg.cli import main
 from fedreg.components import Partition
 from fedreg.registry import build_registry
+from testhelpers import base_spec, make_medmnist_npz, write_spec
 
 
 class Lopsided(Partition):

@@ -8,12 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import REPO
 from fedreg.components import DatasetTensors
-from fedreg.registry import get_registry
 from fedreg.spec import load_yaml
 from fedreg.testing import initial_accuracy, tiny_federation
 from fedreg_standard.medmnist_data import load_medmnist
+from testhelpers import REPO
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -31,8 +30,8 @@ def blood_subset(data_dir) -> DatasetTensors:
 
 
 
-def test_every_registered_method_has_a_variant():
-    reg = get_registry()
+def test_every_registered_method_has_a_variant(registry):
+    reg = registry
     used = {v["training.objective"]["name"] if isinstance(v["training.objective"], dict) else v["training.objective"]
             for v in VARIANTS.values()}
     used |= {v["federation.aggregation"]["name"] if isinstance(v["federation.aggregation"], dict)
@@ -42,7 +41,7 @@ def test_every_registered_method_has_a_variant():
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_method_improves_on_its_start(variant, blood_subset):
+def test_method_improves_on_its_start(variant, blood_subset, registry):
     over = {**VARIANTS[variant], "data.num_clients": 6, "federation.clients_per_round": 5,
             "federation.rounds": 3, "model": "cnn", "training.batch_size": 32,
             "training.optimizer": {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-5},
@@ -56,8 +55,7 @@ def test_method_improves_on_its_start(variant, blood_subset):
         over["training.objective"] = {"name": "fedrep", "params": {"head_epochs": 2}}
     start = initial_accuracy({"model": "cnn", "data.num_clients": 6}, dataset=blood_subset)
     res = tiny_federation(over, dataset=blood_subset)
-    reg = get_registry()
-    obj = res.history and tiny_objective_role(reg, over)
+    obj = res.history and tiny_objective_role(registry, over)
     key = "final_local_acc_mean" if obj == "personal" else "final_global_acc"
     # 8 classes; the untrained model sits near chance
     assert res.final[key] > start + 0.15, (variant, start, res.final)

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, base_spec, write_spec
+from testhelpers import REPO, base_spec, write_spec
 
 
 def fedreg(*args, env=None):

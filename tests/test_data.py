@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import BLOOD_MD5, make_medmnist_npz
 from fedreg.errors import DataError
 from fedreg_standard.medmnist_data import load_medmnist
+from testhelpers import BLOOD_MD5, make_medmnist_npz
 
 
 @pytest.mark.realdata

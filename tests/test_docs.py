@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from conftest import REPO
 from fedreg import hookspecs
+from testhelpers import REPO
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("fedreg_")]
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, base_spec, make_medmnist_npz, write_spec
 from fedreg import hookimpl
 from fedreg.components import Objective
 from fedreg.errors import PluginError
 from fedreg.registry import build_registry
 from fedreg.runtime import TIMING_KEYS, run_experiment
 from fedreg.spec import resolve
+from testhelpers import REPO, base_spec, make_medmnist_npz, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import base_spec
 from fedreg.components import ClientInfo, DatasetTensors
 from fedreg.data import build_federated_data, per_class_equal_local_test
 from fedreg.errors import SpecError
@@ -31,6 +30,7 @@ from fedreg_standard.partitions import (
     dirichlet_split,
 )
 from fedreg_standard.selection import NumpySeededByRound
+from testhelpers import base_spec
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "fedkper_reference_partition.json").read_text())
 

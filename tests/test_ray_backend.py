@@ -8,7 +8,6 @@ import pickle
 import sys
 
 import pytest
-import ray
 import torch
 
 from fedreg import hookimpl
@@ -19,6 +18,8 @@ from fedreg.runtime import TIMING_KEYS
 from fedreg.spec import ExecutionSpec
 from fedreg.testing import _tiny_run, tiny_federation
 from fedreg_baselines.components import CrossEntropy
+
+ray = pytest.importorskip("ray")  # the ray extra; without it these tests are skipped
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,12 @@ import types
 
 import pytest
 
-from conftest import base_spec
 from fedreg import hookimpl
 from fedreg.components import Aggregator, Objective
 from fedreg.registry import build_registry
 from fedreg.spec import resolve
 from fedreg_baselines.components import FedAvg
+from testhelpers import base_spec
 
 
 def test_first_party_plugins_come_from_entry_points():

@@ -16,12 +16,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import base_spec, make_medmnist_npz, write_spec
 from fedreg import hookimpl
 from fedreg.errors import ComponentFailure, FedregError
 from fedreg.runtime import TIMING_KEYS
 from fedreg.testing import tiny_federation
 from fedreg_baselines.components import CrossEntropy
+from testhelpers import base_spec, make_medmnist_npz, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,6 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from fedreg.cli import main
 from fedreg.report import (
     TABLE,
@@ -47,6 +46,7 @@ from fedreg.report import (
     worst_client,
 )
 from fedreg.runtime import summarize
+from testhelpers import REPO
 
 PLOTS = ("curves.png", "curves_by_method.png", "curves_raw.png", "clients.png", "accuracy_vs_time.png")
 

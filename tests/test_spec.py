@@ -7,9 +7,9 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO, base_spec
 from fedreg.errors import SpecError
 from fedreg.spec import apply_overrides, load_spec, merge_variant, parse_overrides, resolve
+from testhelpers import REPO, base_spec
 
 
 def problems(raw, registry, **kw) -> dict[str, str]:
