@@ -43,7 +43,11 @@ class Rounds:
 
     def __init__(self, run: FederatedRun, rounds: int, backend: str | None = None):
         self.run, self.rounds = run, rounds
-        ex = run.spec.execution if backend is None else run.spec.execution.model_copy(update={"backend": backend})
+        ex = (
+            run.spec.execution
+            if backend is None
+            else run.spec.execution.model_copy(update={"backend": backend})
+        )
         self.backend = backend_class(ex.backend)(ex, run.runner, run.spec.federation.clients_per_round)
         self.backend.start()
         self.eval_model = run.runner.new_model()
@@ -72,8 +76,10 @@ def plain_rounds(run: FederatedRun, state: dict, rounds: int, tensors: list | No
     tensors = tensors or [run.fed.client_tensors(c) for c in range(run.fed.num_clients)]
     for r in range(1, rounds + 1):
         rng = seeding.rng(spec.seed, seeding.SAMPLING, r - 1)
-        chosen = sorted(int(c) for c in rng.choice(run.fed.num_clients, size=spec.federation.clients_per_round,
-                                                   replace=False))
+        chosen = sorted(
+            int(c)
+            for c in rng.choice(run.fed.num_clients, size=spec.federation.clients_per_round, replace=False)
+        )
         lr = o.lr * spec.training.lr_schedule.gamma ** (r - 1)
         states, weights = [], []
         if kd:
@@ -88,7 +94,7 @@ def plain_rounds(run: FederatedRun, state: dict, rounds: int, tensors: list | No
             for _ in range(spec.training.local_epochs):
                 perm = torch.randperm(len(y), generator=g)
                 for s in range(0, len(y), spec.training.batch_size):
-                    idx = perm[s:s + spec.training.batch_size]
+                    idx = perm[s : s + spec.training.batch_size]
                     xb, yb = x[idx], y[idx]
                     opt.zero_grad(set_to_none=True)
                     z = model(xb)
@@ -97,16 +103,19 @@ def plain_rounds(run: FederatedRun, state: dict, rounds: int, tensors: list | No
                         with torch.no_grad():
                             gl = teacher(xb)
                             beta = torch.clamp(1.0 / (F.cross_entropy(gl, yb) + 1e-8), max=10.0)
-                        loss = loss + beta * F.kl_div(F.log_softmax(z, 1), F.log_softmax(gl, 1),
-                                                      reduction="batchmean", log_target=True)
+                        loss = loss + beta * F.kl_div(
+                            F.log_softmax(z, 1), F.log_softmax(gl, 1), reduction="batchmean", log_target=True
+                        )
                     loss.backward()
                     opt.step()
             model.eval()
             eb = spec.evaluation.batch_size  # batches of 256: larger ones hit glibc's mmap threshold here
             with torch.inference_mode():
                 if rd:
-                    correct = sum(int((model(x[s:s + eb]).argmax(1) == y[s:s + eb]).sum())
-                                  for s in range(0, len(y), eb))
+                    correct = sum(
+                        int((model(x[s : s + eb]).argmax(1) == y[s : s + eb]).sum())
+                        for s in range(0, len(y), eb)
+                    )
                     acc = correct / len(y)
                     p = np.bincount(y.numpy(), minlength=C) / len(y)
                     p = p[p > 0]
@@ -114,7 +123,7 @@ def plain_rounds(run: FederatedRun, state: dict, rounds: int, tensors: list | No
                 else:
                     weights.append(float(len(y)))
                 for s in range(0, len(ty), eb):
-                    model(tx[s:s + eb]).argmax(1)  # local accuracy of the participant's model
+                    model(tx[s : s + eb]).argmax(1)  # local accuracy of the participant's model
             states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         total = sum(weights)
         state = {k: sum(w / total * s[k] for w, s in zip(weights, states, strict=True)) for k in state}
@@ -122,7 +131,7 @@ def plain_rounds(run: FederatedRun, state: dict, rounds: int, tensors: list | No
         evaluator.eval()
         with torch.inference_mode():
             for s in range(0, len(run.eval_y), spec.evaluation.batch_size):
-                evaluator(run.eval_x[s:s + spec.evaluation.batch_size]).argmax(1)
+                evaluator(run.eval_x[s : s + spec.evaluation.batch_size]).argmax(1)
     return state
 
 
@@ -134,7 +143,7 @@ def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for i in range(repeats):
-        order = names[i % len(names):] + names[:i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
             t0 = time.perf_counter()
             fns[name]()
@@ -148,8 +157,12 @@ def fedreg_and_plain(run: FederatedRun, rounds: int, repeats: int, benchmark) ->
     fedreg_rounds = Rounds(run, rounds)
     tensors = [run.fed.client_tensors(c) for c in range(run.fed.num_clients)]
     start = fedreg_rounds.start
-    best = alternate({"fedreg": fedreg_rounds,
-                      "plain": lambda: plain_rounds(run, {k: v.clone() for k, v in start.items()}, rounds, tensors)},
-                     repeats)
+    best = alternate(
+        {
+            "fedreg": fedreg_rounds,
+            "plain": lambda: plain_rounds(run, {k: v.clone() for k, v in start.items()}, rounds, tensors),
+        },
+        repeats,
+    )
     benchmark.pedantic(fedreg_rounds, rounds=1, iterations=1)
     return best

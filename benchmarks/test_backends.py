@@ -37,11 +37,20 @@ def test_backend_against_local(backend, data_dir, benchmark):
         other.close()
     diff = max(float((a.global_state[k] - b.global_state[k]).abs().max()) for k in a.global_state)
     speedup = best["local"] / best[backend]
-    benchmark.extra_info.update({"local_s": best["local"], f"{backend}_s": best[backend], "speedup": speedup,
-                                 "max_abs_weight_diff": diff, "threads": torch.get_num_threads()})
+    benchmark.extra_info.update(
+        {
+            "local_s": best["local"],
+            f"{backend}_s": best[backend],
+            "speedup": speedup,
+            "max_abs_weight_diff": diff,
+            "threads": torch.get_num_threads(),
+        }
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    print(f"\n{backend}: local {best['local']:.2f} s, {backend} {best[backend]:.2f} s for {ROUNDS} rounds: "
-          f"speedup {speedup:.3f}; max |weight difference| after 1 round against local on 1 thread {diff:.2e}")
+    print(
+        f"\n{backend}: local {best['local']:.2f} s, {backend} {best[backend]:.2f} s for {ROUNDS} rounds: "
+        f"speedup {speedup:.3f}; max |weight difference| after 1 round against local on 1 thread {diff:.2e}"
+    )
     if backend == "ray":
         assert speedup >= 1.15
         assert diff == 0.0  # bit-identical

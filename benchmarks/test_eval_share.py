@@ -30,16 +30,21 @@ class Clock:
                 return fn(*args, **kwargs)
             finally:
                 self.total += time.perf_counter() - t0
+
         return timed
 
 
 @pytest.mark.parametrize("method", ["fedavg", "fedkper"])
 def test_evaluation_share_of_a_round(method, data_dir, benchmark, monkeypatch):
-    run = make_run(FEDAVG if method == "fedavg" else FEDKPER, variant="fedkper" if method == "fedkper" else None)
+    run = make_run(
+        FEDAVG if method == "fedavg" else FEDKPER, variant="fedkper" if method == "fedkper" else None
+    )
     rounds = Rounds(run, ROUNDS)
     rounds(1)  # warm-up
     clock = Clock()
-    monkeypatch.setattr(run, "evaluate", clock.wrap(run.evaluate))  # global model: test split + local test sets
+    monkeypatch.setattr(
+        run, "evaluate", clock.wrap(run.evaluate)
+    )  # global model: test split + local test sets
     monkeypatch.setattr(fedreg.execution, "predict", clock.wrap(fedreg.execution.predict))  # participants
     for m in run.metrics:
         monkeypatch.setattr(m, "update", clock.wrap(m.update))
@@ -49,5 +54,7 @@ def test_evaluation_share_of_a_round(method, data_dir, benchmark, monkeypatch):
     share = clock.total / total
     benchmark.extra_info.update({"eval_s": clock.total, "round_s": total / ROUNDS, "share": share})
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    print(f"\n{method}: {total / ROUNDS:.2f} s/round, evaluation {clock.total / ROUNDS:.2f} s/round = {share:.1%}")
+    print(
+        f"\n{method}: {total / ROUNDS:.2f} s/round, evaluation {clock.total / ROUNDS:.2f} s/round = {share:.1%}"
+    )
     assert share <= 0.25

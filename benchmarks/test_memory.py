@@ -43,9 +43,13 @@ def peak_rss_mib(cmd: list[str], cwd) -> float:
 @pytest.mark.parametrize("clients", [100, 500])
 def test_peak_memory(clients, data_dir, tmp_path, benchmark):
     spec = yaml.safe_load((REPO / "specs/fedavg-bloodmnist.yaml").read_text())
-    spec["data"].update({"num_clients": clients,
-                         # Dirichlet 0.1 cannot give 500 clients of BloodMNIST data each; alpha 0.5 can
-                         "partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 2}}})
+    spec["data"].update(
+        {
+            "num_clients": clients,
+            # Dirichlet 0.1 cannot give 500 clients of BloodMNIST data each; alpha 0.5 can
+            "partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 2}},
+        }
+    )
     spec["federation"].update({"rounds": 3, "clients_per_round": 10})
     spec["metrics"] = ["global_accuracy", "local_accuracy", "global_on_local", "flips", "bwt"]
     spec["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "memory"}
@@ -56,6 +60,8 @@ def test_peak_memory(clients, data_dir, tmp_path, benchmark):
     ratio = fedreg / plain
     benchmark.extra_info.update({"fedreg_peak_rss_mib": fedreg, "plain_peak_rss_mib": plain, "ratio": ratio})
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    print(f"\n{clients} clients: fedreg run peak RSS {fedreg:.0f} MiB, plain process {plain:.0f} MiB, "
-          f"ratio {ratio:.2f}")
+    print(
+        f"\n{clients} clients: fedreg run peak RSS {fedreg:.0f} MiB, plain process {plain:.0f} MiB, "
+        f"ratio {ratio:.2f}"
+    )
     assert fedreg <= 2048

@@ -19,11 +19,22 @@ REPEATS = 3
 
 @pytest.mark.parametrize("method", ["fedavg", "fedkper"])
 def test_round_overhead_against_plain_loop(method, data_dir, benchmark):
-    run = make_run(FEDAVG if method == "fedavg" else FEDKPER, variant="fedkper" if method == "fedkper" else None)
+    run = make_run(
+        FEDAVG if method == "fedavg" else FEDKPER, variant="fedkper" if method == "fedkper" else None
+    )
     best = fedreg_and_plain(run, ROUNDS, REPEATS, benchmark)
     ratio = best["fedreg"] / best["plain"]
-    benchmark.extra_info.update({"fedreg_s": best["fedreg"], "plain_s": best["plain"], "ratio": ratio,
-                                 "rounds": ROUNDS, "threads": torch.get_num_threads()})
-    print(f"\n{method}: fedreg {best['fedreg']:.2f} s, plain {best['plain']:.2f} s for {ROUNDS} rounds: "
-          f"ratio {ratio:.3f}")
+    benchmark.extra_info.update(
+        {
+            "fedreg_s": best["fedreg"],
+            "plain_s": best["plain"],
+            "ratio": ratio,
+            "rounds": ROUNDS,
+            "threads": torch.get_num_threads(),
+        }
+    )
+    print(
+        f"\n{method}: fedreg {best['fedreg']:.2f} s, plain {best['plain']:.2f} s for {ROUNDS} rounds: "
+        f"ratio {ratio:.3f}"
+    )
     assert ratio <= 1.05, f"fedreg is {ratio:.3f}x the plain loop (goal <= 1.05)"

@@ -20,8 +20,10 @@ ROUNDS = 30
 
 
 def test_bf16_speed_and_accuracy(data_dir, benchmark):
-    runs = {p: make_run(FEDAVG, [f"training.precision={p}", f"federation.rounds={ROUNDS}"])
-            for p in ("fp32", "bf16")}
+    runs = {
+        p: make_run(FEDAVG, [f"training.precision={p}", f"federation.rounds={ROUNDS}"])
+        for p in ("fp32", "bf16")
+    }
     # evaluation alone: the global model on the test split and every local test set
     ev = {}
     for p, run in runs.items():
@@ -31,6 +33,7 @@ def test_bf16_speed_and_accuracy(data_dir, benchmark):
         def evaluate(run=run, model=model):
             with run.config.autocast():
                 predict(model, run.eval_x, run.eval_y, run.spec.evaluation.batch_size)
+
         ev[p] = evaluate
     t_eval = alternate(ev, 3)
     # whole runs (training, evaluation, aggregation, metrics)
@@ -40,8 +43,11 @@ def test_bf16_speed_and_accuracy(data_dir, benchmark):
         results[p] = run.run()
         t_run[p] = time.perf_counter() - t0
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    info = {"eval_speedup": t_eval["fp32"] / t_eval["bf16"], "run_speedup": t_run["fp32"] / t_run["bf16"],
-            "threads": torch.get_num_threads()}
+    info = {
+        "eval_speedup": t_eval["fp32"] / t_eval["bf16"],
+        "run_speedup": t_run["fp32"] / t_run["bf16"],
+        "threads": torch.get_num_threads(),
+    }
     for key in ("final_global_acc", "last10_global_acc", "last10_local_acc_mean"):
         for p in runs:
             info[f"{p}_{key}"] = results[p].final.get(key)

@@ -24,9 +24,12 @@ def measure(benchmark, overrides: list[str], label: str) -> None:
     best = fedreg_and_plain(run, ROUNDS, REPEATS, benchmark)
     ratio = best["fedreg"] / best["plain"]
     per_round = best["fedreg"] / ROUNDS
-    benchmark.extra_info.update({"fedreg_round_s": per_round, "plain_round_s": best["plain"] / ROUNDS,
-                                 "ratio": ratio})
-    print(f"\n{label}: fedreg {per_round:.2f} s/round, plain {best['plain'] / ROUNDS:.2f} s/round, ratio {ratio:.3f}")
+    benchmark.extra_info.update(
+        {"fedreg_round_s": per_round, "plain_round_s": best["plain"] / ROUNDS, "ratio": ratio}
+    )
+    print(
+        f"\n{label}: fedreg {per_round:.2f} s/round, plain {best['plain'] / ROUNDS:.2f} s/round, ratio {ratio:.3f}"
+    )
     return ratio
 
 
@@ -39,6 +42,13 @@ def test_round_time_against_clients_per_round(per_round, data_dir, benchmark):
 def test_round_time_against_total_clients(clients, data_dir, benchmark):
     # Dirichlet 0.1 cannot give 100 or 500 clients of BloodMNIST a few samples each (the partition's redraws
     # fail), so this series uses alpha 0.5 with at least 2 samples per client
-    measure(benchmark, [f"data.num_clients={clients}", "federation.clients_per_round=10",
-                                "data.partition.params.alpha=0.5", "data.partition.params.min_samples=2"],
-                    f"{clients} clients, 10 per round")
+    measure(
+        benchmark,
+        [
+            f"data.num_clients={clients}",
+            "federation.clients_per_round=10",
+            "data.partition.params.alpha=0.5",
+            "data.partition.params.min_samples=2",
+        ],
+        f"{clients} clients, 10 per round",
+    )

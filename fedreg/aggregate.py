@@ -13,7 +13,9 @@ def normalize_weights(weights: Sequence[float]) -> torch.Tensor:
     w = torch.as_tensor([float(x) for x in weights], dtype=torch.float64)
     total = float(w.sum())
     if not torch.isfinite(w).all() or total <= 0 or bool((w < 0).any()):
-        raise ValueError(f"weights must be finite, non-negative and sum to a positive number, got {w.tolist()}")
+        raise ValueError(
+            f"weights must be finite, non-negative and sum to a positive number, got {w.tolist()}"
+        )
     return w / total
 
 

@@ -31,8 +31,11 @@ LATER_DEFAULTS = {"training.precision": "fp32"}
 def identity(resolved: dict[str, Any]) -> dict[str, str]:
     """The flattened resolved spec that decides whether a checkpoint belongs to it (where clients train
     is not part of it: a run may continue on another backend)."""
-    return {k: v for k, v in flatten(resolved).items()
-            if k.split(".")[0] not in IGNORED_FOR_IDENTITY and LATER_DEFAULTS.get(k, object()) != v}
+    return {
+        k: v
+        for k, v in flatten(resolved).items()
+        if k.split(".")[0] not in IGNORED_FOR_IDENTITY and LATER_DEFAULTS.get(k, object()) != v
+    }
 
 
 def fingerprint(resolved: dict[str, Any]) -> str:
@@ -48,16 +51,24 @@ def differences(stored: dict[str, str], current: dict[str, str], limit: int = 6)
 def rng_states() -> dict[str, Any]:
     """Global RNG states, for plugins that draw from them (fedreg's own streams are derived from the seed)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": [list(random.getstate()[1]), random.getstate()[0]]}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+    }
 
 
 def restore_rng_states(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     internal, version = state["python"]
     random.setstate((version, tuple(internal), None))
 
@@ -73,8 +84,10 @@ def load(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(path, weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise FedregError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); delete it to start "
-                          f"that run again from round 1") from None
+        raise FedregError(
+            f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); delete it to start "
+            f"that run again from round 1"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FedregError(f"'{path}' is not a fedreg checkpoint of format {FORMAT}")
     return data
@@ -87,8 +100,10 @@ def ensure_writable(folder: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise FedregError(f"cannot write checkpoints to '{folder}' ({exc.strerror or exc}); set checkpoint.dir to a "
-                          f"writable folder, or checkpoint.every: 0 to run without checkpoints") from None
+        raise FedregError(
+            f"cannot write checkpoints to '{folder}' ({exc.strerror or exc}); set checkpoint.dir to a "
+            f"writable folder, or checkpoint.every: 0 to run without checkpoints"
+        ) from None
 
 
 class ExperimentDir:

@@ -27,8 +27,10 @@ def cmd_validate(args) -> int:
     for rs in specs:
         s = rs.spec
         comps = ", ".join(f"{k}={c.name}" for k, c in rs.components.items())
-        print(f"ok: {rs.key or s.name}: {comps}; metrics={','.join(m.name for m in rs.metrics)}; "
-              f"{s.federation.rounds} rounds, {s.federation.clients_per_round}/{s.data.num_clients} clients per round")
+        print(
+            f"ok: {rs.key or s.name}: {comps}; metrics={','.join(m.name for m in rs.metrics)}; "
+            f"{s.federation.rounds} rounds, {s.federation.clients_per_round}/{s.data.num_clients} clients per round"
+        )
     return 0
 
 
@@ -38,8 +40,11 @@ def _run(specs, raw, source, progress, resume=None) -> int:
     try:
         res = run_experiment(specs, source=source, progress=progress, original=raw, resume=resume)
     except KeyboardInterrupt:
-        print("\ninterrupted: the MLflow run was marked KILLED; what was logged stays logged. Continue it with "
-              "'fedreg run SPEC --resume'", file=sys.stderr)
+        print(
+            "\ninterrupted: the MLflow run was marked KILLED; what was logged stays logged. Continue it with "
+            "'fedreg run SPEC --resume'",
+            file=sys.stderr,
+        )
         return 130
     if res.parent_run_id:
         print(f"parent run: {res.parent_run_id} (compare with: fedreg compare {res.parent_run_id})")
@@ -61,8 +66,10 @@ def cmd_run(args) -> int:
         first = specs[0].spec
         resume = checkpoint.find_unfinished(Path(first.checkpoint.dir), first.name)
         if resume is None:
-            raise FedregError(f"nothing to resume: no unfinished run of spec '{first.name}' under "
-                              f"'{Path(first.checkpoint.dir) / first.name}'; run without --resume")
+            raise FedregError(
+                f"nothing to resume: no unfinished run of spec '{first.name}' under "
+                f"'{Path(first.checkpoint.dir) / first.name}'; run without --resume"
+            )
     return _run(specs, raw, args.spec, not args.no_progress, resume)
 
 
@@ -73,8 +80,10 @@ def cmd_resume(args) -> int:
 
     exp = checkpoint.find_by_run_id(Path(args.checkpoint_dir), args.run_id)
     if exp is None:
-        raise FedregError(f"no checkpoint of run '{args.run_id}' under '{args.checkpoint_dir}'; pass "
-                          f"--checkpoint-dir if the spec set checkpoint.dir")
+        raise FedregError(
+            f"no checkpoint of run '{args.run_id}' under '{args.checkpoint_dir}'; pass "
+            f"--checkpoint-dir if the spec set checkpoint.dir"
+        )
     meta = exp.read()
     raw = meta["original"]
     if raw is None:
@@ -90,15 +99,30 @@ def cmd_plugins(args) -> int:
     reg = _registry()
     rows = []
     for info in reg.all():
-        params = {name: {"default": None if f.is_required() else f.get_default(call_default_factory=True),
-                         "type": str(f.annotation).replace("typing.", ""),
-                         "description": f.description or ""}
-                  for name, f in info.cls.Params.model_fields.items()}
-        rows.append({"kind": info.kind, "name": info.name, "distribution": info.distribution,
-                     "version": info.version, "plugin": info.plugin, "hooks": info.cls.implemented_hooks(),
-                     "params": params, "description": info.cls.describe()})
-    broken = [{"plugin": b.plugin, "distribution": b.distribution, "version": b.version, "error": b.error}
-              for b in reg.broken]
+        params = {
+            name: {
+                "default": None if f.is_required() else f.get_default(call_default_factory=True),
+                "type": str(f.annotation).replace("typing.", ""),
+                "description": f.description or "",
+            }
+            for name, f in info.cls.Params.model_fields.items()
+        }
+        rows.append(
+            {
+                "kind": info.kind,
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "plugin": info.plugin,
+                "hooks": info.cls.implemented_hooks(),
+                "params": params,
+                "description": info.cls.describe(),
+            }
+        )
+    broken = [
+        {"plugin": b.plugin, "distribution": b.distribution, "version": b.version, "error": b.error}
+        for b in reg.broken
+    ]
     if args.json:
         print(json.dumps({"components": rows, "broken": broken}, indent=1, default=str))
         return 0
@@ -109,8 +133,10 @@ def cmd_plugins(args) -> int:
         print(f"{kind}:")
         for r in items:
             ps = ", ".join(f"{k}={v['default']!r}" for k, v in r["params"].items())
-            print(f"  {r['name']:<24} {r['distribution']} {r['version']}  [{', '.join(r['hooks'])}]"
-                  + (f"  params: {ps}" if ps else ""))
+            print(
+                f"  {r['name']:<24} {r['distribution']} {r['version']}  [{', '.join(r['hooks'])}]"
+                + (f"  params: {ps}" if ps else "")
+            )
             if r["description"]:
                 print(f"      {r['description']}")
     if broken:
@@ -130,11 +156,20 @@ def cmd_report(args) -> int:
     from fedreg.report import report
 
     if bool(args.run_ids) == bool(args.experiment):
-        raise FedregError("give parent run ids (fedreg report RUN_ID [RUN_ID ...]) or --experiment NAME, not "
-                          "both and not neither")
+        raise FedregError(
+            "give parent run ids (fedreg report RUN_ID [RUN_ID ...]) or --experiment NAME, not "
+            "both and not neither"
+        )
     time_methods = [m.strip() for v in args.time_methods or [] for m in v.split(",") if m.strip()] or None
-    report(args.run_ids, experiment=args.experiment, tracking=args.tracking_uri, out=args.out,
-           log=not args.no_log, time_methods=time_methods, progress=not args.no_progress)
+    report(
+        args.run_ids,
+        experiment=args.experiment,
+        tracking=args.tracking_uri,
+        out=args.out,
+        log=not args.no_log,
+        time_methods=time_methods,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -150,8 +185,18 @@ def cmd_ui(args) -> int:
     from fedreg.tracking import tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", file=sys.stderr)
     try:
         return subprocess.call(cmd)
@@ -167,16 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     def spec_args(sp):
         sp.add_argument("spec", help="YAML run spec")
-        sp.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                        help="override a field, e.g. --set federation.rounds=5 (repeatable)")
-        sp.add_argument("--variant", action="append", default=None, metavar="NAME",
-                        help="run only this variant (repeatable)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="PATH=VALUE",
+            help="override a field, e.g. --set federation.rounds=5 (repeatable)",
+        )
+        sp.add_argument(
+            "--variant",
+            action="append",
+            default=None,
+            metavar="NAME",
+            help="run only this variant (repeatable)",
+        )
 
     sp = sub.add_parser("run", help="run a spec (all its variants) and log to MLflow")
     spec_args(sp)
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sp.add_argument("--resume", action="store_true",
-                    help="continue the latest unfinished run of this spec from its checkpoints")
+    sp.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest unfinished run of this spec from its checkpoints",
+    )
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("resume", help="continue a run (or parent run) from its checkpoints")
@@ -200,16 +258,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_compare)
 
     sp = sub.add_parser("report", help="markdown + HTML report of a comparison: statistics over seeds, plots")
-    sp.add_argument("run_ids", nargs="*", metavar="RUN_ID",
-                    help="parent run id(s) printed by 'fedreg run'; several are merged")
-    sp.add_argument("--experiment", default=None, metavar="NAME",
-                    help="instead of run ids: every child run of this MLflow experiment")
+    sp.add_argument(
+        "run_ids",
+        nargs="*",
+        metavar="RUN_ID",
+        help="parent run id(s) printed by 'fedreg run'; several are merged",
+    )
+    sp.add_argument(
+        "--experiment",
+        default=None,
+        metavar="NAME",
+        help="instead of run ids: every child run of this MLflow experiment",
+    )
     sp.add_argument("--tracking-uri", default=None)
-    sp.add_argument("--out", default=None, metavar="DIR",
-                    help="output folder (default: report-<first run id or experiment>)")
-    sp.add_argument("--time-methods", action="append", default=None, metavar="M1,M2",
-                    help="methods in the accuracy-vs-time plot and the matched-budget table, comma-separated "
-                         "(repeatable; default: all)")
+    sp.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: report-<first run id or experiment>)",
+    )
+    sp.add_argument(
+        "--time-methods",
+        action="append",
+        default=None,
+        metavar="M1,M2",
+        help="methods in the accuracy-vs-time plot and the matched-budget table, comma-separated "
+        "(repeatable; default: all)",
+    )
     sp.add_argument("--no-log", action="store_true", help="do not log the report to the parent run(s)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar while reading runs")
     sp.set_defaults(func=cmd_report)

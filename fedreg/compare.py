@@ -25,11 +25,13 @@ COLUMNS: list[tuple[str, str]] = [
     ("wall time s", "wall_time_s"),
 ]
 
-NOTE = ("'final' is the last evaluated round; 'last-10 mean' averages the last 10 evaluated rounds (never "
-        "best-so-far). Local accuracy is each round's participating clients' trained models on their own "
-        "local test sets (personal models where the method has them); 'worst participant of the round' is the "
-        "worse of that round's sampled clients, not the worst client of the federation: 'fedreg report' gives "
-        "the worst client (each client at its last participation, the minimum over all clients).")
+NOTE = (
+    "'final' is the last evaluated round; 'last-10 mean' averages the last 10 evaluated rounds (never "
+    "best-so-far). Local accuracy is each round's participating clients' trained models on their own "
+    "local test sets (personal models where the method has them); 'worst participant of the round' is the "
+    "worse of that round's sampled clients, not the worst client of the federation: 'fedreg report' gives "
+    "the worst client (each client at its last participation, the minimum over all clients)."
+)
 
 CURVE_KEYS = ("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr")
 
@@ -44,22 +46,32 @@ def collect(client: MlflowClient, parent_id: str):
     try:
         parent = client.get_run(parent_id)
     except MlflowException:
-        raise FedregError(f"no MLflow run '{parent_id}' in {client.tracking_uri}; pass the parent run id "
-                          f"printed by 'fedreg run' (and --tracking-uri if the store is elsewhere)") from None
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                  order_by=["attributes.start_time ASC"], max_results=1000)
+        raise FedregError(
+            f"no MLflow run '{parent_id}' in {client.tracking_uri}; pass the parent run id "
+            f"printed by 'fedreg run' (and --tracking-uri if the store is elsewhere)"
+        ) from None
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
     if not children:
-        raise FedregError(f"run '{parent_id}' has no child runs: 'fedreg compare' takes the parent run of a "
-                          f"spec with variants")
+        raise FedregError(
+            f"run '{parent_id}' has no child runs: 'fedreg compare' takes the parent run of a "
+            f"spec with variants"
+        )
     return parent, children
 
 
 def table_rows(children) -> list[dict]:
     rows = []
     for ch in children:
-        row = {"variant": ch.data.tags.get("fedreg.variant", ch.info.run_name), "status": ch.info.status,
-               "run_id": ch.info.run_id}
+        row = {
+            "variant": ch.data.tags.get("fedreg.variant", ch.info.run_name),
+            "status": ch.info.status,
+            "run_id": ch.info.run_id,
+        }
         for header, key in COLUMNS:
             row[header] = ch.data.metrics.get(key)
         rows.append(row)
@@ -70,7 +82,9 @@ def markdown(rows: list[dict]) -> str:
     headers = ["variant"] + [h for h, _ in COLUMNS] + ["status"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        lines.append("| " + " | ".join([r["variant"]] + [_fmt(r[h]) for h, _ in COLUMNS] + [r["status"]]) + " |")
+        lines.append(
+            "| " + " | ".join([r["variant"]] + [_fmt(r[h]) for h, _ in COLUMNS] + [r["status"]]) + " |"
+        )
     return "\n".join(lines) + "\n\n" + NOTE + "\n"
 
 

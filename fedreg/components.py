@@ -153,8 +153,9 @@ class Partition(Component):
     kind = "partition"
     contract = ("check_spec", "split", "random_streams")
 
-    def split(self, labels: np.ndarray, num_clients: int, num_classes: int,
-              rng: np.random.Generator) -> list[np.ndarray]:
+    def split(
+        self, labels: np.ndarray, num_clients: int, num_classes: int, rng: np.random.Generator
+    ) -> list[np.ndarray]:
         """Return ``num_clients`` disjoint index arrays whose union is ``range(len(labels))``. The order of
         each array is kept when the local test set is carved from it (a rule that draws with
         ``rng.choice`` picks by position)."""
@@ -189,8 +190,9 @@ class Selector(Component):
     kind = "selection"
     contract = ("check_spec", "start_run", "select")
 
-    def select(self, round: int, clients: Sequence[ClientInfo], k: int,
-               rng: np.random.Generator) -> list[int]:
+    def select(
+        self, round: int, clients: Sequence[ClientInfo], k: int, rng: np.random.Generator
+    ) -> list[int]:
         """Return ``k`` distinct client ids. ``rng`` is the run's sampling stream for this round: it
         depends only on the seed and the round, never on the method being run."""
         raise NotImplementedError
@@ -222,7 +224,9 @@ class LocalContext:
     state: dict[str, Any]  # this client's persistent state for the run (empty the first time)
     broadcast: dict[str, Any]  # server-to-client extras from Aggregator.broadcast
     build_model: Callable[[], nn.Module]
-    momentum: float = 0.0  # the optimizer's momentum (methods whose math assumes plain SGD may correct for it)
+    momentum: float = (
+        0.0  # the optimizer's momentum (methods whose math assumes plain SGD may correct for it)
+    )
     _global_model: nn.Module | None = None
 
     @property
@@ -249,7 +253,7 @@ class LocalContext:
         n = self.num_samples
         order = self.epoch_order()
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             yield self.train_x[idx], self.train_y[idx]
 
 
@@ -288,8 +292,17 @@ class Objective(Component):
     """
 
     kind = "objective"
-    contract = ("check_spec", "start_run", "setup", "loss", "before_step", "finish", "train", "eval_model",
-                "functional_loss")
+    contract = (
+        "check_spec",
+        "start_run",
+        "setup",
+        "loss",
+        "before_step",
+        "finish",
+        "train",
+        "eval_model",
+        "functional_loss",
+    )
     #: which model ``eval_model`` returns, recorded with local metrics: "local" (the trained copy of the
     #: global model) or "personal" (a model of the client's own, e.g. Ditto, FedPer, APFL, local-only)
     local_model_role: ClassVar[str] = "local"
@@ -312,9 +325,15 @@ class Objective(Component):
         """The model whose local accuracy this client reports (personalised methods return their own)."""
         return ctx.model
 
-    def functional_loss(self, forward: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
-                        params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                        fctx: FunctionalContext) -> torch.Tensor:
+    def functional_loss(
+        self,
+        forward: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        fctx: FunctionalContext,
+    ) -> torch.Tensor:
         """The scalar loss for one padded batch as a pure function of ``params``, for the ``vectorized``
         backend (optional; see the class docstring).
 
@@ -346,8 +365,13 @@ class Objective(Component):
                 loss = hook("loss", ctx, model, x, y, ctx)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise ComponentFailure(self, "loss", ctx.round, ctx.client_id,
-                                           NonFiniteLoss(f"loss is {value} at step {steps}"))
+                    raise ComponentFailure(
+                        self,
+                        "loss",
+                        ctx.round,
+                        ctx.client_id,
+                        NonFiniteLoss(f"loss is {value} at step {steps}"),
+                    )
                 loss.backward()
                 hook("before_step", ctx, ctx)
                 opt.step()
@@ -393,8 +417,15 @@ class Aggregator(Component):
     """Server-side aggregation, with optional server state and client-side reporting."""
 
     kind = "aggregation"
-    contract = ("check_spec", "start_run", "broadcast", "client_report", "aggregate", "state_dict",
-                "load_state_dict")
+    contract = (
+        "check_spec",
+        "start_run",
+        "broadcast",
+        "client_report",
+        "aggregate",
+        "state_dict",
+        "load_state_dict",
+    )
 
     def broadcast(self, round: int, global_state: StateDict) -> dict[str, Any]:
         """Extras sent to every selected client with the global weights (default: none)."""
@@ -404,8 +435,9 @@ class Aggregator(Component):
         """Runs on the client after local training; what it reports with its weights (default: none)."""
         return {}
 
-    def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate],
-                  failures: list[ClientFailure]) -> StateDict:
+    def aggregate(
+        self, round: int, global_state: StateDict, updates: list[ClientUpdate], failures: list[ClientFailure]
+    ) -> StateDict:
         """Return the new global weights (same keys, shapes and dtypes as ``global_state``)."""
         raise NotImplementedError
 

@@ -18,8 +18,7 @@ class ClientSplit:
     test_idx: np.ndarray  # into dataset.train_x (the local test set is carved from the client's own data)
 
 
-def stratified_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float,
-                          rng) -> np.ndarray:
+def stratified_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float, rng) -> np.ndarray:
     """Local test indices mirroring the client's label mix: of each class with n samples,
     ``round(fraction * n)`` go to the test set, keeping at least one for training."""
     test = []
@@ -30,8 +29,7 @@ def stratified_local_test(indices: np.ndarray, labels: np.ndarray, fraction: flo
     return np.concatenate(test) if test else np.empty(0, dtype=np.int64)
 
 
-def per_class_equal_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float,
-                               rng) -> np.ndarray:
+def per_class_equal_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float, rng) -> np.ndarray:
     """Local test indices close to class-balanced, as the FedKPer authors' protocol carves them: the test
     set's size is ``int(fraction * n)``; each class present on the client gives an equal share
     ``int(size / classes present)``, drawn without replacement in class order; a class holding fewer
@@ -58,8 +56,9 @@ def per_class_equal_local_test(indices: np.ndarray, labels: np.ndarray, fraction
 LOCAL_TEST_RULES = {"stratified": stratified_local_test, "per_class_equal": per_class_equal_local_test}
 
 
-def carve_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float, rng,
-                     rule: str = "stratified") -> tuple[np.ndarray, np.ndarray]:
+def carve_local_test(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, rng, rule: str = "stratified"
+) -> tuple[np.ndarray, np.ndarray]:
     """Split one client's indices into (local train, local test), both sorted, by ``rule``."""
     indices = np.asarray(indices, dtype=np.int64)
     test = np.sort(np.asarray(LOCAL_TEST_RULES[rule](indices, labels, fraction, rng), dtype=np.int64))
@@ -69,8 +68,10 @@ def carve_local_test(indices: np.ndarray, labels: np.ndarray, fraction: float, r
 
 def check_partition(parts: list[np.ndarray], n: int, num_clients: int, who: str) -> None:
     if not isinstance(parts, list | tuple) or len(parts) != num_clients:
-        raise PluginError(f"partition '{who}' returned {len(parts) if hasattr(parts, '__len__') else parts!r} "
-                          f"parts, expected {num_clients}")
+        raise PluginError(
+            f"partition '{who}' returned {len(parts) if hasattr(parts, '__len__') else parts!r} "
+            f"parts, expected {num_clients}"
+        )
     allidx = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if parts else np.empty(0)
     if len(allidx) != n or len(np.unique(allidx)) != n or (n and (allidx.min() < 0 or allidx.max() >= n)):
         raise PluginError(f"partition '{who}' did not return disjoint index sets covering all {n} samples")
@@ -90,8 +91,15 @@ class FederatedData:
         return np.bincount(y[idx], minlength=self.dataset.num_classes)
 
     def infos(self) -> list[ClientInfo]:
-        return [ClientInfo(c.client_id, len(c.train_idx), len(c.test_idx),
-                           tuple(int(v) for v in self.label_counts(c.train_idx))) for c in self.clients]
+        return [
+            ClientInfo(
+                c.client_id,
+                len(c.train_idx),
+                len(c.test_idx),
+                tuple(int(v) for v in self.label_counts(c.train_idx)),
+            )
+            for c in self.clients
+        ]
 
     def client_tensors(self, cid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.clients[cid]
@@ -103,33 +111,43 @@ class FederatedData:
     def stats(self) -> dict:
         rows = []
         for c in self.clients:
-            rows.append({
-                "client": c.client_id,
-                "train": int(len(c.train_idx)),
-                "local_test": int(len(c.test_idx)),
-                "train_label_counts": [int(v) for v in self.label_counts(c.train_idx)],
-                "local_test_label_counts": [int(v) for v in self.label_counts(c.test_idx)],
-            })
+            rows.append(
+                {
+                    "client": c.client_id,
+                    "train": int(len(c.train_idx)),
+                    "local_test": int(len(c.test_idx)),
+                    "train_label_counts": [int(v) for v in self.label_counts(c.train_idx)],
+                    "local_test_label_counts": [int(v) for v in self.label_counts(c.test_idx)],
+                }
+            )
         sizes = np.array([r["train"] for r in rows])
         return {
             "dataset": self.dataset.name,
             "num_classes": self.dataset.num_classes,
             "class_names": self.dataset.class_names,
             "num_clients": len(rows),
-            "train_size_min": int(sizes.min()), "train_size_max": int(sizes.max()),
+            "train_size_min": int(sizes.min()),
+            "train_size_max": int(sizes.max()),
             "train_size_mean": float(sizes.mean()),
             "clients": rows,
         }
 
 
-def build_federated_data(dataset: DatasetTensors, partition: Partition, num_clients: int,
-                         local_test_fraction: float, seed: int,
-                         local_test_rule: str = "stratified") -> FederatedData:
+def build_federated_data(
+    dataset: DatasetTensors,
+    partition: Partition,
+    num_clients: int,
+    local_test_fraction: float,
+    seed: int,
+    local_test_rule: str = "stratified",
+) -> FederatedData:
     """A pure function of (dataset, partition spec, local-test rule, seed)."""
     labels = dataset.train_y.numpy()
     if num_clients > len(labels):
-        raise DataError(f"{num_clients} clients but the training set has only {len(labels)} samples; "
-                        f"lower data.num_clients")
+        raise DataError(
+            f"{num_clients} clients but the training set has only {len(labels)} samples; "
+            f"lower data.num_clients"
+        )
     part_rng, test_rng = partition.random_streams(seed)
     parts = partition.split(labels, num_clients, dataset.num_classes, part_rng)
     check_partition(parts, len(labels), num_clients, partition.name)
@@ -137,8 +155,10 @@ def build_federated_data(dataset: DatasetTensors, partition: Partition, num_clie
     for cid, idx in enumerate(parts):
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:
-            raise DataError(f"partition '{partition.name}' left client {cid} with no data; change the "
-                            f"partition's parameters (e.g. a larger Dirichlet alpha) or lower data.num_clients")
+            raise DataError(
+                f"partition '{partition.name}' left client {cid} with no data; change the "
+                f"partition's parameters (e.g. a larger Dirichlet alpha) or lower data.num_clients"
+            )
         tr, te = carve_local_test(idx, labels, local_test_fraction, test_rng, local_test_rule)
         clients.append(ClientSplit(cid, tr, te))
     return FederatedData(dataset, clients)

@@ -28,9 +28,9 @@ def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     model.eval()
     preds, losses = [], []
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size])
+        logits = model(x[start : start + batch_size])
         preds.append(logits.argmax(1))
-        losses.append(F.cross_entropy(logits, y[start:start + batch_size], reduction="none"))
+        losses.append(F.cross_entropy(logits, y[start : start + batch_size], reduction="none"))
     model.train(was_training)
     if not preds:
         empty = torch.empty(0)
@@ -41,20 +41,26 @@ def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
 def check_state(new: Any, ref: StateDict, who: str, what: str) -> StateDict:
     """The boundary check on weights a plugin returns: same keys, shapes and dtypes, all finite."""
     if not isinstance(new, dict):
-        raise PluginError(f"{who} returned {type(new).__name__} from {what}, expected a state dict "
-                          f"(dict of parameter name -> tensor)")
+        raise PluginError(
+            f"{who} returned {type(new).__name__} from {what}, expected a state dict "
+            f"(dict of parameter name -> tensor)"
+        )
     missing = [k for k in ref if k not in new]
     extra = [k for k in new if k not in ref]
     if missing or extra:
-        raise PluginError(f"{who} broke the rule 'return every parameter tensor, no others' in {what}: "
-                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}")
+        raise PluginError(
+            f"{who} broke the rule 'return every parameter tensor, no others' in {what}: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+        )
     for k, v in ref.items():
         t = new[k]
         if not isinstance(t, torch.Tensor):
             raise PluginError(f"{who} returned {type(t).__name__} for '{k}' in {what}, expected a tensor")
         if t.shape != v.shape or t.dtype != v.dtype:
-            raise PluginError(f"{who} broke the rule 'keep shapes and dtypes' in {what}: '{k}' is "
-                              f"{tuple(t.shape)} {t.dtype}, expected {tuple(v.shape)} {v.dtype}")
+            raise PluginError(
+                f"{who} broke the rule 'keep shapes and dtypes' in {what}: '{k}' is "
+                f"{tuple(t.shape)} {t.dtype}, expected {tuple(v.shape)} {v.dtype}"
+            )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise PluginError(f"{who} broke the rule 'all values finite' in {what}: '{k}' holds NaN or Inf")
     return new

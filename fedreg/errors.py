@@ -55,7 +55,13 @@ class ComponentFailure(Exception):
     def __init__(self, component, method: str, round: int, client: int | None, exc: BaseException):
         import traceback
 
-        self.component, self.method, self.round, self.client, self.original = component, method, round, client, exc
+        self.component, self.method, self.round, self.client, self.original = (
+            component,
+            method,
+            round,
+            client,
+            exc,
+        )
         who = describe(component)
         where = f"round {round}" + (f", client {client}" if client is not None else "")
         super().__init__(f"{who}: {method} raised {type(exc).__name__}: {exc} ({where})")

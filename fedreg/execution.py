@@ -85,8 +85,10 @@ class TrainingConfig:
 
     def make_optimizer_factory(self, lr: float):
         def make(params):
-            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                                   nesterov=self.nesterov)
+            return torch.optim.SGD(
+                params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov
+            )
+
         return make
 
     def autocast(self):
@@ -156,17 +158,37 @@ class ClientRunner:
     def context(self, job: ClientJob, rin: RoundInput, model: nn.Module) -> LocalContext:
         """The client's context; off the CPU, with its data, weights and state moved to the device."""
         c = self.config
-        tensors, global_state, state, broadcast = self.tensors(job.cid), rin.global_state, job.state, rin.broadcast
+        tensors, global_state, state, broadcast = (
+            self.tensors(job.cid),
+            rin.global_state,
+            job.state,
+            rin.broadcast,
+        )
         if not self.on_cpu:
-            tensors, global_state, state, broadcast = to_device((tensors, global_state, state, broadcast),
-                                                                self.device)
+            tensors, global_state, state, broadcast = to_device(
+                (tensors, global_state, state, broadcast), self.device
+            )
         train_x, train_y, test_x, test_y = tensors
         return LocalContext(
-            round=job.round, client_id=job.cid, model=model, global_state=global_state, train_x=train_x,
-            train_y=train_y, test_x=test_x, test_y=test_y, num_classes=c.num_classes, epochs=c.epochs,
-            batch_size=c.batch_size, lr=job.lr, make_optimizer=c.make_optimizer_factory(job.lr),
+            round=job.round,
+            client_id=job.cid,
+            model=model,
+            global_state=global_state,
+            train_x=train_x,
+            train_y=train_y,
+            test_x=test_x,
+            test_y=test_y,
+            num_classes=c.num_classes,
+            epochs=c.epochs,
+            batch_size=c.batch_size,
+            lr=job.lr,
+            make_optimizer=c.make_optimizer_factory(job.lr),
             generator=seeding.torch_generator(c.seed, seeding.CLIENT_SHUFFLE, job.round - 1, job.cid),
-            state=state, broadcast=broadcast, build_model=self.new_model, momentum=c.momentum)
+            state=state,
+            broadcast=broadcast,
+            build_model=self.new_model,
+            momentum=c.momentum,
+        )
 
     def run(self, job: ClientJob, rin: RoundInput) -> ClientResult:
         """Train one client; a failing component becomes ``ClientResult.failure``."""
@@ -187,26 +209,41 @@ class ClientRunner:
             raise ComponentFailure(rin.objective, "train", r, cid, NonFiniteLoss(f"mean loss is {out.loss}"))
         bad = non_finite_key(ctx.model.state_dict())
         if bad is not None:
-            raise ComponentFailure(rin.objective, "train", r, cid,
-                                   NonFiniteLoss(f"the trained weights hold NaN or Inf in '{bad}'"))
+            raise ComponentFailure(
+                rin.objective,
+                "train",
+                r,
+                cid,
+                NonFiniteLoss(f"the trained weights hold NaN or Inf in '{bad}'"),
+            )
         report = call(rin.aggregator, "client_report", r, cid, ctx, ctx.model) or {}
         if not isinstance(report, dict) or not all(isinstance(v, int | float) for v in report.values()):
-            raise PluginError(f"{describe(rin.aggregator)}: client_report must return a dict of numbers, "
-                              f"got {report!r} (round {r}, client {cid})")
+            raise PluginError(
+                f"{describe(rin.aggregator)}: client_report must return a dict of numbers, "
+                f"got {report!r} (round {r}, client {cid})"
+            )
         local_eval = None
         if self.config.eval_local and len(ctx.test_y):
             model = call(rin.objective, "eval_model", r, cid, ctx)
             with self.config.autocast():
                 local_eval = predict(model, ctx.test_x, ctx.test_y, self.config.eval_batch_size)
-        update = ClientUpdate(client_id=cid, num_samples=ctx.num_samples, state=clone_state(ctx.model.state_dict()),
-                              report={k: float(v) for k, v in report.items()}, payload=out.payload,
-                              train_loss=float(out.loss))
+        update = ClientUpdate(
+            client_id=cid,
+            num_samples=ctx.num_samples,
+            state=clone_state(ctx.model.state_dict()),
+            report={k: float(v) for k, v in report.items()},
+            payload=out.payload,
+            train_loss=float(out.loss),
+        )
         result = ClientResult(cid, update=update, local_eval=local_eval, state=ctx.state)
         if not self.on_cpu:
-            update.state, update.payload, result.state = to_device((update.state, update.payload, result.state), "cpu")
+            update.state, update.payload, result.state = to_device(
+                (update.state, update.payload, result.state), "cpu"
+            )
             if local_eval is not None:
-                result.local_eval = Predictions(*to_device((local_eval.labels, local_eval.preds, local_eval.loss),
-                                                           "cpu"))
+                result.local_eval = Predictions(
+                    *to_device((local_eval.labels, local_eval.preds, local_eval.loss), "cpu")
+                )
         return result
 
 

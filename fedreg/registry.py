@@ -62,7 +62,8 @@ class BrokenPlugin:
 @dataclass
 class Registry:
     components: dict[str, dict[str, list[ComponentInfo]]] = field(
-        default_factory=lambda: {k: {} for k in KINDS})
+        default_factory=lambda: {k: {} for k in KINDS}
+    )
     broken: list[BrokenPlugin] = field(default_factory=list)
     plugins: dict[str, tuple[str, str]] = field(default_factory=dict)  # plugin -> (dist, version)
 
@@ -84,18 +85,23 @@ class Registry:
                 return chosen[0]
             if found:
                 have = ", ".join(sorted(f"{c.distribution}" for c in found))
-                raise LookupError(f"{kind} '{name}' is not provided by '{provider}'; it is provided by: {have}")
+                raise LookupError(
+                    f"{kind} '{name}' is not provided by '{provider}'; it is provided by: {have}"
+                )
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
             who = " and ".join(f"'{c.distribution}' (plugin '{c.plugin}')" for c in found)
             raise LookupError(
                 f"{kind} '{name}' is registered by more than one distribution: {who}. Choose one with "
-                f"'provider: <distribution>' next to 'name: {name}'.")
+                f"'provider: <distribution>' next to 'name: {name}'."
+            )
         for b in self.broken:
             if name == b.plugin or name in b.error or name in b.distribution:
-                raise LookupError(f"{kind} '{name}' is unavailable: plugin '{b.plugin}' "
-                                  f"({b.distribution} {b.version}) is broken: {b.error}")
+                raise LookupError(
+                    f"{kind} '{name}' is unavailable: plugin '{b.plugin}' "
+                    f"({b.distribution} {b.version}) is broken: {b.error}"
+                )
         names = self.names(kind)
         msg = f"unknown {kind} '{name}'. Registered {kind} components: {', '.join(names) or '(none)'}."
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
@@ -103,7 +109,8 @@ class Registry:
             msg += f" Did you mean '{close[0]}'?"
         if self.broken:
             msg += " It may come from a broken plugin (see 'fedreg plugins'): " + "; ".join(
-                f"'{b.plugin}' ({b.distribution} {b.version}): {b.error}" for b in self.broken)
+                f"'{b.plugin}' ({b.distribution} {b.version}): {b.error}" for b in self.broken
+            )
         raise LookupError(msg)
 
     # -- building ------------------------------------------------------------------------------------------
@@ -112,13 +119,15 @@ class Registry:
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(
                 f"plugin '{plugin}' registered {cls!r} as a {kind}, but it is not a subclass of "
-                f"fedreg.components.{base.__name__}")
+                f"fedreg.components.{base.__name__}"
+            )
         if not cls.name or not isinstance(cls.name, str):
             raise PluginError(f"plugin '{plugin}' registered {cls.__name__} without a 'name'")
         if cls.api_version > HOOK_API_VERSION:
             raise PluginError(
                 f"plugin '{plugin}': {kind} '{cls.name}' needs fedreg plugin contract version "
-                f"{cls.api_version}, this fedreg provides {HOOK_API_VERSION}; upgrade fedreg")
+                f"{cls.api_version}, this fedreg provides {HOOK_API_VERSION}; upgrade fedreg"
+            )
         entries = self.components[kind].setdefault(cls.name, [])
         if any(e.cls is cls for e in entries):
             return
@@ -138,8 +147,10 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:
     return (dist.metadata["Name"] or "", dist.version or "")
 
 
-def build_registry(entry_points: Iterable[md.EntryPoint] | None = None,
-                   extra_plugins: Iterable[tuple[str, ModuleType | object]] = ()) -> Registry:
+def build_registry(
+    entry_points: Iterable[md.EntryPoint] | None = None,
+    extra_plugins: Iterable[tuple[str, ModuleType | object]] = (),
+) -> Registry:
     """Load every plugin of the ``fedreg`` entry-point group (or ``entry_points``) plus ``extra_plugins``
     (``(name, module_or_object)`` pairs registered directly, for tests) and collect their components."""
     if entry_points is None:
@@ -159,9 +170,15 @@ def build_registry(entry_points: Iterable[md.EntryPoint] | None = None,
         except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            reg.broken.append(BrokenPlugin(ep.name, dist, version,
-                                           f"failed to import '{ep.value}': {type(exc).__name__}: {exc}",
-                                           traceback.format_exc()))
+            reg.broken.append(
+                BrokenPlugin(
+                    ep.name,
+                    dist,
+                    version,
+                    f"failed to import '{ep.value}': {type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
+                )
+            )
             continue
         sources.append((ep.name, obj, dist, version))
     for name, obj in extra_plugins:
@@ -173,16 +190,25 @@ def build_registry(entry_points: Iterable[md.EntryPoint] | None = None,
                 continue
             pm.register(obj, name=name)
         except Exception as exc:  # noqa: BLE001
-            reg.broken.append(BrokenPlugin(name, dist, version,
-                                           f"could not be registered: {type(exc).__name__}: {exc}"))
+            reg.broken.append(
+                BrokenPlugin(name, dist, version, f"could not be registered: {type(exc).__name__}: {exc}")
+            )
             continue
-        unknown = [attr for attr in dir(obj) if attr.startswith("fedreg_")
-                   and callable(getattr(obj, attr)) and attr not in HOOK_KINDS]
+        unknown = [
+            attr
+            for attr in dir(obj)
+            if attr.startswith("fedreg_") and callable(getattr(obj, attr)) and attr not in HOOK_KINDS
+        ]
         if unknown:
             pm.unregister(obj)
-            reg.broken.append(BrokenPlugin(
-                name, dist, version,
-                f"implements unknown hook(s) {', '.join(unknown)}; known hooks: {', '.join(HOOK_KINDS)}"))
+            reg.broken.append(
+                BrokenPlugin(
+                    name,
+                    dist,
+                    version,
+                    f"implements unknown hook(s) {', '.join(unknown)}; known hooks: {', '.join(HOOK_KINDS)}",
+                )
+            )
             continue
         reg.plugins[name] = (dist, version)
 
@@ -200,9 +226,15 @@ def build_registry(entry_points: Iterable[md.EntryPoint] | None = None,
             try:
                 impl.function(register=register)
             except Exception as exc:  # noqa: BLE001
-                reg.broken.append(BrokenPlugin(plugin_name, dist, version,
-                                               f"{hook_name} raised {type(exc).__name__}: {exc}",
-                                               traceback.format_exc()))
+                reg.broken.append(
+                    BrokenPlugin(
+                        plugin_name,
+                        dist,
+                        version,
+                        f"{hook_name} raised {type(exc).__name__}: {exc}",
+                        traceback.format_exc(),
+                    )
+                )
                 # drop what it registered before failing
                 for names in reg.components.values():
                     for n in list(names):

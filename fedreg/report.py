@@ -39,15 +39,21 @@ from fedreg.errors import FedregError
 WINDOW = 10
 #: per-round metrics read for the curves (besides elapsed_s)
 CURVE_KEYS = ("global_acc", "local_acc_worst", "global_nfr")
-CURVE_TITLES = {"global_acc": "global accuracy",
-                "local_acc_worst": "local accuracy of the round's worst participant",
-                "global_nfr": "global NFR"}
+CURVE_TITLES = {
+    "global_acc": "global accuracy",
+    "local_acc_worst": "local accuracy of the round's worst participant",
+    "global_nfr": "global NFR",
+}
 #: forgetting metrics: (per-round key, title, higher is better); local ones are shown where a run logged them
 FORGETTING: list[tuple[str, str, bool]] = [
-    ("global_nfr", "global NFR", False), ("global_pfr", "global PFR", True),
-    ("global_consistency", "global consistency", True), ("bwt", "BwT", True),
-    ("local_nfr", "local NFR", False), ("local_pfr", "local PFR", True),
-    ("local_consistency", "local consistency", True)]
+    ("global_nfr", "global NFR", False),
+    ("global_pfr", "global PFR", True),
+    ("global_consistency", "global consistency", True),
+    ("bwt", "BwT", True),
+    ("local_nfr", "local NFR", False),
+    ("local_pfr", "local PFR", True),
+    ("local_consistency", "local consistency", True),
+]
 #: every per-round metric history a report reads (curves, window means, the window labels)
 HISTORY_KEYS = tuple(dict.fromkeys((*CURVE_KEYS, "local_acc_mean", *(k for k, _, _ in FORGETTING))))
 #: per-client metric (in metrics/per_client.csv) for the client-level view; the role follows in brackets
@@ -72,10 +78,23 @@ TABLE: list[tuple[str, str, float, int]] = [
     ("wall time s", "wall_time_s", 1.0, 0),
 ]
 #: run parameters that describe the setting; shown in the header, and flagged when runs differ in them
-SETTING_KEYS = ("data.dataset.name", "data.num_clients", "data.partition.name", "data.partition.params.alpha",
-                "data.local_test_fraction", "data.local_test.rule", "data.local_test.fraction", "data.size",
-                "federation.rounds", "federation.clients_per_round", "federation.selection.name",
-                "training.local_epochs", "training.batch_size", "training.optimizer.lr", "model.name")
+SETTING_KEYS = (
+    "data.dataset.name",
+    "data.num_clients",
+    "data.partition.name",
+    "data.partition.params.alpha",
+    "data.local_test_fraction",
+    "data.local_test.rule",
+    "data.local_test.fraction",
+    "data.size",
+    "federation.rounds",
+    "federation.clients_per_round",
+    "federation.selection.name",
+    "training.local_epochs",
+    "training.batch_size",
+    "training.optimizer.lr",
+    "model.name",
+)
 
 REPORT_FILES = ("report.md", "report.html", "summary.csv", "runs.csv", "clients.csv")
 #: written when the comparison holds the paper's methods (see judge_claims)
@@ -100,14 +119,20 @@ class RunData:
     start_time: int = 0
     end_time: int | None = None
     last_round: int | None = None
-    summary: dict[str, float] = field(default_factory=dict)  # the run's latest metrics (final_*, last10_*, ...)
+    summary: dict[str, float] = field(
+        default_factory=dict
+    )  # the run's latest metrics (final_*, last10_*, ...)
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(round, value)]
     clients: dict[int, tuple[int, float]] = field(default_factory=dict)  # client -> (round, local accuracy)
     client_metric: str | None = None  # the per_client.csv metric the client values come from
-    participants: set[int] = field(default_factory=set)  # clients that trained at least once (train_loss rows)
-    local_test_sizes: dict[int, int] = field(default_factory=dict)  # client -> local test size (partition stats)
+    participants: set[int] = field(
+        default_factory=set
+    )  # clients that trained at least once (train_loss rows)
+    local_test_sizes: dict[int, int] = field(
+        default_factory=dict
+    )  # client -> local test size (partition stats)
     num_clients: int | None = None
 
 
@@ -141,8 +166,9 @@ def seed_of(run) -> int | None:
         return None
 
 
-def last_at_participation(rows: Iterable[dict[str, Any]], prefix: str = CLIENT_METRIC_PREFIX
-                          ) -> tuple[dict[int, tuple[int, float]], str | None]:
+def last_at_participation(
+    rows: Iterable[dict[str, Any]], prefix: str = CLIENT_METRIC_PREFIX
+) -> tuple[dict[int, tuple[int, float]], str | None]:
     """Each client's value of the first metric named ``prefix...`` at the last round in which it has one
     (for local accuracy: its last participation). Rows are per_client.csv rows (round, client, metric,
     value). Returns ``({client: (round, value)}, metric name)``."""
@@ -177,8 +203,10 @@ def open_store(uri: str | None):
     from fedreg.tracking import _is_outage, tracking_uri
 
     uri = tracking_uri(uri)
-    hint = ("pass --tracking-uri with the store 'fedreg run' printed (e.g. sqlite:////path/to/mlflow.db), or "
-            "set MLFLOW_TRACKING_URI")
+    hint = (
+        "pass --tracking-uri with the store 'fedreg run' printed (e.g. sqlite:////path/to/mlflow.db), or "
+        "set MLFLOW_TRACKING_URI"
+    )
     path = None
     if uri.startswith("sqlite:"):
         path = uri.split(":///", 1)[1] if ":///" in uri else ""
@@ -199,18 +227,27 @@ def open_store(uri: str | None):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001
-        why = "the server cannot be reached" if _is_outage(exc) else \
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        raise FedregError(f"cannot read the MLflow tracking store '{uri}': {why}. Start the server, or {hint}"
-                          ) from None
+        why = (
+            "the server cannot be reached"
+            if _is_outage(exc)
+            else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+        raise FedregError(
+            f"cannot read the MLflow tracking store '{uri}': {why}. Start the server, or {hint}"
+        ) from None
     return client
 
 
 def _search_all(client, experiment_ids: list[str], filter_string: str = "") -> list:
     runs, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
-                                  order_by=["attributes.start_time ASC"], page_token=token)
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -228,13 +265,18 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             names = sorted(e.name for e in client.search_experiments())
-            raise FedregError(f"no experiment '{experiment}' in {client.tracking_uri}; experiments there: "
-                              f"{', '.join(names) or 'none'} (the name is the spec's tracking.experiment)")
-        children = [r for r in _search_all(client, [exp.experiment_id])
-                    if r.data.tags.get("mlflow.parentRunId")]
+            raise FedregError(
+                f"no experiment '{experiment}' in {client.tracking_uri}; experiments there: "
+                f"{', '.join(names) or 'none'} (the name is the spec's tracking.experiment)"
+            )
+        children = [
+            r for r in _search_all(client, [exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId")
+        ]
         if not children:
-            raise FedregError(f"experiment '{experiment}' has no child runs; 'fedreg report' compares the variants "
-                              f"or seeds of a spec (run one with 'variants:' or 'seeds:')")
+            raise FedregError(
+                f"experiment '{experiment}' has no child runs; 'fedreg report' compares the variants "
+                f"or seeds of a spec (run one with 'variants:' or 'seeds:')"
+            )
         parents = []
         for pid in dict.fromkeys(r.data.tags["mlflow.parentRunId"] for r in children):
             try:
@@ -247,16 +289,22 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
         try:
             run = client.get_run(rid)
         except MlflowException:
-            raise FedregError(f"no MLflow run '{rid}' in {client.tracking_uri}; pass the parent run id printed by "
-                              f"'fedreg run' (and --tracking-uri if the store is elsewhere)") from None
+            raise FedregError(
+                f"no MLflow run '{rid}' in {client.tracking_uri}; pass the parent run id printed by "
+                f"'fedreg run' (and --tracking-uri if the store is elsewhere)"
+            ) from None
         tags = run.data.tags
         if tags.get("mlflow.parentRunId"):
-            raise FedregError(f"run '{rid}' ({run.info.run_name}) is a child run, not a parent; report on its "
-                              f"parent: fedreg report {tags['mlflow.parentRunId']}")
+            raise FedregError(
+                f"run '{rid}' ({run.info.run_name}) is a child run, not a parent; report on its "
+                f"parent: fedreg report {tags['mlflow.parentRunId']}"
+            )
         kids = _search_all(client, [run.info.experiment_id], f"tags.mlflow.parentRunId = '{rid}'")
         if not kids:
-            raise FedregError(f"run '{rid}' ({run.info.run_name}) has no child runs: 'fedreg report' takes the "
-                              f"parent run of a spec with variants or seeds (or use --experiment NAME)")
+            raise FedregError(
+                f"run '{rid}' ({run.info.run_name}) has no child runs: 'fedreg report' takes the "
+                f"parent run of a spec with variants or seeds (or use --experiment NAME)"
+            )
         parents.append(run)
         children.extend(kids)
     return parents, children
@@ -326,10 +374,19 @@ def local_test_sizes_of(stats: dict | None) -> dict[int, int]:
 
 def read_run(client, run, details: bool = True) -> RunData:
     """A child run as RunData; with ``details``, its curves, per-client values and local test sizes too."""
-    rd = RunData(run_id=run.info.run_id, method=method_of(run), seed=seed_of(run), status=run.info.status,
-                 parent_id=run.data.tags.get("mlflow.parentRunId"), name=run.info.run_name or "",
-                 start_time=run.info.start_time or 0, end_time=run.info.end_time,
-                 summary=dict(run.data.metrics), tags=dict(run.data.tags), params=dict(run.data.params))
+    rd = RunData(
+        run_id=run.info.run_id,
+        method=method_of(run),
+        seed=seed_of(run),
+        status=run.info.status,
+        parent_id=run.data.tags.get("mlflow.parentRunId"),
+        name=run.info.run_name or "",
+        start_time=run.info.start_time or 0,
+        end_time=run.info.end_time,
+        summary=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+        params=dict(run.data.params),
+    )
     elapsed = _history(client, rd.run_id, "elapsed_s")
     rd.last_round = elapsed[-1][0] if elapsed else None
     if details:
@@ -348,8 +405,9 @@ def read_run(client, run, details: bool = True) -> RunData:
     return rd
 
 
-def collect(client, run_ids: Sequence[str] = (), experiment: str | None = None, progress: bool = True
-            ) -> Collection:
+def collect(
+    client, run_ids: Sequence[str] = (), experiment: str | None = None, progress: bool = True
+) -> Collection:
     """Read the runs of a comparison. Finished runs carry curves and per-client values; others are listed as
     incomplete. Of several finished runs of one (method, seed), the latest is kept."""
     from tqdm.auto import tqdm
@@ -361,10 +419,18 @@ def collect(client, run_ids: Sequence[str] = (), experiment: str | None = None, 
     if not finished_runs:
         what = f"experiment '{experiment}'" if experiment else "run(s) " + ", ".join(run_ids)
         state = "; ".join(f"{r.name or r.run_id}: {r.status}, round {r.last_round or 0}" for r in incomplete)
-        raise FedregError(f"no finished child runs in {what} yet ({state}). Report when at least one has "
-                          f"finished; a run that is not RUNNING any more continues with 'fedreg run SPEC --resume'")
-    bar = tqdm(finished_runs, desc="reading runs", unit="run", file=sys.stderr, leave=False,
-               disable=not progress or len(finished_runs) < 4)
+        raise FedregError(
+            f"no finished child runs in {what} yet ({state}). Report when at least one has "
+            f"finished; a run that is not RUNNING any more continues with 'fedreg run SPEC --resume'"
+        )
+    bar = tqdm(
+        finished_runs,
+        desc="reading runs",
+        unit="run",
+        file=sys.stderr,
+        leave=False,
+        disable=not progress or len(finished_runs) < 4,
+    )
     finished = []
     for r in bar:
         bar.set_postfix_str(r.info.run_name or r.info.run_id, refresh=False)
@@ -440,28 +506,41 @@ def group(runs: Iterable[RunData], methods: Sequence[str] | None = None) -> dict
     return {m: rs for m, rs in out.items() if rs}
 
 
-def aggregate(runs: Iterable[RunData], methods: Sequence[str] | None = None,
-              keys: Sequence[str] = tuple(k for _, k, _, _ in TABLE)) -> list[MethodSummary]:
+def aggregate(
+    runs: Iterable[RunData],
+    methods: Sequence[str] | None = None,
+    keys: Sequence[str] = tuple(k for _, k, _, _ in TABLE),
+) -> list[MethodSummary]:
     """Per method: mean ± sample std over its runs (seeds) of each summary metric (and derived value, see
     :func:`run_values`)."""
     out = []
     for m, rs in group(runs, methods).items():
         roles = sorted({rd.tags.get("fedreg.local_model_role", "") for rd in rs} - {""})
         vals = [run_values(rd) for rd in rs]
-        out.append(MethodSummary(m, [rd.seed for rd in rs], {k: Stat.of(v.get(k) for v in vals) for k in keys},
-                                 [rd.last_round for rd in rs if rd.last_round is not None], "/".join(roles) or "?"))
+        out.append(
+            MethodSummary(
+                m,
+                [rd.seed for rd in rs],
+                {k: Stat.of(v.get(k) for v in vals) for k in keys},
+                [rd.last_round for rd in rs if rd.last_round is not None],
+                "/".join(roles) or "?",
+            )
+        )
     return out
 
 
 def trailing_mean(values: Sequence[float], window: int = WINDOW) -> list[float]:
     """Mean of the last ``window`` values up to each position (fewer at the start)."""
     c = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=float))])
-    return [float((c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)))
-            for i in range(len(values))]
+    return [
+        float((c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)))
+        for i in range(len(values))
+    ]
 
 
-def curve_over_seeds(curves: Sequence[Sequence[tuple[int, float]]], smooth: int | None = None
-                     ) -> list[tuple[int, float, float, float, int]]:
+def curve_over_seeds(
+    curves: Sequence[Sequence[tuple[int, float]]], smooth: int | None = None
+) -> list[tuple[int, float, float, float, int]]:
     """Per round: (round, mean, min, max, n) over the seeds' curves (each optionally smoothed first by a
     trailing mean over ``smooth`` evaluated rounds)."""
     by_round: dict[int, list[float]] = {}
@@ -474,11 +553,18 @@ def curve_over_seeds(curves: Sequence[Sequence[tuple[int, float]]], smooth: int 
             vals = trailing_mean(vals, smooth)
         for s, v in zip(steps, vals, strict=True):
             by_round.setdefault(s, []).append(v)
-    return [(s, float(np.mean(v)), float(np.min(v)), float(np.max(v)), len(v)) for s, v in sorted(by_round.items())]
+    return [
+        (s, float(np.mean(v)), float(np.min(v)), float(np.max(v)), len(v))
+        for s, v in sorted(by_round.items())
+    ]
 
 
-def within_budget(elapsed: Sequence[tuple[int, float]], values: Sequence[tuple[int, float]], budget: float,
-                  window: int = WINDOW) -> tuple[int, float, float]:
+def within_budget(
+    elapsed: Sequence[tuple[int, float]],
+    values: Sequence[tuple[int, float]],
+    budget: float,
+    window: int = WINDOW,
+) -> tuple[int, float, float]:
     """A run stopped at wall-clock time ``budget``: (rounds completed by then, the value at the last of them,
     the mean over the last ``window`` of them). NaNs when no round had finished by then."""
     done = {s for s, t in elapsed if t <= budget}
@@ -505,8 +591,9 @@ class BudgetRow:
     full_last10: Stat
 
 
-def matched_budget(by_method: dict[str, list[RunData]], key: str = "global_acc", budget: float | None = None
-                   ) -> tuple[float, list[BudgetRow]]:
+def matched_budget(
+    by_method: dict[str, list[RunData]], key: str = "global_acc", budget: float | None = None
+) -> tuple[float, list[BudgetRow]]:
     """Every method cut at the same wall-clock time T (default: the shortest mean total wall time among the
     methods): rounds reached, ``key`` at T and its mean over the last 10 rounds before T, over seeds."""
     totals = {m: Stat.of(total_time(rd) for rd in rs) for m, rs in by_method.items()}
@@ -518,10 +605,20 @@ def matched_budget(by_method: dict[str, list[RunData]], key: str = "global_acc",
     rows = []
     for m, rs in by_method.items():
         cut = [within_budget(rd.curves.get("elapsed_s", []), rd.curves.get(key, []), budget) for rd in rs]
-        full = [np.mean([v for _, v in rd.curves.get(key, [])][-WINDOW:]) if rd.curves.get(key) else None
-                for rd in rs]
-        rows.append(BudgetRow(m, totals[m], Stat.of(c[0] for c in cut), Stat.of(c[1] for c in cut),
-                              Stat.of(c[2] for c in cut), Stat.of(full)))
+        full = [
+            np.mean([v for _, v in rd.curves.get(key, [])][-WINDOW:]) if rd.curves.get(key) else None
+            for rd in rs
+        ]
+        rows.append(
+            BudgetRow(
+                m,
+                totals[m],
+                Stat.of(c[0] for c in cut),
+                Stat.of(c[1] for c in cut),
+                Stat.of(c[2] for c in cut),
+                Stat.of(full),
+            )
+        )
     return budget, rows
 
 
@@ -531,7 +628,7 @@ def round_to_round_swing(runs: Iterable[RunData], key: str = "global_acc") -> tu
     diffs = []
     for rd in runs:
         vals = [v for _, v in rd.curves.get(key, [])]
-        diffs += list(np.abs(np.diff(vals[len(vals) // 2:])))
+        diffs += list(np.abs(np.diff(vals[len(vals) // 2 :])))
     if not diffs:
         return None
     return float(np.median(diffs)), float(np.percentile(diffs, 90))
@@ -559,8 +656,12 @@ class WorstClient:
         return self.local_test is not None and self.local_test < SMALL_LOCAL_TEST
 
 
-def worst_client(clients: dict[int, tuple[int, float]], local_test_sizes: dict[int, int] | None = None,
-                 participants: Iterable[int] = (), num_clients: int | None = None) -> WorstClient | None:
+def worst_client(
+    clients: dict[int, tuple[int, float]],
+    local_test_sizes: dict[int, int] | None = None,
+    participants: Iterable[int] = (),
+    num_clients: int | None = None,
+) -> WorstClient | None:
     """The minimum over every client that has a value of its value at its last participation (``clients``:
     client -> (round, value), as :func:`last_at_participation` gives). Ties go to the lower client id.
     ``covered`` counts the clients that participated: those in ``participants`` or with a value. None when no
@@ -570,8 +671,9 @@ def worst_client(clients: dict[int, tuple[int, float]], local_test_sizes: dict[i
         return None
     c = min(vals, key=lambda c: (vals[c][1], c))
     covered = len(set(participants) | set(clients))
-    return WorstClient(c, float(vals[c][1]), int(vals[c][0]), (local_test_sizes or {}).get(c), covered,
-                       num_clients)
+    return WorstClient(
+        c, float(vals[c][1]), int(vals[c][0]), (local_test_sizes or {}).get(c), covered, num_clients
+    )
 
 
 def worst_of(rd: RunData) -> WorstClient | None:
@@ -686,8 +788,11 @@ def t_interval(values: Iterable[float], level: float = 0.95) -> Interval:
 
 def paired_differences(a: dict[Any, float], b: dict[Any, float]) -> dict[Any, float]:
     """a[s] - b[s] for every seed s with a finite value in both, in a's order."""
-    return {s: a[s] - b[s] for s in a
-            if s in b and a[s] is not None and b[s] is not None and math.isfinite(a[s]) and math.isfinite(b[s])}
+    return {
+        s: a[s] - b[s]
+        for s in a
+        if s in b and a[s] is not None and b[s] is not None and math.isfinite(a[s]) and math.isfinite(b[s])
+    }
 
 
 def _iv(iv: Interval, decimals: int) -> str:
@@ -702,19 +807,28 @@ def gap_verdict(iv: Interval, claimed: float, decimals: int = 1) -> tuple[str, s
     if iv.n == 0:
         return "not judged", "not judged: no seed has both methods"
     if iv.lo is None:
-        return "not judged", (f"one seed: no interval (the difference is {iv.mean:+.{decimals}f} points, the claim "
-                              f"{claimed:+.{decimals}f}); more seeds are needed to judge it")
+        return "not judged", (
+            f"one seed: no interval (the difference is {iv.mean:+.{decimals}f} points, the claim "
+            f"{claimed:+.{decimals}f}); more seeds are needed to judge it"
+        )
     where = _iv(iv, decimals)
     if iv.lo > claimed:
         return "holds", f"holds: the interval {where} lies above the claimed {claimed:+.{decimals}f}"
     if iv.hi < claimed:
-        tail = ("FedKPer is ahead, by less than claimed" if iv.lo > 0 else
-                "FedKPer is behind" if iv.hi < 0 else "it contains 0: FedKPer is not shown ahead at all")
-        return "not supported", (f"not supported: the interval {where} excludes the claimed "
-                                 f"{claimed:+.{decimals}f} ({tail})")
+        tail = (
+            "FedKPer is ahead, by less than claimed"
+            if iv.lo > 0
+            else "FedKPer is behind"
+            if iv.hi < 0
+            else "it contains 0: FedKPer is not shown ahead at all"
+        )
+        return "not supported", (
+            f"not supported: the interval {where} excludes the claimed {claimed:+.{decimals}f} ({tail})"
+        )
     tail = "" if iv.lo > 0 else " (it also contains 0: FedKPer is not shown ahead at all)"
-    return "consistent", (f"consistent with the claim: the interval {where} contains the claimed "
-                          f"{claimed:+.{decimals}f}{tail}")
+    return "consistent", (
+        f"consistent with the claim: the interval {where} contains the claimed {claimed:+.{decimals}f}{tail}"
+    )
 
 
 def direction_verdict(iv: Interval, higher_is_better: bool = True, decimals: int = 1) -> tuple[str, str]:
@@ -724,8 +838,10 @@ def direction_verdict(iv: Interval, higher_is_better: bool = True, decimals: int
     if iv.n == 0:
         return "not judged", "not judged: no seed has both methods"
     if iv.lo is None:
-        return "not judged", (f"one seed: no interval (the difference is {iv.mean:+.{decimals}f}); more seeds "
-                              "are needed to judge it")
+        return "not judged", (
+            f"one seed: no interval (the difference is {iv.mean:+.{decimals}f}); more seeds "
+            "are needed to judge it"
+        )
     where = _iv(iv, decimals)
     good = "above" if higher_is_better else "below"
     bad = "below" if higher_is_better else "above"
@@ -736,23 +852,28 @@ def direction_verdict(iv: Interval, higher_is_better: bool = True, decimals: int
     return "not shown", f"not shown: the interval {where} contains 0"
 
 
-def rank_per_seed(values: dict[str, dict[Any, float]], method: str, higher_is_better: bool = True
-                  ) -> dict[Any, tuple[int, int]]:
+def rank_per_seed(
+    values: dict[str, dict[Any, float]], method: str, higher_is_better: bool = True
+) -> dict[Any, tuple[int, int]]:
     """Per seed: (rank of ``method`` among the methods with a value at that seed (1 = best; ties share the
     better rank), number of such methods)."""
     out = {}
     for s, v in values.get(method, {}).items():
         if v is None or not math.isfinite(v):
             continue
-        others = [vals[s] for m, vals in values.items()
-                  if m != method and s in vals and vals[s] is not None and math.isfinite(vals[s])]
+        others = [
+            vals[s]
+            for m, vals in values.items()
+            if m != method and s in vals and vals[s] is not None and math.isfinite(vals[s])
+        ]
         better = sum(1 for o in others if (o > v if higher_is_better else o < v))
         out[s] = (1 + better, 1 + len(others))
     return out
 
 
-def ranked_others(values: dict[str, dict[Any, float]], method: str, higher_is_better: bool = True
-                  ) -> list[str]:
+def ranked_others(
+    values: dict[str, dict[Any, float]], method: str, higher_is_better: bool = True
+) -> list[str]:
     """The other methods with a value, best first by their mean over seeds."""
     means = {m: Stat.of(v.values()).mean for m, v in values.items() if m != method}
     means = {m: x for m, x in means.items() if math.isfinite(x)}
@@ -785,9 +906,14 @@ class Comparison:
     ranks: dict[Any, tuple[int, int]] = field(default_factory=dict)  # a's rank per seed, where it matters
 
     def per_seed(self) -> str:
-        return ", ".join(f"{s}: {d:+.{self.decimals}f}" + (f" (rank {self.ranks[s][0]} of {self.ranks[s][1]})"
-                                                          if s in self.ranks else "")
-                         for s, d in self.diffs.items()) or "-"
+        return (
+            ", ".join(
+                f"{s}: {d:+.{self.decimals}f}"
+                + (f" (rank {self.ranks[s][0]} of {self.ranks[s][1]})" if s in self.ranks else "")
+                for s, d in self.diffs.items()
+            )
+            or "-"
+        )
 
 
 @dataclass
@@ -808,15 +934,26 @@ def _by_seed(runs: Iterable[RunData], key: str) -> dict[str, dict[Any, float]]:
     return out
 
 
-def compare_pair(values: dict[str, dict[Any, float]], a: str, b: str, figure: str, why: str,
-                 higher_is_better: bool = True, claimed: float | None = None, decimals: int = 1,
-                 scale: float = 100.0) -> Comparison:
+def compare_pair(
+    values: dict[str, dict[Any, float]],
+    a: str,
+    b: str,
+    figure: str,
+    why: str,
+    higher_is_better: bool = True,
+    claimed: float | None = None,
+    decimals: int = 1,
+    scale: float = 100.0,
+) -> Comparison:
     """``a`` minus ``b`` per seed (times ``scale``: points), its t-interval and the verdict: against the claimed
     gap when ``claimed`` is given, else on the direction."""
     diffs = {s: d * scale for s, d in paired_differences(values.get(a, {}), values.get(b, {})).items()}
     iv = t_interval(diffs.values())
-    status, verdict = (gap_verdict(iv, claimed, decimals) if claimed is not None
-                       else direction_verdict(iv, higher_is_better, decimals))
+    status, verdict = (
+        gap_verdict(iv, claimed, decimals)
+        if claimed is not None
+        else direction_verdict(iv, higher_is_better, decimals)
+    )
     return Comparison(figure, a, b, why, diffs, iv, status, verdict, decimals)
 
 
@@ -844,24 +981,41 @@ def judge_claims(runs: Sequence[RunData], methods: Sequence[str], dataset: str |
     # 1. global accuracy: X points above the next best method
     gap = CLAIMED_GAP.get((dataset or "").lower())
     comps = []
-    for key, fig in ((f"last{WINDOW}_global_acc", f"global accuracy, mean of the {wl}"),
-                     ("final_global_acc", "global accuracy, final round")):
+    for key, fig in (
+        (f"last{WINDOW}_global_acc", f"global accuracy, mean of the {wl}"),
+        ("final_global_acc", "global accuracy, final round"),
+    ):
         vals = _by_seed(runs, key)
         others = ranked_others(vals, me)
         if others:
-            c = compare_pair(vals, me, others[0], fig, "next best by mean over seeds",
-                             claimed=gap if gap is not None else None)
+            c = compare_pair(
+                vals,
+                me,
+                others[0],
+                fig,
+                "next best by mean over seeds",
+                claimed=gap if gap is not None else None,
+            )
             c.ranks = rank_per_seed(vals, me)
             comps.append(c)
     if gap is not None:
         title = f"Global accuracy {gap:g} points above the next best method ({dataset})"
     else:
         title = "Global accuracy above the next best method"
-    verdict = ("; ".join(f"{c.figure}: {c.status}" for c in comps) if comps else "not judged: no other method")
+    verdict = "; ".join(f"{c.figure}: {c.status}" for c in comps) if comps else "not judged: no other method"
     if gap is None and comps:
-        verdict += f" (the paper's gap for {dataset or 'this dataset'} is not recorded here: judged against 0)"
-    claims.append(Claim(title, "per seed FedKPer minus the next best method (the best other method by its mean "
-                        "over seeds of the same figure), in points", comps, verdict))
+        verdict += (
+            f" (the paper's gap for {dataset or 'this dataset'} is not recorded here: judged against 0)"
+        )
+    claims.append(
+        Claim(
+            title,
+            "per seed FedKPer minus the next best method (the best other method by its mean "
+            "over seeds of the same figure), in points",
+            comps,
+            verdict,
+        )
+    )
 
     # 2. worst-client local accuracy: best or second-best
     vals = _by_seed(runs, WORST_KEY)
@@ -870,7 +1024,9 @@ def judge_claims(runs: Sequence[RunData], methods: Sequence[str], dataset: str |
     fig = "worst-client local accuracy (at last participation)"
     ranks = rank_per_seed(vals, me)
     for i, o in enumerate(others[:2]):
-        c = compare_pair(vals, me, o, fig, ("best" if i == 0 else "second-best") + " other method by mean over seeds")
+        c = compare_pair(
+            vals, me, o, fig, ("best" if i == 0 else "second-best") + " other method by mean over seeds"
+        )
         c.ranks = ranks
         comps.append(c)
     if me not in vals:
@@ -879,24 +1035,42 @@ def judge_claims(runs: Sequence[RunData], methods: Sequence[str], dataset: str |
         verdict = "not judged: no other method has a worst-client value"
     else:
         best, second = comps[0], comps[1] if len(comps) > 1 else None
-        rank_text = "; FedKPer's rank per seed: " + ", ".join(f"{s}: {r} of {n}" for s, (r, n) in ranks.items())
+        rank_text = "; FedKPer's rank per seed: " + ", ".join(
+            f"{s}: {r} of {n}" for s, (r, n) in ranks.items()
+        )
         if best.interval.lo is None:
             verdict = "not judged: one seed, no interval" + rank_text
         elif best.status == "supported":
-            verdict = f"holds: FedKPer is above the best other method ({best.b}), interval excludes 0" + rank_text
+            verdict = (
+                f"holds: FedKPer is above the best other method ({best.b}), interval excludes 0" + rank_text
+            )
         elif second is None or second.status == "supported":
-            verdict = ("holds: FedKPer is above the second-best other method"
-                       + (f" ({second.b})" if second else "") + ", so at worst second" + rank_text)
+            verdict = (
+                "holds: FedKPer is above the second-best other method"
+                + (f" ({second.b})" if second else "")
+                + ", so at worst second"
+                + rank_text
+            )
         elif second.status == "contradicted":
-            verdict = (f"not supported: {second.b} (second-best other) is above FedKPer with an interval that "
-                       f"excludes 0, and {best.b} is ahead of it on average" + rank_text)
+            verdict = (
+                f"not supported: {second.b} (second-best other) is above FedKPer with an interval that "
+                f"excludes 0, and {best.b} is ahead of it on average" + rank_text
+            )
         else:
-            verdict = ("consistent with the claim, not shown: the intervals against the best and second-best "
-                       "other methods contain 0" + rank_text)
-    claims.append(Claim("Best or second-best worst-client local accuracy",
-                        "per seed FedKPer minus the best and the second-best other method (by mean over seeds); "
-                        "each run's value is the minimum over all clients of the local accuracy at the client's "
-                        "last participation", comps, verdict))
+            verdict = (
+                "consistent with the claim, not shown: the intervals against the best and second-best "
+                "other methods contain 0" + rank_text
+            )
+    claims.append(
+        Claim(
+            "Best or second-best worst-client local accuracy",
+            "per seed FedKPer minus the best and the second-best other method (by mean over seeds); "
+            "each run's value is the minimum over all clients of the local accuracy at the client's "
+            "last participation",
+            comps,
+            verdict,
+        )
+    )
 
     # 3. forgetting: better than FedAvg and than the best other method
     comps = []
@@ -909,45 +1083,91 @@ def judge_claims(runs: Sequence[RunData], methods: Sequence[str], dataset: str |
             if me not in vals:
                 continue
             if fedavg in vals:
-                comps.append(compare_pair(vals, me, fedavg, f"{title}, mean over {label}", "FedAvg", higher,
-                                          decimals=2))
+                comps.append(
+                    compare_pair(
+                        vals, me, fedavg, f"{title}, mean over {label}", "FedAvg", higher, decimals=2
+                    )
+                )
             others = ranked_others(vals, me, higher)
             if others:
-                comps.append(compare_pair(vals, me, others[0], f"{title}, mean over {label}",
-                                          "best other by mean over seeds", higher, decimals=2))
+                comps.append(
+                    compare_pair(
+                        vals,
+                        me,
+                        others[0],
+                        f"{title}, mean over {label}",
+                        "best other by mean over seeds",
+                        higher,
+                        decimals=2,
+                    )
+                )
     vs_avg = [c for c in comps if c.why == "FedAvg"]
     vs_best = [c for c in comps if c.why != "FedAvg"]
-    verdict = "; ".join(x for x in (
-        f"against FedAvg: {_tally(vs_avg)}" if vs_avg else (missing(fedavg) or ""),
-        f"against the best other method: {_tally(vs_best)}" if vs_best else "") if x) or "not judged"
-    claims.append(Claim("Better forgetting metrics (global NFR, consistency, BwT)",
-                        "per seed FedKPer minus FedAvg and minus the best other method on each figure (NFR: lower "
-                        "is better; consistency and BwT: higher), in points", comps, verdict))
+    verdict = (
+        "; ".join(
+            x
+            for x in (
+                f"against FedAvg: {_tally(vs_avg)}" if vs_avg else (missing(fedavg) or ""),
+                f"against the best other method: {_tally(vs_best)}" if vs_best else "",
+            )
+            if x
+        )
+        or "not judged"
+    )
+    claims.append(
+        Claim(
+            "Better forgetting metrics (global NFR, consistency, BwT)",
+            "per seed FedKPer minus FedAvg and minus the best other method on each figure (NFR: lower "
+            "is better; consistency and BwT: higher), in points",
+            comps,
+            verdict,
+        )
+    )
 
     # 4. ablations
     for who, key, fig, title in (
-            (kd, f"last{WINDOW}_local_acc_mean", f"local accuracy mean, mean of the {wl}",
-             "Ablation: KD-only improves local accuracy over FedAvg"),
-            (agg, f"last{WINDOW}_global_acc", f"global accuracy, mean of the {wl}",
-             "Ablation: Agg-only improves global accuracy over FedAvg")):
+        (
+            kd,
+            f"last{WINDOW}_local_acc_mean",
+            f"local accuracy mean, mean of the {wl}",
+            "Ablation: KD-only improves local accuracy over FedAvg",
+        ),
+        (
+            agg,
+            f"last{WINDOW}_global_acc",
+            f"global accuracy, mean of the {wl}",
+            "Ablation: Agg-only improves global accuracy over FedAvg",
+        ),
+    ):
         gone = missing(who, fedavg)
         vals = _by_seed(runs, key)
         comps = [] if gone else [compare_pair(vals, who, fedavg, fig, "FedAvg")]
-        claims.append(Claim(title, f"per seed {who} minus FedAvg, in points", comps,
-                            gone or comps[0].verdict))
+        claims.append(
+            Claim(title, f"per seed {who} minus FedAvg, in points", comps, gone or comps[0].verdict)
+        )
 
     # 5. the balance of global and local accuracy
     vals = _by_seed(runs, BALANCE_KEY)
     others = ranked_others(vals, me)
     comps = []
     if others:
-        c = compare_pair(vals, me, others[0], f"mean of global accuracy and local accuracy mean ({wl})",
-                         "best other by mean over seeds")
+        c = compare_pair(
+            vals,
+            me,
+            others[0],
+            f"mean of global accuracy and local accuracy mean ({wl})",
+            "best other by mean over seeds",
+        )
         c.ranks = rank_per_seed(vals, me)
         comps.append(c)
-    claims.append(Claim("Both together: the best balance of global and local accuracy",
-                        "per seed FedKPer minus the best other method on (global + local accuracy mean) / 2",
-                        comps, comps[0].verdict if comps else "not judged: no other method"))
+    claims.append(
+        Claim(
+            "Both together: the best balance of global and local accuracy",
+            "per seed FedKPer minus the best other method on (global + local accuracy mean) / 2",
+            comps,
+            comps[0].verdict if comps else "not judged: no other method",
+        )
+    )
     return claims
 
 
@@ -960,8 +1180,11 @@ PROTOCOL_FIELDS = ("dataset", "partition", "local test", "model", "selection")
 
 def _component(params: dict[str, str], prefix: str) -> str:
     name = params.get(f"{prefix}.name", "?")
-    ps = sorted((k[len(prefix) + len(".params."):], v) for k, v in params.items()
-                if k.startswith(f"{prefix}.params."))
+    ps = sorted(
+        (k[len(prefix) + len(".params.") :], v)
+        for k, v in params.items()
+        if k.startswith(f"{prefix}.params.")
+    )
     return name + (f" ({', '.join(f'{k}={v}' for k, v in ps)})" if ps else "")
 
 
@@ -969,7 +1192,7 @@ def protocol_of(params: dict[str, str]) -> dict[str, str]:
     """The protocol a run used, from its params (the flattened resolved spec): dataset, partition with its
     params, local-test rule (``data.local_test.{rule,fraction,...}``; runs from before it have
     ``data.local_test_fraction``, whose rule is 'stratified'), model and client selection with their params."""
-    lt = {k[len("data.local_test."):]: v for k, v in params.items() if k.startswith("data.local_test.")}
+    lt = {k[len("data.local_test.") :]: v for k, v in params.items() if k.startswith("data.local_test.")}
     if lt:
         rule = lt.pop("rule", "?")
         local_test = rule + (f" ({', '.join(f'{k}={v}' for k, v in sorted(lt.items()))})" if lt else "")
@@ -977,13 +1200,18 @@ def protocol_of(params: dict[str, str]) -> dict[str, str]:
         local_test = f"stratified (fraction={params['data.local_test_fraction']})"
     else:
         local_test = "?"
-    return {"dataset": params.get("data.dataset.name", "?"), "partition": _component(params, "data.partition"),
-            "local test": local_test, "model": _component(params, "model"),
-            "selection": _component(params, "federation.selection")}
+    return {
+        "dataset": params.get("data.dataset.name", "?"),
+        "partition": _component(params, "data.partition"),
+        "local test": local_test,
+        "model": _component(params, "model"),
+        "selection": _component(params, "federation.selection"),
+    }
 
 
-def protocols(runs: Sequence[RunData], methods: Sequence[str] | None = None
-              ) -> list[tuple[dict[str, str], dict[str, list[Any]]]]:
+def protocols(
+    runs: Sequence[RunData], methods: Sequence[str] | None = None
+) -> list[tuple[dict[str, str], dict[str, list[Any]]]]:
     """Distinct protocols, each with the methods (and their seeds) that used it, in first-use order."""
     out: dict[tuple, tuple[dict[str, str], dict[str, list[Any]]]] = {}
     for m, rs in group(runs, methods).items():
@@ -1020,7 +1248,9 @@ def _legend(fig, axes, n: int) -> None:
         fig.legend(handles, labels, loc="lower center", ncol=min(n, 7), fontsize=8, frameon=False)
 
 
-def plot_curves(by_method: dict[str, list[RunData]], path: Path, smooth: int | None, band: str = "minmax") -> None:
+def plot_curves(
+    by_method: dict[str, list[RunData]], path: Path, smooth: int | None, band: str = "minmax"
+) -> None:
     """One panel per curve key; a line per method (mean over seeds), min-max band over seeds."""
     import matplotlib
 
@@ -1039,12 +1269,27 @@ def plot_curves(by_method: dict[str, list[RunData]], path: Path, smooth: int | N
             if not pts:
                 continue
             xs = [p[0] for p in pts]
-            ax.plot(xs, [p[1] * scale for p in pts], label=m, linewidth=1.3, marker="o" if len(xs) <= 30 else None,
-                    markersize=3, **styles[m])
+            ax.plot(
+                xs,
+                [p[1] * scale for p in pts],
+                label=m,
+                linewidth=1.3,
+                marker="o" if len(xs) <= 30 else None,
+                markersize=3,
+                **styles[m],
+            )
             if band == "minmax" and len(rs) > 1:
-                ax.fill_between(xs, [p[2] * scale for p in pts], [p[3] * scale for p in pts],
-                                color=styles[m]["color"], alpha=0.12 if len(by_method) <= 6 else 0.06, linewidth=0)
-        ax.set_title(CURVE_TITLES.get(key, key) + (f" (trailing {smooth}-round mean)" if smooth else ""), fontsize=10)
+                ax.fill_between(
+                    xs,
+                    [p[2] * scale for p in pts],
+                    [p[3] * scale for p in pts],
+                    color=styles[m]["color"],
+                    alpha=0.12 if len(by_method) <= 6 else 0.06,
+                    linewidth=0,
+                )
+        ax.set_title(
+            CURVE_TITLES.get(key, key) + (f" (trailing {smooth}-round mean)" if smooth else ""), fontsize=10
+        )
         ax.set_xlabel("round")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
@@ -1054,8 +1299,9 @@ def plot_curves(by_method: dict[str, list[RunData]], path: Path, smooth: int | N
     plt.close(fig)
 
 
-def plot_small_multiples(by_method: dict[str, list[RunData]], path: Path, key: str = "global_acc",
-                         smooth: int = WINDOW) -> None:
+def plot_small_multiples(
+    by_method: dict[str, list[RunData]], path: Path, key: str = "global_acc", smooth: int = WINDOW
+) -> None:
     """One panel per method: its mean over seeds with the min-max band, the other methods' means in grey."""
     import matplotlib
 
@@ -1063,24 +1309,39 @@ def plot_small_multiples(by_method: dict[str, list[RunData]], path: Path, key: s
     import matplotlib.pyplot as plt
 
     styles = _styles(list(by_method))
-    curves = {m: curve_over_seeds([rd.curves.get(key, []) for rd in rs], smooth) for m, rs in by_method.items()}
+    curves = {
+        m: curve_over_seeds([rd.curves.get(key, []) for rd in rs], smooth) for m, rs in by_method.items()
+    }
     cols = min(4, len(curves))
     rows = math.ceil(len(curves) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(3.6 * cols, 7.5), 2.6 * rows + 0.6), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(3.6 * cols, 7.5), 2.6 * rows + 0.6), sharex=True, sharey=True, squeeze=False
+    )
     for ax, (m, pts) in zip(axes.flat, curves.items(), strict=False):
         for other, opts in curves.items():
             if other != m and opts:
                 ax.plot([p[0] for p in opts], [p[1] * 100 for p in opts], color="#c8c8c8", linewidth=0.7)
         if pts:
             xs = [p[0] for p in pts]
-            ax.fill_between(xs, [p[2] * 100 for p in pts], [p[3] * 100 for p in pts], color=styles[m]["color"],
-                            alpha=0.25, linewidth=0)
-            ax.plot(xs, [p[1] * 100 for p in pts], color=styles[m]["color"], linewidth=1.4,
-                    marker="o" if len(xs) <= 30 else None, markersize=3)
+            ax.fill_between(
+                xs,
+                [p[2] * 100 for p in pts],
+                [p[3] * 100 for p in pts],
+                color=styles[m]["color"],
+                alpha=0.25,
+                linewidth=0,
+            )
+            ax.plot(
+                xs,
+                [p[1] * 100 for p in pts],
+                color=styles[m]["color"],
+                linewidth=1.4,
+                marker="o" if len(xs) <= 30 else None,
+                markersize=3,
+            )
         ax.set_title(f"{m} (n={len(by_method[m])})", fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(curves):]:
+    for ax in axes.flat[len(curves) :]:
         ax.set_visible(False)
     for c in range(cols):  # the lowest panel of each column carries the round axis
         bottom = axes[(len(curves) - 1 - c) // cols, c]
@@ -1088,14 +1349,19 @@ def plot_small_multiples(by_method: dict[str, list[RunData]], path: Path, key: s
         bottom.set_xlabel("round")
     for ax in axes[:, 0]:
         ax.set_ylabel("%")
-    fig.suptitle(f"{CURVE_TITLES.get(key, key)} (trailing {smooth}-round mean)\nline: mean over seeds; band: "
-                 "min-max over seeds; grey: the other methods' means", fontsize=10)
+    fig.suptitle(
+        f"{CURVE_TITLES.get(key, key)} (trailing {smooth}-round mean)\nline: mean over seeds; band: "
+        "min-max over seeds; grey: the other methods' means",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_time(by_method: dict[str, list[RunData]], path: Path, budget: float | None, smooth: int = WINDOW) -> None:
+def plot_time(
+    by_method: dict[str, list[RunData]], path: Path, budget: float | None, smooth: int = WINDOW
+) -> None:
     """Global accuracy (trailing mean, mean over seeds) against wall-clock time (mean over seeds)."""
     import matplotlib
 
@@ -1114,12 +1380,24 @@ def plot_time(by_method: dict[str, list[RunData]], path: Path, budget: float | N
     for m, pts in lines.items():
         if pts:
             xs, ys = zip(*pts, strict=True)
-            ax.plot([x / div for x in xs], ys, label=m, linewidth=1.3, marker="o" if len(xs) <= 30 else None,
-                    markersize=3, **styles[m])
+            ax.plot(
+                [x / div for x in xs],
+                ys,
+                label=m,
+                linewidth=1.3,
+                marker="o" if len(xs) <= 30 else None,
+                markersize=3,
+                **styles[m],
+            )
     if budget is not None and math.isfinite(budget):
         ax.axvline(budget / div, color="black", linestyle=":", linewidth=1)
-        ax.annotate(f"T = {budget / div:.3g} {unit}", (budget / div, ax.get_ylim()[0]), xytext=(3, 5),
-                    textcoords="offset points", fontsize=8)
+        ax.annotate(
+            f"T = {budget / div:.3g} {unit}",
+            (budget / div, ax.get_ylim()[0]),
+            xytext=(3, 5),
+            textcoords="offset points",
+            fontsize=8,
+        )
     ax.set_xlabel(f"wall-clock time since the run started ({unit}, mean over seeds)")
     ax.set_ylabel(f"global accuracy, trailing {smooth}-round mean (%)")
     ax.grid(alpha=0.3)
@@ -1138,12 +1416,17 @@ def plot_clients(by_method: dict[str, list[RunData]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(by_method)
-    seeds = sorted({rd.seed for rs in by_method.values() for rd in rs if rd.clients},
-                   key=lambda s: (s is None, s or 0))
+    seeds = sorted(
+        {rd.seed for rs in by_method.values() for rd in rs if rd.clients}, key=lambda s: (s is None, s or 0)
+    )
     n_clients = 1 + max((c for rs in by_method.values() for rd in rs for c in rd.clients), default=0)
     markers = "os^Dv<>p*h"
-    fig = plt.figure(figsize=(max(9.0, 0.7 * len(methods) + 3, 0.32 * n_clients + 3),
-                              4.2 + (0.3 * len(methods) + 1.2) * len(seeds)))
+    fig = plt.figure(
+        figsize=(
+            max(9.0, 0.7 * len(methods) + 3, 0.32 * n_clients + 3),
+            4.2 + (0.3 * len(methods) + 1.2) * len(seeds),
+        )
+    )
     grid = fig.add_gridspec(1 + len(seeds), 1, height_ratios=[4.2] + [0.3 * len(methods) + 0.9] * len(seeds))
     ax = fig.add_subplot(grid[0])
     rng = np.random.default_rng(0)  # jitter only
@@ -1154,21 +1437,31 @@ def plot_clients(by_method: dict[str, list[RunData]], path: Path) -> None:
             vals = [v * 100 for _, v in rd.clients.values()]
             allv += vals
             k = seeds.index(rd.seed) if rd.seed in seeds else 0
-            ax.scatter(i + rng.uniform(-0.22, 0.22, len(vals)), vals, s=12, alpha=0.6,
-                       marker=markers[k % len(markers)], color=f"C{k % 10}",
-                       label=None if k in labelled or not vals else f"seed {rd.seed}")
+            ax.scatter(
+                i + rng.uniform(-0.22, 0.22, len(vals)),
+                vals,
+                s=12,
+                alpha=0.6,
+                marker=markers[k % len(markers)],
+                color=f"C{k % 10}",
+                label=None if k in labelled or not vals else f"seed {rd.seed}",
+            )
             if vals:
                 labelled.add(k)
         if allv:
             ax.hlines(np.median(allv), i - 0.32, i + 0.32, color="black", linewidth=2)
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("local accuracy at last participation (%)")
-    ax.set_title("each client's final local accuracy (dots; black bar: median over clients and seeds)", fontsize=10)
+    ax.set_title(
+        "each client's final local accuracy (dots; black bar: median over clients and seeds)", fontsize=10
+    )
     ax.grid(axis="y", alpha=0.3)
     if labelled:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     lowest = min((v for rs in by_method.values() for rd in rs for _, v in rd.clients.values()), default=0.0)
-    vmin = min(50.0, 10.0 * math.floor(lowest * 10))  # contrast where the values are, on one scale for all seeds
+    vmin = min(
+        50.0, 10.0 * math.floor(lowest * 10)
+    )  # contrast where the values are, on one scale for all seeds
     for j, seed in enumerate(seeds):
         hax = fig.add_subplot(grid[1 + j])
         mat = np.full((len(methods), n_clients), np.nan)
@@ -1185,16 +1478,24 @@ def plot_clients(by_method: dict[str, list[RunData]], path: Path) -> None:
         if n_clients * len(methods) <= 400:
             for (i, c), v in np.ndenumerate(mat):
                 if not math.isnan(v):
-                    hax.text(c, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
-                             color="white" if v < vmin + 0.45 * (100 - vmin) else "black")
+                    hax.text(
+                        c,
+                        i,
+                        f"{v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if v < vmin + 0.45 * (100 - vmin) else "black",
+                    )
         fig.colorbar(im, ax=hax, fraction=0.025, pad=0.01, label="%")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def make_plots(by_method: dict[str, list[RunData]], out: Path, time_methods: Sequence[str] | None,
-               budget: float | None) -> dict[str, str]:
+def make_plots(
+    by_method: dict[str, list[RunData]], out: Path, time_methods: Sequence[str] | None, budget: float | None
+) -> dict[str, str]:
     """Write the PNGs; returns {file name: caption}."""
     import matplotlib
 
@@ -1205,25 +1506,31 @@ def make_plots(by_method: dict[str, list[RunData]], out: Path, time_methods: Seq
         f"Global accuracy, the local accuracy of each round's worst participant (the worse of that round's "
         f"sampled clients: not the worst client, see the worst-client section) and global NFR per round, each "
         f"smoothed by a trailing {WINDOW}-round mean within each seed; line: mean over seeds, shaded band: min-max "
-        f"over seeds.")
+        f"over seeds."
+    )
     plot_small_multiples(by_method, out / "curves_by_method.png")
     plots["curves_by_method.png"] = (
         f"Global accuracy per method (trailing {WINDOW}-round mean within each seed): mean over seeds with the "
-        "min-max band over seeds; the grey lines are the other methods' means.")
+        "min-max band over seeds; the grey lines are the other methods' means."
+    )
     plot_curves(by_method, out / "curves_raw.png", smooth=None)
-    plots["curves_raw.png"] = ("The same, unsmoothed: each round's value, mean over seeds (band: min-max over "
-                               "seeds). The round-to-round swings are real, not noise in the plot.")
+    plots["curves_raw.png"] = (
+        "The same, unsmoothed: each round's value, mean over seeds (band: min-max over "
+        "seeds). The round-to-round swings are real, not noise in the plot."
+    )
     if any(rd.clients for rs in by_method.values() for rd in rs):
         plot_clients(by_method, out / "clients.png")
         plots["clients.png"] = (
             "Client level: each client's local accuracy at its last participation (its last round in "
             "metrics/per_client.csv), per method. Top: every client of every seed; bottom: one heatmap per seed "
-            "(the variants of a seed share its partition, so a column is the same client across methods).")
+            "(the variants of a seed share its partition, so a column is the same client across methods)."
+        )
     tm = {m: by_method[m] for m in (time_methods or by_method)}
     plot_time(tm, out / "accuracy_vs_time.png", budget)
     plots["accuracy_vs_time.png"] = (
         f"Global accuracy (trailing {WINDOW}-round mean, mean over seeds) against wall-clock time since the run "
-        f"started (elapsed_s, mean over seeds); dotted line: the matched budget T.")
+        f"started (elapsed_s, mean over seeds); dotted line: the matched budget T."
+    )
     return plots
 
 
@@ -1265,7 +1572,7 @@ def results_headers(runs: Sequence[RunData]) -> list[str]:
     out = []
     for h, k, _, _ in TABLE:
         if k.startswith(f"last{WINDOW}_"):
-            label = window_label(_counts(runs, k[len(f"last{WINDOW}_"):]))
+            label = window_label(_counts(runs, k[len(f"last{WINDOW}_") :]))
             if label != f"last {_rounds(WINDOW)}":
                 h = h.replace(f" (last-{WINDOW} mean)", f", mean of the {label}")
         out.append(h if k == "wall_time_s" else f"{h} %")
@@ -1279,40 +1586,74 @@ def _seed_name(s: Any) -> str:
 def _worst_text(w: WorstClient | None, seed: Any) -> str:
     if w is None:
         return f"seed {_seed_name(seed)}: -"
-    size = "local test size ?" if w.local_test is None else (
-        f"{w.local_test} local test samples" + (" (few)" if w.few else ""))
+    size = (
+        "local test size ?"
+        if w.local_test is None
+        else (f"{w.local_test} local test samples" + (" (few)" if w.few else ""))
+    )
     return f"seed {_seed_name(seed)}: client {w.client}, {w.value * 100:.1f}% on {size}, round {w.round}"
 
 
 def worst_client_blocks(by_method: dict[str, list[RunData]]) -> list[tuple]:
     B: list[tuple] = [("h", 2, "Worst-client local accuracy")]
-    B.append(("p", "Per run (one method, one seed): each client's local accuracy at its last participation (its "
-                   "trained model, or personal model where the method has one, on its own local test set, in the "
-                   "last evaluated round in which it trained), then the minimum over every client that "
-                   "participated. Per method: mean ± sample std over seeds, and for each seed the worst client, "
-                   "its value, the size of its local test set (from the run's partition/stats.json) and the round. "
-                   f"'(few)': the local test holds fewer than {SMALL_LOCAL_TEST} samples, so one sample moves the "
-                   "value by 5 points or more and the minimum over clients favours such clients. Covered: clients "
-                   "that participated at least once, of all clients. The last column is a different, per-round "
-                   f"figure: the worse of each round's sampled clients, averaged over the last {WINDOW} rounds; it "
-                   "is not the worst client."))
+    B.append(
+        (
+            "p",
+            "Per run (one method, one seed): each client's local accuracy at its last participation (its "
+            "trained model, or personal model where the method has one, on its own local test set, in the "
+            "last evaluated round in which it trained), then the minimum over every client that "
+            "participated. Per method: mean ± sample std over seeds, and for each seed the worst client, "
+            "its value, the size of its local test set (from the run's partition/stats.json) and the round. "
+            f"'(few)': the local test holds fewer than {SMALL_LOCAL_TEST} samples, so one sample moves the "
+            "value by 5 points or more and the minimum over clients favours such clients. Covered: clients "
+            "that participated at least once, of all clients. The last column is a different, per-round "
+            f"figure: the worse of each round's sampled clients, averaged over the last {WINDOW} rounds; it "
+            "is not the worst client.",
+        )
+    )
     rows, few, total = [], 0, 0
     for m, rs in by_method.items():
         ws = [worst_of(rd) for rd in rs]
         few += sum(1 for w in ws if w and w.few)
         total += sum(1 for w in ws if w)
         n = len(rs)
-        covered = ", ".join(f"{w.covered}/{w.num_clients if w.num_clients else '?'}" if w else "-" for w in ws)
+        covered = ", ".join(
+            f"{w.covered}/{w.num_clients if w.num_clients else '?'}" if w else "-" for w in ws
+        )
         part = Stat.of(rd.summary.get(f"last{WINDOW}_local_acc_worst") for rd in rs)
-        rows.append([m, _seeds_text([rd.seed for rd in rs]), Stat.of(w.value if w else None for w in ws).fmt(100, 1, n),
-                     "; ".join(_worst_text(w, rd.seed) for w, rd in zip(ws, rs, strict=True)), covered,
-                     part.fmt(100, 1, n)])
-    B.append(("table", ["method", "seeds (n)", "worst-client local acc %", "worst client per seed",
-                        "clients covered (per seed)", f"worst participant of the round, last-{WINDOW} mean %"], rows))
+        rows.append(
+            [
+                m,
+                _seeds_text([rd.seed for rd in rs]),
+                Stat.of(w.value if w else None for w in ws).fmt(100, 1, n),
+                "; ".join(_worst_text(w, rd.seed) for w, rd in zip(ws, rs, strict=True)),
+                covered,
+                part.fmt(100, 1, n),
+            ]
+        )
+    B.append(
+        (
+            "table",
+            [
+                "method",
+                "seeds (n)",
+                "worst-client local acc %",
+                "worst client per seed",
+                "clients covered (per seed)",
+                f"worst participant of the round, last-{WINDOW} mean %",
+            ],
+            rows,
+        )
+    )
     if few:
-        B.append(("p", f"Note: in {few} of {total} runs the worst client's local test holds fewer than "
-                       f"{SMALL_LOCAL_TEST} samples (marked 'few'): its value is coarse, and the worst-client figure "
-                       "of those runs is decided by a handful of test images."))
+        B.append(
+            (
+                "p",
+                f"Note: in {few} of {total} runs the worst client's local test holds fewer than "
+                f"{SMALL_LOCAL_TEST} samples (marked 'few'): its value is coarse, and the worst-client figure "
+                "of those runs is decided by a handful of test images.",
+            )
+        )
     return B
 
 
@@ -1322,14 +1663,22 @@ def forgetting_blocks(by_method: dict[str, list[RunData]]) -> list[tuple]:
     if not keys:
         return []
     B: list[tuple] = [("h", 2, "Forgetting")]
-    B.append(("p", "Each forgetting metric over two windows, per run, then mean ± sample std over seeds: the mean "
-                   f"over all rounds with a value and the mean over the last {WINDOW} of them (a run with fewer "
-                   "has all of its rounds in both; the headers say how many). NFR, PFR and consistency compare "
-                   "with the previous evaluation, so they start at the second one; BwT starts once a client has "
-                   "been sampled before; local NFR, PFR and consistency average the round's participants that were "
-                   "evaluated before. NFR: lower is better; PFR, consistency, BwT: higher is better. In percent "
-                   "(BwT in points)."))
-    for win, title in (("all", "Mean over all rounds"), (f"last{WINDOW}", f"Mean over the last {WINDOW} rounds")):
+    B.append(
+        (
+            "p",
+            "Each forgetting metric over two windows, per run, then mean ± sample std over seeds: the mean "
+            f"over all rounds with a value and the mean over the last {WINDOW} of them (a run with fewer "
+            "has all of its rounds in both; the headers say how many). NFR, PFR and consistency compare "
+            "with the previous evaluation, so they start at the second one; BwT starts once a client has "
+            "been sampled before; local NFR, PFR and consistency average the round's participants that were "
+            "evaluated before. NFR: lower is better; PFR, consistency, BwT: higher is better. In percent "
+            "(BwT in points).",
+        )
+    )
+    for win, title in (
+        ("all", "Mean over all rounds"),
+        (f"last{WINDOW}", f"Mean over the last {WINDOW} rounds"),
+    ):
         heads = []
         for k, t, _ in keys:
             counts = _counts(runs, k)
@@ -1337,8 +1686,10 @@ def forgetting_blocks(by_method: dict[str, list[RunData]]) -> list[tuple]:
         rows = []
         for m, rs in by_method.items():
             vals = [run_values(rd) for rd in rs]
-            rows.append([m, _seeds_text([rd.seed for rd in rs])]
-                        + [Stat.of(v.get(f"{win}_{k}") for v in vals).fmt(100, 2, len(rs)) for k, _, _ in keys])
+            rows.append(
+                [m, _seeds_text([rd.seed for rd in rs])]
+                + [Stat.of(v.get(f"{win}_{k}") for v in vals).fmt(100, 2, len(rs)) for k, _, _ in keys]
+            )
         B.append(("h", 3, title))
         B.append(("table", ["method", "seeds (n)"] + heads, rows))
     return B
@@ -1347,19 +1698,31 @@ def forgetting_blocks(by_method: dict[str, list[RunData]]) -> list[tuple]:
 def protocol_blocks(runs: Sequence[RunData], methods: Sequence[str]) -> list[tuple]:
     protos = protocols(runs, methods)
     B: list[tuple] = [("h", 2, "Protocol")]
-    B.append(("p", "Read from each run's params (the resolved spec): the dataset, the partition and its params, "
-                   "the local-test rule (runs logged before `data.local_test` existed have "
-                   "`data.local_test_fraction`, whose rule is stratified), the model and the client selection. One "
-                   "row per distinct protocol, with the methods and seeds that used it."))
-    rows = [[p[f] for f in PROTOCOL_FIELDS]
-            + ["; ".join(f"{m} ({', '.join(_seed_name(s) for s in ss)})" for m, ss in who.items())]
-            for p, who in protos]
+    B.append(
+        (
+            "p",
+            "Read from each run's params (the resolved spec): the dataset, the partition and its params, "
+            "the local-test rule (runs logged before `data.local_test` existed have "
+            "`data.local_test_fraction`, whose rule is stratified), the model and the client selection. One "
+            "row per distinct protocol, with the methods and seeds that used it.",
+        )
+    )
+    rows = [
+        [p[f] for f in PROTOCOL_FIELDS]
+        + ["; ".join(f"{m} ({', '.join(_seed_name(s) for s in ss)})" for m, ss in who.items())]
+        for p, who in protos
+    ]
     B.append(("table", list(PROTOCOL_FIELDS) + ["methods (seeds)"], rows))
     if len(protos) > 1:
         fields = [f for f in PROTOCOL_FIELDS if len({p[f] for p, _ in protos}) > 1]
-        B.append(("p", f"Warning: the methods of this comparison used {len(protos)} different protocols (they "
-                       f"differ in: {', '.join(fields)}). Differences between methods mix the method with the "
-                       "protocol; compare only methods that share one."))
+        B.append(
+            (
+                "p",
+                f"Warning: the methods of this comparison used {len(protos)} different protocols (they "
+                f"differ in: {', '.join(fields)}). Differences between methods mix the method with the "
+                "protocol; compare only methods that share one.",
+            )
+        )
     return B
 
 
@@ -1367,49 +1730,90 @@ def claims_blocks(claims: Sequence[Claim]) -> list[tuple]:
     if not claims:
         return []
     B: list[tuple] = [("h", 2, "The paper's claims, across seeds")]
-    B.append(("p", "Each claim of FedKPer's paper (Fowler and AlRegib, ICIP 2026) is judged on paired per-seed "
-                   "differences: the two methods of one seed share the partition and the client-sampling stream, "
-                   "so each seed gives one difference. The mean difference over seeds carries a 95% t-interval "
-                   "(mean ± t(0.975, n-1) · s / sqrt(n)); with one seed there is no interval and nothing is judged. "
-                   "A comparison is 'supported' when the whole interval lies on the claimed side of 0, "
-                   "'contradicted' when it lies on the other side, 'not shown' when it contains 0; a claimed gap "
-                   "'holds' only when the whole interval lies above it, is 'not supported' when the interval lies "
-                   "below it, and the data are 'consistent' with it when the interval contains it. With 2 or 3 "
-                   "seeds the intervals are wide. The method compared with is chosen by its mean over seeds of "
-                   "the same figure and named in each row."))
+    B.append(
+        (
+            "p",
+            "Each claim of FedKPer's paper (Fowler and AlRegib, ICIP 2026) is judged on paired per-seed "
+            "differences: the two methods of one seed share the partition and the client-sampling stream, "
+            "so each seed gives one difference. The mean difference over seeds carries a 95% t-interval "
+            "(mean ± t(0.975, n-1) · s / sqrt(n)); with one seed there is no interval and nothing is judged. "
+            "A comparison is 'supported' when the whole interval lies on the claimed side of 0, "
+            "'contradicted' when it lies on the other side, 'not shown' when it contains 0; a claimed gap "
+            "'holds' only when the whole interval lies above it, is 'not supported' when the interval lies "
+            "below it, and the data are 'consistent' with it when the interval contains it. With 2 or 3 "
+            "seeds the intervals are wide. The method compared with is chosen by its mean over seeds of "
+            "the same figure and named in each row.",
+        )
+    )
     for c in claims:
         B.append(("h", 3, c.title))
         B.append(("p", f"Measured as: {c.measured_as}."))
         if c.comparisons:
-            B.append(("table", ["figure", "difference", "chosen as", "per seed (points)",
-                                "mean [95% interval] (points)", "verdict"],
-                      [[x.figure, f"{x.a} − {x.b}", x.why, x.per_seed(), x.interval.fmt(x.decimals), x.verdict]
-                       for x in c.comparisons]))
+            B.append(
+                (
+                    "table",
+                    [
+                        "figure",
+                        "difference",
+                        "chosen as",
+                        "per seed (points)",
+                        "mean [95% interval] (points)",
+                        "verdict",
+                    ],
+                    [
+                        [
+                            x.figure,
+                            f"{x.a} − {x.b}",
+                            x.why,
+                            x.per_seed(),
+                            x.interval.fmt(x.decimals),
+                            x.verdict,
+                        ]
+                        for x in c.comparisons
+                    ],
+                )
+            )
         B.append(("p", f"Verdict: {c.verdict}."))
     return B
 
 
-def build_blocks(col: Collection, summaries: list[MethodSummary], budget: float, budget_rows: list[BudgetRow],
-                 plots: dict[str, str], time_methods: Sequence[str] | None, generated: str,
-                 claims: Sequence[Claim] | None = None) -> list[tuple]:
+def build_blocks(
+    col: Collection,
+    summaries: list[MethodSummary],
+    budget: float,
+    budget_rows: list[BudgetRow],
+    plots: dict[str, str],
+    time_methods: Sequence[str] | None,
+    generated: str,
+    claims: Sequence[Claim] | None = None,
+) -> list[tuple]:
     runs = col.finished
     parents = col.parents
     by_method = group(runs, col.methods)
     B: list[tuple] = []
-    specs = _uniq([p.data.tags.get("fedreg.spec") for p in parents] + [rd.tags.get("fedreg.spec") for rd in runs])
+    specs = _uniq(
+        [p.data.tags.get("fedreg.spec") for p in parents] + [rd.tags.get("fedreg.spec") for rd in runs]
+    )
     datasets = _uniq(rd.tags.get("fedreg.dataset") or rd.params.get("data.dataset.name") for rd in runs)
     title = "Report: " + (", ".join(specs) or col.experiment or "comparison")
     B.append(("h", 1, title))
-    commits = _uniq([p.data.tags.get("mlflow.source.git.commit") for p in parents]
-                    + [rd.tags.get("mlflow.source.git.commit") for rd in runs])
-    versions = _uniq([p.data.tags.get("fedreg.version") for p in parents] + [rd.tags.get("fedreg.version") for rd in runs])
+    commits = _uniq(
+        [p.data.tags.get("mlflow.source.git.commit") for p in parents]
+        + [rd.tags.get("mlflow.source.git.commit") for rd in runs]
+    )
+    versions = _uniq(
+        [p.data.tags.get("fedreg.version") for p in parents] + [rd.tags.get("fedreg.version") for rd in runs]
+    )
     seeds = sorted({rd.seed for rd in runs if rd.seed is not None})
     same, differ = _settings(runs)
     header = [
         f"spec: {', '.join(f'`{s}`' for s in specs) or '?'}",
         f"dataset: {', '.join(datasets) or '?'}",
-        (f"experiment: `{col.experiment}` (every finished child run)" if col.experiment else
-         "parent run(s): " + ", ".join(f"`{p.info.run_id}` ({p.info.status})" for p in parents)),
+        (
+            f"experiment: `{col.experiment}` (every finished child run)"
+            if col.experiment
+            else "parent run(s): " + ", ".join(f"`{p.info.run_id}` ({p.info.status})" for p in parents)
+        ),
         f"tracking store: `{col.tracking_uri}`",
         f"git commit(s): {', '.join(f'`{c}`' for c in commits) or 'not recorded'}",
         f"fedreg version(s): {', '.join(versions) or '?'}",
@@ -1435,43 +1839,62 @@ def build_blocks(col: Collection, summaries: list[MethodSummary], budget: float,
     rows = []
     for s in summaries:
         n = len(s.seeds)
-        rows.append([s.method, _seeds_text(s.seeds)]
-                    + [s.stats[k].fmt(scale, dec, n) for _, k, scale, dec in TABLE])
+        rows.append(
+            [s.method, _seeds_text(s.seeds)] + [s.stats[k].fmt(scale, dec, n) for _, k, scale, dec in TABLE]
+        )
     B.append(("table", headers, rows))
-    B.append(("p", "Each cell: mean ± sample standard deviation (n - 1) over seeds; n is in the seeds column "
-                   "(a cell that has fewer values says so), and with one seed the cell is that seed's value. "
-                   "Accuracies, NFR, BwT and consistency in percent; wall time in seconds. Worst-client local "
-                   "accuracy: the minimum over all clients of each client's local accuracy at its last "
-                   "participation (see the worst-client section)."))
+    B.append(
+        (
+            "p",
+            "Each cell: mean ± sample standard deviation (n - 1) over seeds; n is in the seeds column "
+            "(a cell that has fewer values says so), and with one seed the cell is that seed's value. "
+            "Accuracies, NFR, BwT and consistency in percent; wall time in seconds. Worst-client local "
+            "accuracy: the minimum over all clients of each client's local accuracy at its last "
+            "participation (see the worst-client section).",
+        )
+    )
     B += protocol_blocks(runs, col.methods)
 
     # -- what the numbers are --
     B.append(("h", 2, "What the numbers are"))
-    B.append(("p", f"'final' is the global model at the last round; 'last-10 mean' averages the last {WINDOW} "
-                   "evaluated rounds. Neither is a best-so-far value: no round is picked after the fact. Global "
-                   "accuracy is the global model on the dataset's official test split. Local accuracy is, each "
-                   "round, every participating client's model on that client's own local test set; 'mean' averages "
-                   "the round's participants. Worst-client local accuracy takes, per run, each client's local "
-                   "accuracy at its last participation and the minimum over all clients that participated (the "
-                   "per-round 'worst participant of the round', the worse of the few clients sampled that round, "
-                   "is a different figure and is shown apart). Global NFR "
-                   "(negative flip rate) is the share of test samples the global model got right at the previous "
-                   "evaluation and gets wrong now; consistency is the share whose correctness did not change; BwT "
-                   "is the global model's accuracy now on the local test sets of earlier participants minus its "
-                   "accuracy right after their last participation (negative: forgetting). Wall time is the run's "
-                   "total, which depends on the machine and on what else ran on it."))
+    B.append(
+        (
+            "p",
+            f"'final' is the global model at the last round; 'last-10 mean' averages the last {WINDOW} "
+            "evaluated rounds. Neither is a best-so-far value: no round is picked after the fact. Global "
+            "accuracy is the global model on the dataset's official test split. Local accuracy is, each "
+            "round, every participating client's model on that client's own local test set; 'mean' averages "
+            "the round's participants. Worst-client local accuracy takes, per run, each client's local "
+            "accuracy at its last participation and the minimum over all clients that participated (the "
+            "per-round 'worst participant of the round', the worse of the few clients sampled that round, "
+            "is a different figure and is shown apart). Global NFR "
+            "(negative flip rate) is the share of test samples the global model got right at the previous "
+            "evaluation and gets wrong now; consistency is the share whose correctness did not change; BwT "
+            "is the global model's accuracy now on the local test sets of earlier participants minus its "
+            "accuracy right after their last participation (negative: forgetting). Wall time is the run's "
+            "total, which depends on the machine and on what else ran on it.",
+        )
+    )
     roles: dict[str, list[str]] = {}
     for s in summaries:
         roles.setdefault(s.local_model_role, []).append(s.method)
-    role_text = {"local": "the client's trained copy of the global model", "personal": "the client's personal model"}
+    role_text = {
+        "local": "the client's trained copy of the global model",
+        "personal": "the client's personal model",
+    }
     items = [f"{role_text.get(r, f'model role {r!r}')} (`{r}`): {', '.join(ms)}" for r, ms in roles.items()]
     B.append(("p", "Which model local accuracy measures, per method (tag `fedreg.local_model_role`):"))
     B.append(("ul", items))
     personal = roles.get("personal", [])
     if personal:
-        B.append(("p", f"Methods with personal models ({', '.join(personal)}) are scored locally on a model that "
-                       "never leaves the client, the others on the model they send back: their local accuracies "
-                       "measure different things."))
+        B.append(
+            (
+                "p",
+                f"Methods with personal models ({', '.join(personal)}) are scored locally on a model that "
+                "never leaves the client, the others on the model they send back: their local accuracies "
+                "measure different things.",
+            )
+        )
     swing = round_to_round_swing(runs)
     part = same.get("data.partition.name")
     setting = []
@@ -1479,18 +1902,35 @@ def build_blocks(col: Collection, summaries: list[MethodSummary], budget: float,
         alpha = same.get("data.partition.params.alpha")
         setting.append(f"{part} partition" + (f" with alpha {alpha}" if alpha else ""))
     if same.get("federation.clients_per_round"):
-        setting.append(f"{same['federation.clients_per_round']} of {same.get('data.num_clients', '?')} clients "
-                       "per round")
-    measured = (f" Here it changed by a median of {swing[0] * 100:.1f} points between consecutive rounds in the "
-                f"second half of the runs (90th percentile {swing[1] * 100:.1f} points)." if swing else "")
-    B.append(("p", "Round-to-round variability: " + (f"with a {' and '.join(setting)}, " if setting else "")
-                   + "each round's global model averages the updates of few clients with skewed label mixes, so "
-                   "global accuracy swings by several points from one round to the next." + measured
-                   + " A single round of a single seed decides nothing: read the last-10 means and their spread "
-                   "over seeds."))
+        setting.append(
+            f"{same['federation.clients_per_round']} of {same.get('data.num_clients', '?')} clients per round"
+        )
+    measured = (
+        f" Here it changed by a median of {swing[0] * 100:.1f} points between consecutive rounds in the "
+        f"second half of the runs (90th percentile {swing[1] * 100:.1f} points)."
+        if swing
+        else ""
+    )
+    B.append(
+        (
+            "p",
+            "Round-to-round variability: "
+            + (f"with a {' and '.join(setting)}, " if setting else "")
+            + "each round's global model averages the updates of few clients with skewed label mixes, so "
+            "global accuracy swings by several points from one round to the next."
+            + measured
+            + " A single round of a single seed decides nothing: read the last-10 means and their spread "
+            "over seeds.",
+        )
+    )
     if col.superseded:
-        B.append(("p", "Left out as superseded (a later finished run of the same method and seed is used): "
-                       + ", ".join(f"{rd.name or rd.run_id} (`{rd.run_id}`)" for rd in col.superseded)))
+        B.append(
+            (
+                "p",
+                "Left out as superseded (a later finished run of the same method and seed is used): "
+                + ", ".join(f"{rd.name or rd.run_id} (`{rd.run_id}`)" for rd in col.superseded),
+            )
+        )
 
     B += worst_client_blocks(by_method)
     B += forgetting_blocks(by_method)
@@ -1508,13 +1948,23 @@ def build_blocks(col: Collection, summaries: list[MethodSummary], budget: float,
     B.append(("h", 2, "Clients"))
     if "clients.png" in plots:
         metrics = _uniq(rd.client_metric for rd in runs)
-        B.append(("p", f"Per-client values are `{', '.join(metrics)}` from each run's metrics/per_client.csv, "
-                       "taken at each client's last participation (a client is scored only when it trains). "
-                       "clients.csv holds them."))
+        B.append(
+            (
+                "p",
+                f"Per-client values are `{', '.join(metrics)}` from each run's metrics/per_client.csv, "
+                "taken at each client's last participation (a client is scored only when it trains). "
+                "clients.csv holds them.",
+            )
+        )
         B.append(("img", "clients.png", plots["clients.png"]))
     else:
-        B.append(("p", "No per-client local accuracy was logged (metrics/per_client.csv has no "
-                       f"`{CLIENT_METRIC_PREFIX}...]` rows): add the local_accuracy metric to the spec."))
+        B.append(
+            (
+                "p",
+                "No per-client local accuracy was logged (metrics/per_client.csv has no "
+                f"`{CLIENT_METRIC_PREFIX}...]` rows): add the local_accuracy metric to the spec.",
+            )
+        )
 
     # -- time --
     B.append(("h", 2, "Accuracy against wall-clock time"))
@@ -1522,28 +1972,63 @@ def build_blocks(col: Collection, summaries: list[MethodSummary], budget: float,
         B.append(("p", f"Methods shown (--time-methods): {', '.join(time_methods)}."))
     B.append(("img", "accuracy_vs_time.png", plots["accuracy_vs_time.png"]))
     if budget_rows:
-        B.append(("p", f"Matched budget: every method cut at T = {budget:.0f} s ({budget / 60:.1f} min), the "
-                       "shortest mean total wall time among the methods shown. For each seed: the rounds it "
-                       "completed by T, its global accuracy at the last of them, and the mean over its last "
-                       f"{WINDOW} rounds before T; then mean ± std over seeds. Timings depend on the machine and "
-                       "its load: runs that shared the machine with other work are slower."))
-        head = ["method", "total wall time s", "rounds by T", "global acc at T %",
-                f"global acc last-{WINDOW} mean at T %", f"global acc last-{WINDOW} mean, full run %"]
+        B.append(
+            (
+                "p",
+                f"Matched budget: every method cut at T = {budget:.0f} s ({budget / 60:.1f} min), the "
+                "shortest mean total wall time among the methods shown. For each seed: the rounds it "
+                "completed by T, its global accuracy at the last of them, and the mean over its last "
+                f"{WINDOW} rounds before T; then mean ± std over seeds. Timings depend on the machine and "
+                "its load: runs that shared the machine with other work are slower.",
+            )
+        )
+        head = [
+            "method",
+            "total wall time s",
+            "rounds by T",
+            "global acc at T %",
+            f"global acc last-{WINDOW} mean at T %",
+            f"global acc last-{WINDOW} mean, full run %",
+        ]
         brows = []
         for b in budget_rows:
             n = len(by_method[b.method])
-            brows.append([b.method, b.total_time.fmt(1, 0, n), b.rounds.fmt(1, 1, n), b.at_budget.fmt(100, 1, n),
-                          b.last10_at_budget.fmt(100, 1, n), b.full_last10.fmt(100, 1, n)])
+            brows.append(
+                [
+                    b.method,
+                    b.total_time.fmt(1, 0, n),
+                    b.rounds.fmt(1, 1, n),
+                    b.at_budget.fmt(100, 1, n),
+                    b.last10_at_budget.fmt(100, 1, n),
+                    b.full_last10.fmt(100, 1, n),
+                ]
+            )
         B.append(("table", head, brows))
 
     # -- incomplete --
     if col.incomplete:
         B.append(("h", 2, "Incomplete runs (left out of the statistics)"))
-        B.append(("table", ["run", "method", "seed", "status", "last round", "run id"],
-                  [[rd.name, rd.method, "?" if rd.seed is None else str(rd.seed), rd.status,
-                    str(rd.last_round or 0), f"`{rd.run_id}`"] for rd in col.incomplete]))
+        B.append(
+            (
+                "table",
+                ["run", "method", "seed", "status", "last round", "run id"],
+                [
+                    [
+                        rd.name,
+                        rd.method,
+                        "?" if rd.seed is None else str(rd.seed),
+                        rd.status,
+                        str(rd.last_round or 0),
+                        f"`{rd.run_id}`",
+                    ]
+                    for rd in col.incomplete
+                ],
+            )
+        )
     B.append(("h", 2, "Runs"))
-    B.append(("p", "Every run used, with its values, is in runs.csv; the per-method statistics in summary.csv."))
+    B.append(
+        ("p", "Every run used, with its values, is in runs.csv; the per-method statistics in summary.csv.")
+    )
     return B
 
 
@@ -1584,8 +2069,12 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-siz
 
 def render_html(blocks: Sequence[tuple], image_dir: Path, title: str = "fedreg report") -> str:
     """A self-contained page: the images are embedded as base64 PNG."""
-    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
-           f"<style>{CSS}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        "<html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+    ]
     for b in blocks:
         if b[0] == "h":
             out.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
@@ -1594,13 +2083,19 @@ def render_html(blocks: Sequence[tuple], image_dir: Path, title: str = "fedreg r
         elif b[0] == "ul":
             out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
         elif b[0] == "table":
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b[1]) + "</tr></thead><tbody>")
+            out.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{_inline(h)}</th>" for h in b[1])
+                + "</tr></thead><tbody>"
+            )
             out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2]]
             out.append("</tbody></table>")
         elif b[0] == "img":
             data = base64.b64encode((image_dir / b[1]).read_bytes()).decode("ascii")
-            out.append(f"<figure><img alt='{html.escape(b[1])}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{_inline(b[2])}</figcaption></figure>")
+            out.append(
+                f"<figure><img alt='{html.escape(b[1])}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{_inline(b[2])}</figcaption></figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -1613,15 +2108,25 @@ def _write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
 
 
 #: per-run derived values written to runs.csv and summary.csv besides the TABLE columns
-EXTRA_KEYS = (f"last{WINDOW}_local_acc_worst", BALANCE_KEY,
-              *(f"{w}_{k}" for k, _, _ in FORGETTING for w in ("all", f"last{WINDOW}")))
+EXTRA_KEYS = (
+    f"last{WINDOW}_local_acc_worst",
+    BALANCE_KEY,
+    *(f"{w}_{k}" for k, _, _ in FORGETTING for w in ("all", f"last{WINDOW}")),
+)
 
 
-def write_tables(out: Path, col: Collection, summaries: list[MethodSummary], budget: float,
-                 budget_rows: list[BudgetRow], claims: Sequence[Claim] = ()) -> list[str]:
+def write_tables(
+    out: Path,
+    col: Collection,
+    summaries: list[MethodSummary],
+    budget: float,
+    budget_rows: list[BudgetRow],
+    claims: Sequence[Claim] = (),
+) -> list[str]:
     """summary.csv (tidy: method, metric, mean, std, n), runs.csv (one row per run and metric), clients.csv
     (one row per run and client) and, with claims, claims.csv (one row per paired comparison). Returns the
     names of the files written."""
+
     def num(v):
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
 
@@ -1635,8 +2140,12 @@ def write_tables(out: Path, col: Collection, summaries: list[MethodSummary], bud
             if k in s.stats or st.n:
                 rows.append([s.method, k, num(st.mean), num(st.std), st.n, ""])
     for b in budget_rows:
-        for k, st in (("wall_time_total_s", b.total_time), ("rounds_by_T", b.rounds), ("global_acc_at_T", b.at_budget),
-                      ("last10_global_acc_at_T", b.last10_at_budget)):
+        for k, st in (
+            ("wall_time_total_s", b.total_time),
+            ("rounds_by_T", b.rounds),
+            ("global_acc_at_T", b.at_budget),
+            ("last10_global_acc_at_T", b.last10_at_budget),
+        ):
             rows.append([b.method, k, num(st.mean), num(st.std), st.n, num(budget)])
     _write_rows(out / "summary.csv", ["method", "metric", "mean", "std", "n", "budget_T_s"], rows)
     table_keys = {k for _, k, _, _ in TABLE}
@@ -1649,27 +2158,74 @@ def write_tables(out: Path, col: Collection, summaries: list[MethodSummary], bud
                 rrows.append(head + [k, num(vals.get(k))])
         w = worst_of(rd)
         if w is not None:
-            for k, v in (("worst_client_id", w.client), ("worst_client_round", w.round),
-                         ("worst_client_local_test_size", w.local_test), ("clients_covered", w.covered),
-                         ("num_clients", w.num_clients)):
+            for k, v in (
+                ("worst_client_id", w.client),
+                ("worst_client_round", w.round),
+                ("worst_client_local_test_size", w.local_test),
+                ("clients_covered", w.covered),
+                ("num_clients", w.num_clients),
+            ):
                 rrows.append(head + [k, "" if v is None else v])
     _write_rows(out / "runs.csv", ["method", "seed", "run_id", "parent_run_id", "metric", "value"], rrows)
-    crows = [[rd.method, "" if rd.seed is None else rd.seed, rd.run_id, c, r, rd.client_metric, repr(v),
-              rd.local_test_sizes.get(c, "")]
-             for rd in col.finished for c, (r, v) in sorted(rd.clients.items())]
-    _write_rows(out / "clients.csv", ["method", "seed", "run_id", "client", "last_round", "metric", "value",
-                                      "local_test_size"], crows)
+    crows = [
+        [
+            rd.method,
+            "" if rd.seed is None else rd.seed,
+            rd.run_id,
+            c,
+            r,
+            rd.client_metric,
+            repr(v),
+            rd.local_test_sizes.get(c, ""),
+        ]
+        for rd in col.finished
+        for c, (r, v) in sorted(rd.clients.items())
+    ]
+    _write_rows(
+        out / "clients.csv",
+        ["method", "seed", "run_id", "client", "last_round", "metric", "value", "local_test_size"],
+        crows,
+    )
     written = list(REPORT_FILES[2:])
     if claims:
         crow = []
         for c in claims:
             for x in c.comparisons:
                 iv = x.interval
-                crow.append([c.title, x.figure, x.a, x.b, x.why, "; ".join(f"{s}:{d!r}" for s, d in x.diffs.items()),
-                             iv.n, num(iv.mean), num(iv.lo), num(iv.hi), x.status, x.verdict])
-        _write_rows(out / CLAIMS_FILE, ["claim", "figure", "method", "compared_with", "chosen_as",
-                                        "per_seed_difference_points", "n", "mean_points", "ci95_low", "ci95_high",
-                                        "status", "verdict"], crow)
+                crow.append(
+                    [
+                        c.title,
+                        x.figure,
+                        x.a,
+                        x.b,
+                        x.why,
+                        "; ".join(f"{s}:{d!r}" for s, d in x.diffs.items()),
+                        iv.n,
+                        num(iv.mean),
+                        num(iv.lo),
+                        num(iv.hi),
+                        x.status,
+                        x.verdict,
+                    ]
+                )
+        _write_rows(
+            out / CLAIMS_FILE,
+            [
+                "claim",
+                "figure",
+                "method",
+                "compared_with",
+                "chosen_as",
+                "per_seed_difference_points",
+                "n",
+                "mean_points",
+                "ci95_low",
+                "ci95_high",
+                "status",
+                "verdict",
+            ],
+            crow,
+        )
         written.append(CLAIMS_FILE)
     return written
 
@@ -1684,9 +2240,16 @@ def default_out(run_ids: Sequence[str], experiment: str | None) -> Path:
     return Path(f"report-{name}")
 
 
-def report(run_ids: Sequence[str] = (), experiment: str | None = None, tracking: str | None = None,
-           out: str | os.PathLike | None = None, log: bool = True, time_methods: Sequence[str] | None = None,
-           progress: bool = True, echo=print) -> Path:
+def report(
+    run_ids: Sequence[str] = (),
+    experiment: str | None = None,
+    tracking: str | None = None,
+    out: str | os.PathLike | None = None,
+    log: bool = True,
+    time_methods: Sequence[str] | None = None,
+    progress: bool = True,
+    echo=print,
+) -> Path:
     """Write the report of the runs to ``out``; log it to each parent run under ``report/`` if ``log``.
     Returns the output folder."""
     client = open_store(tracking)
@@ -1695,29 +2258,41 @@ def report(run_ids: Sequence[str] = (), experiment: str | None = None, tracking:
     if time_methods:
         unknown = [m for m in time_methods if m not in by_method]
         if unknown:
-            raise FedregError(f"--time-methods: no finished runs of {', '.join(unknown)}; the methods are: "
-                              f"{', '.join(by_method)}")
+            raise FedregError(
+                f"--time-methods: no finished runs of {', '.join(unknown)}; the methods are: "
+                f"{', '.join(by_method)}"
+            )
     out = Path(out) if out else default_out(run_ids, experiment)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FedregError(f"cannot create the report folder '{out}': {exc.strerror}; pass --out DIR") from None
+        raise FedregError(
+            f"cannot create the report folder '{out}': {exc.strerror}; pass --out DIR"
+        ) from None
     summaries = aggregate(col.finished, col.methods)
     tm = {m: by_method[m] for m in (time_methods or by_method)}
     budget, budget_rows = matched_budget(tm)
     plots = make_plots(by_method, out, time_methods, budget)
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    datasets = _uniq(rd.tags.get("fedreg.dataset") or rd.params.get("data.dataset.name") for rd in col.finished)
+    datasets = _uniq(
+        rd.tags.get("fedreg.dataset") or rd.params.get("data.dataset.name") for rd in col.finished
+    )
     claims = judge_claims(col.finished, col.methods, datasets[0] if len(datasets) == 1 else None)
     blocks = build_blocks(col, summaries, budget, budget_rows, plots, time_methods, generated, claims)
     (out / "report.md").write_text(render_markdown(blocks))
     (out / "report.html").write_text(render_html(blocks, out, title=str(blocks[0][2])))
-    files = list(REPORT_FILES[:2]) + write_tables(out, col, summaries, budget, budget_rows, claims) + list(plots)
+    files = (
+        list(REPORT_FILES[:2]) + write_tables(out, col, summaries, budget, budget_rows, claims) + list(plots)
+    )
     echo(render_markdown([b for b in blocks if b[0] == "table"][:1]).rstrip())
     echo(f"wrote {', '.join(files)} to {out}/")
     if col.incomplete:
-        echo(f"left out {len(col.incomplete)} incomplete run(s): "
-             + ", ".join(f"{rd.name or rd.run_id} ({rd.status}, round {rd.last_round or 0})" for rd in col.incomplete))
+        echo(
+            f"left out {len(col.incomplete)} incomplete run(s): "
+            + ", ".join(
+                f"{rd.name or rd.run_id} ({rd.status}, round {rd.last_round or 0})" for rd in col.incomplete
+            )
+        )
     if log:
         targets = [p.info.run_id for p in col.parents]
         for pid in targets:

@@ -92,12 +92,23 @@ class DataCache:
         if dkey not in self._datasets:
             self._datasets[dkey] = ds_comp.instantiate().load(s.data.root, s.data.download, s.data.size)
         part = rs.components["partition"]
-        fkey = dkey + (part.name, part.params.model_dump_json(), s.data.num_clients,
-                       s.data.local_test.rule, s.data.local_test.fraction, s.seed)
+        fkey = dkey + (
+            part.name,
+            part.params.model_dump_json(),
+            s.data.num_clients,
+            s.data.local_test.rule,
+            s.data.local_test.fraction,
+            s.seed,
+        )
         if fkey not in self._feds:
-            self._feds[fkey] = build_federated_data(self._datasets[dkey], part.instantiate(),
-                                                    s.data.num_clients, s.data.local_test.fraction, s.seed,
-                                                    s.data.local_test.rule)
+            self._feds[fkey] = build_federated_data(
+                self._datasets[dkey],
+                part.instantiate(),
+                s.data.num_clients,
+                s.data.local_test.fraction,
+                s.seed,
+                s.data.local_test.rule,
+            )
         return self._feds[fkey]
 
 
@@ -106,11 +117,14 @@ def check_device(device: str) -> str:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise FedregError(f"execution.device: '{device}' is not a device ({exc}); use 'cpu', 'cuda' or "
-                          f"'cuda:N'") from None
+        raise FedregError(
+            f"execution.device: '{device}' is not a device ({exc}); use 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FedregError(f"execution.device is '{device}' but no CUDA device is visible on this machine; "
-                          f"set execution.device: cpu")
+        raise FedregError(
+            f"execution.device is '{device}' but no CUDA device is visible on this machine; "
+            f"set execution.device: cpu"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise FedregError(f"execution.device: '{device}' is not supported; use 'cpu', 'cuda' or 'cuda:N'")
     return device
@@ -122,27 +136,42 @@ def _select(selector, r: int, infos, k: int, seed: int) -> list[int]:
     try:
         chosen = [int(c) for c in chosen]
     except (TypeError, ValueError):
-        raise PluginError(f"{describe(selector)}: select must return client ids, got {chosen!r} "
-                          f"(round {r})") from None
+        raise PluginError(
+            f"{describe(selector)}: select must return client ids, got {chosen!r} (round {r})"
+        ) from None
     if len(chosen) != k or len(set(chosen)) != k or any(c < 0 or c >= len(infos) for c in chosen):
-        raise PluginError(f"{describe(selector)} broke the rule 'return {k} distinct client ids in "
-                          f"0..{len(infos) - 1}': got {chosen} (round {r})")
+        raise PluginError(
+            f"{describe(selector)} broke the rule 'return {k} distinct client ids in "
+            f"0..{len(infos) - 1}': got {chosen} (round {r})"
+        )
     return chosen
 
 
 class FederatedRun:
     """One run (one variant) of a spec."""
 
-    def __init__(self, rs: ResolvedSpec, fed: FederatedData, tracker: Tracker, run_id: str,
-                 progress: bool = True, label: str | None = None, checkpoint_file: Path | None = None,
-                 resume: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        rs: ResolvedSpec,
+        fed: FederatedData,
+        tracker: Tracker,
+        run_id: str,
+        progress: bool = True,
+        label: str | None = None,
+        checkpoint_file: Path | None = None,
+        resume: dict[str, Any] | None = None,
+    ):
         self.rs, self.spec, self.fed = rs, rs.spec, fed
         self.checkpoint_file, self.resume = checkpoint_file, resume
         self.tracker, self.run_id = tracker, run_id
         self.progress, self.label = progress, label or rs.key or rs.spec.name
         comps = rs.components
-        self.build_model = ModelBuilder(comps["model"].instantiate(), fed.dataset.in_channels,
-                                        fed.dataset.num_classes, fed.dataset.image_size)
+        self.build_model = ModelBuilder(
+            comps["model"].instantiate(),
+            fed.dataset.in_channels,
+            fed.dataset.num_classes,
+            fed.dataset.image_size,
+        )
         self.objective = comps["objective"].instantiate()
         self.selector = comps["selection"].instantiate()
         self.aggregator = comps["aggregation"].instantiate()
@@ -158,10 +187,18 @@ class FederatedRun:
         self.failure_rows: list[dict[str, Any]] = []
         t, o = self.spec.training, self.spec.training.optimizer
         self.config = TrainingConfig(
-            seed=self.spec.seed, epochs=t.local_epochs, batch_size=t.batch_size, momentum=o.momentum,
-            weight_decay=o.weight_decay, nesterov=o.nesterov, num_classes=ds.num_classes,
-            eval_local=self.need_local, eval_batch_size=self.spec.evaluation.batch_size, precision=t.precision,
-            device=check_device(self.spec.execution.device))
+            seed=self.spec.seed,
+            epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            nesterov=o.nesterov,
+            num_classes=ds.num_classes,
+            eval_local=self.need_local,
+            eval_batch_size=self.spec.evaluation.batch_size,
+            precision=t.precision,
+            device=check_device(self.spec.execution.device),
+        )
         # clients are index sets into the dataset's tensors: a client's tensors are gathered when it trains
         self.runner = ClientRunner(self.config, self.build_model, fed.client_tensors)
 
@@ -212,20 +249,26 @@ class FederatedRun:
             updates.append(res.update)
             if res.local_eval is not None:
                 local_preds[cid] = res.local_eval
-            self.per_client_rows.append({"round": r, "client": cid, "metric": "train_loss",
-                                         "value": res.update.train_loss})
+            self.per_client_rows.append(
+                {"round": r, "client": cid, "metric": "train_loss", "value": res.update.train_loss}
+            )
             for k, v in res.update.report.items():
                 self.per_client_rows.append({"round": r, "client": cid, "metric": f"report.{k}", "value": v})
         if len(updates) < spec.faults.min_clients:
             detail = "; ".join(f"client {f.client_id}: {f.error}" for f in failures)
-            raise FedregError(f"round {r}: {len(updates)} of {len(chosen)} clients succeeded, fewer than "
-                              f"faults.min_clients={spec.faults.min_clients}. Failures: {detail}")
+            raise FedregError(
+                f"round {r}: {len(updates)} of {len(chosen)} clients succeeded, fewer than "
+                f"faults.min_clients={spec.faults.min_clients}. Failures: {detail}"
+            )
         new_state = call(self.aggregator, "aggregate", r, None, r, st.global_state, updates, failures)
-        st.global_state = check_state(new_state, st.global_state, describe(self.aggregator),
-                                      "aggregate")
+        st.global_state = check_state(new_state, st.global_state, describe(self.aggregator), "aggregate")
         st.round = r
-        scalars = {"train_loss": float(np.mean([u.train_loss for u in updates])), "lr": lr,
-                   "clients_ok": float(len(updates)), "clients_failed": float(len(failures))}
+        scalars = {
+            "train_loss": float(np.mean([u.train_loss for u in updates])),
+            "lr": lr,
+            "clients_ok": float(len(updates)),
+            "clients_failed": float(len(failures)),
+        }
         last = st.round == spec.federation.rounds
         if st.round % spec.evaluation.every == 0 or last:
             eval_model.load_state_dict(st.global_state)
@@ -234,12 +277,15 @@ class FederatedRun:
             for metric in self.metrics:
                 res = call(metric, "update", r, None, ev)
                 if not isinstance(res, MetricResult):
-                    raise PluginError(f"{describe(metric)}: update must return a MetricResult, "
-                                      f"got {type(res).__name__}")
+                    raise PluginError(
+                        f"{describe(metric)}: update must return a MetricResult, got {type(res).__name__}"
+                    )
                 scalars.update(res.scalars)
                 for cid, vals in res.per_client.items():
                     for k, v in vals.items():
-                        self.per_client_rows.append({"round": st.round, "client": cid, "metric": k, "value": v})
+                        self.per_client_rows.append(
+                            {"round": st.round, "client": cid, "metric": k, "value": v}
+                        )
         return scalars
 
     def handle_failure(self, exc: ComponentFailure, r: int, cid: int) -> ClientFailure:
@@ -248,17 +294,24 @@ class FederatedRun:
         policy = self.spec.faults.divergence if diverged else self.spec.faults.client_failure
         if policy == "stop":
             if diverged:
-                raise FedregError(f"client {cid} diverged in round {r}: {exc}. The update was not aggregated; "
-                                  f"lower the learning rate, or set faults.divergence: reject to drop such "
-                                  f"updates and continue") from exc
+                raise FedregError(
+                    f"client {cid} diverged in round {r}: {exc}. The update was not aggregated; "
+                    f"lower the learning rate, or set faults.divergence: reject to drop such "
+                    f"updates and continue"
+                ) from exc
             raise exc
         failure = ClientFailure(cid, "divergence" if diverged else exc.method, str(exc))
         self.failure_rows.append({"round": r, "client": cid, "stage": failure.stage, "error": failure.error})
         return failure
 
     def evaluate(self, round_no: int, chosen, eval_model, local_preds) -> RoundEvaluation:
-        ev = RoundEvaluation(round=round_no, participants=list(chosen), num_classes=self.fed.dataset.num_classes,
-                             local=local_preds, local_model_role=self.objective.local_model_role)
+        ev = RoundEvaluation(
+            round=round_no,
+            participants=list(chosen),
+            num_classes=self.fed.dataset.num_classes,
+            local=local_preds,
+            local_model_role=self.objective.local_model_role,
+        )
         if self.eval_x is None:
             return ev
         allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
@@ -279,20 +332,33 @@ class FederatedRun:
     # -- whole run ---------------------------------------------------------------------------------------
     # -- checkpoints -------------------------------------------------------------------------------------
     def components(self) -> dict[str, Any]:
-        return {"selection": self.selector, "objective": self.objective, "aggregation": self.aggregator,
-                **{f"metric.{m.name}": m for m in self.metrics}}
+        return {
+            "selection": self.selector,
+            "objective": self.objective,
+            "aggregation": self.aggregator,
+            **{f"metric.{m.name}": m for m in self.metrics},
+        }
 
     def save_checkpoint(self, st: RunState, elapsed: float) -> None:
-        checkpoint.save(self.checkpoint_file, {
-            "fingerprint": checkpoint.fingerprint(self.rs.resolved_dict()),
-            "identity": checkpoint.identity(self.rs.resolved_dict()),
-            "run_id": self.run_id, "variant": self.rs.variant,
-            "round": st.round, "finished": st.round >= self.spec.federation.rounds,
-            "global_state": st.global_state, "client_states": st.client_states, "history": st.history,
-            "components": {k: c.state_dict() for k, c in self.components().items()},
-            "per_client_rows": self.per_client_rows, "failure_rows": self.failure_rows,
-            "rng": checkpoint.rng_states(), "elapsed_s": elapsed,
-        })
+        checkpoint.save(
+            self.checkpoint_file,
+            {
+                "fingerprint": checkpoint.fingerprint(self.rs.resolved_dict()),
+                "identity": checkpoint.identity(self.rs.resolved_dict()),
+                "run_id": self.run_id,
+                "variant": self.rs.variant,
+                "round": st.round,
+                "finished": st.round >= self.spec.federation.rounds,
+                "global_state": st.global_state,
+                "client_states": st.client_states,
+                "history": st.history,
+                "components": {k: c.state_dict() for k, c in self.components().items()},
+                "per_client_rows": self.per_client_rows,
+                "failure_rows": self.failure_rows,
+                "rng": checkpoint.rng_states(),
+                "elapsed_s": elapsed,
+            },
+        )
 
     def restore(self, ck: dict[str, Any]) -> RunState:
         for key, comp in self.components().items():
@@ -300,15 +366,24 @@ class FederatedRun:
         self.per_client_rows = list(ck["per_client_rows"])
         self.failure_rows = list(ck["failure_rows"])
         checkpoint.restore_rng_states(ck["rng"])
-        return RunState(round=ck["round"], global_state=ck["global_state"], client_states=ck["client_states"],
-                        history=list(ck["history"]))
+        return RunState(
+            round=ck["round"],
+            global_state=ck["global_state"],
+            client_states=ck["client_states"],
+            history=list(ck["history"]),
+        )
 
     def start(self) -> RunState:
         """Tell every component the run's facts (``start_run``), then the state to go on from: the
         checkpoint's when resuming, else the initial weights."""
         spec = self.spec
-        info = RunInfo(tuple(self.infos), self.fed.dataset.num_classes, spec.federation.clients_per_round,
-                       spec.federation.rounds, spec.seed)
+        info = RunInfo(
+            tuple(self.infos),
+            self.fed.dataset.num_classes,
+            spec.federation.clients_per_round,
+            spec.federation.rounds,
+            spec.seed,
+        )
         for comp in (self.selector, self.objective, self.aggregator, *self.metrics):
             call(comp, "start_run", 0, None, info)
         return self.restore(self.resume) if self.resume is not None else self.initial_state()
@@ -324,11 +399,19 @@ class FederatedRun:
         if spec.execution.threads:
             torch.set_num_threads(spec.execution.threads)
         eval_model = self.runner.new_model()
-        backend = backend_class(spec.execution.backend)(spec.execution, self.runner,
-                                                         spec.federation.clients_per_round)
+        backend = backend_class(spec.execution.backend)(
+            spec.execution, self.runner, spec.federation.clients_per_round
+        )
         backend.start()
-        bar = tqdm(total=spec.federation.rounds, initial=st.round, desc=self.label, disable=not self.progress,
-                   unit="round", dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=spec.federation.rounds,
+            initial=st.round,
+            desc=self.label,
+            disable=not self.progress,
+            unit="round",
+            dynamic_ncols=True,
+            leave=True,
+        )
         try:
             while st.round < spec.federation.rounds:
                 rt = time.perf_counter()
@@ -353,13 +436,17 @@ class FederatedRun:
         final["wall_time_s"] = wall
         self.tracker.log_metrics(self.run_id, final, step=st.round)
         self.log_outputs(st)
-        return RunResult(self.run_id, self.rs.variant, final, st.history, wall, st.global_state, st.client_states)
+        return RunResult(
+            self.run_id, self.rs.variant, final, st.history, wall, st.global_state, st.client_states
+        )
 
     def log_outputs(self, st: RunState) -> None:
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
-            tables = (("per_client.csv", self.per_client_rows, ["round", "client", "metric", "value"]),
-                      ("failures.csv", self.failure_rows, ["round", "client", "stage", "error"]))
+            tables = (
+                ("per_client.csv", self.per_client_rows, ["round", "client", "metric", "value"]),
+                ("failures.csv", self.failure_rows, ["round", "client", "stage", "error"]),
+            )
             for name, rows, fields in tables:
                 if rows:
                     write_csv(d / name, rows, fields)
@@ -396,8 +483,11 @@ def summarize(history: list[dict[str, float]], window: int = 10) -> dict[str, fl
     return out
 
 
-def plot_curves(histories: dict[str, list[dict[str, float]]], path, keys=("global_acc", "local_acc_mean",
-                                                                           "local_acc_worst", "global_nfr")):
+def plot_curves(
+    histories: dict[str, list[dict[str, float]]],
+    path,
+    keys=("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr"),
+):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -446,17 +536,27 @@ class ExperimentResult:
     tracking_uri: str
 
 
-def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progress: bool = True,
-                   echo=print, original: dict | None = None,
-                   resume: checkpoint.ExperimentDir | None = None) -> ExperimentResult:
+def run_experiment(
+    specs: list[ResolvedSpec],
+    source: str | None = None,
+    progress: bool = True,
+    echo=print,
+    original: dict | None = None,
+    resume: checkpoint.ExperimentDir | None = None,
+) -> ExperimentResult:
     """Run every resolved variant; with variants, as MLflow child runs under one parent run (which keeps
     ``original``, the spec as written with its variants and overrides applied). With ``resume``, continue
     the runs recorded there from their checkpoints, in the same MLflow runs."""
     first = specs[0].spec
     for rs in specs[1:]:
         if (rs.spec.tracking.uri, rs.spec.tracking.experiment, rs.spec.checkpoint) != (
-                first.tracking.uri, first.tracking.experiment, first.checkpoint):
-            raise FedregError("all variants must share 'tracking' and 'checkpoint'; move them out of the variants")
+            first.tracking.uri,
+            first.tracking.experiment,
+            first.checkpoint,
+        ):
+            raise FedregError(
+                "all variants must share 'tracking' and 'checkpoint'; move them out of the variants"
+            )
     torch.set_flush_denormal(True)
     meta = resume.read() if resume else None
     checkpoints = {}
@@ -469,7 +569,8 @@ def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progres
                     raise FedregError(
                         f"the checkpoint '{f}' belongs to another spec: "
                         f"{checkpoint.differences(ck['identity'], checkpoint.identity(rs.resolved_dict()))}. "
-                        f"Run without --resume to start afresh, or restore the spec it was made with")
+                        f"Run without --resume to start afresh, or restore the spec it was made with"
+                    )
                 checkpoints[rs.key] = ck
     # everything that can fail on input happens before anything is written: data, partitions, folders, store
     cache = DataCache()
@@ -477,22 +578,31 @@ def run_experiment(specs: list[ResolvedSpec], source: str | None = None, progres
     ck_root = Path(first.checkpoint.dir) / first.name
     if first.checkpoint.every:
         checkpoint.ensure_writable(ck_root)
-    tracker = Tracker(meta["tracking_uri"] if meta else first.tracking.uri, first.tracking.experiment,
-                      spool_dir=Path(first.checkpoint.dir).parent / "spool")
+    tracker = Tracker(
+        meta["tracking_uri"] if meta else first.tracking.uri,
+        first.tracking.experiment,
+        spool_dir=Path(first.checkpoint.dir).parent / "spool",
+    )
     try:
-        return _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck_root, checkpoints,
-                             progress)
+        return _run_variants(
+            specs, feds, tracker, source, echo, original, resume, meta, ck_root, checkpoints, progress
+        )
     finally:
         spool = tracker.close()
         if spool is not None:
-            echo(f"warning: {tracker.pending} tracking calls could not be delivered to {tracker.uri}; they are kept "
-                 f"in '{spool}'. Send them when the server is back with: fedreg replay {spool}")
+            echo(
+                f"warning: {tracker.pending} tracking calls could not be delivered to {tracker.uri}; they are kept "
+                f"in '{spool}'. Send them when the server is back with: fedreg replay {spool}"
+            )
         elif tracker.outages:
-            echo(f"the tracking server was unreachable {tracker.outages} time(s); everything was delivered later")
+            echo(
+                f"the tracking server was unreachable {tracker.outages} time(s); everything was delivered later"
+            )
 
 
-def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck_root, checkpoints,
-                  progress) -> ExperimentResult:
+def _run_variants(
+    specs, feds, tracker, source, echo, original, resume, meta, ck_root, checkpoints, progress
+) -> ExperimentResult:
     first = specs[0].spec
     commit = git_commit(Path(source).parent if source else ".")
     base_tags = {"fedreg.version": fedreg.__version__, "fedreg.spec": first.name}
@@ -505,17 +615,28 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
     if parent:
         tracker.set_status(parent, "RUNNING")
     elif with_variants:
-        parent = tracker.start_run(first.tracking.run_name or first.name,
-                                   {**base_tags, "fedreg.role": "parent",
-                                    "fedreg.variants": ",".join(dict.fromkeys(rs.variant or "" for rs in specs))})
+        parent = tracker.start_run(
+            first.tracking.run_name or first.name,
+            {
+                **base_tags,
+                "fedreg.role": "parent",
+                "fedreg.variants": ",".join(dict.fromkeys(rs.variant or "" for rs in specs)),
+            },
+        )
         if original is not None:
             tracker.log_text(parent, yaml.safe_dump(original, sort_keys=False), "spec.yaml")
         echo(f"parent run {parent} ({len(specs)} variants) -> {tracker.uri}")
     exp = resume
     if meta is None:
-        meta = {"spec_file": str(source) if source else None, "original": original, "parent_run_id": parent,
-                "variants": list(dict.fromkeys(rs.variant for rs in specs if rs.variant)), "runs": {}, "tracking_uri": tracker.uri,
-                "status": "RUNNING"}
+        meta = {
+            "spec_file": str(source) if source else None,
+            "original": original,
+            "parent_run_id": parent,
+            "variants": list(dict.fromkeys(rs.variant for rs in specs if rs.variant)),
+            "runs": {},
+            "tracking_uri": tracker.uri,
+            "status": "RUNNING",
+        }
     results: list[RunResult] = []
     try:
         for rs, fed in zip(specs, feds, strict=True):
@@ -525,12 +646,26 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
             run_id = meta["runs"].get(key)
             if ck is not None and ck["finished"]:
                 echo(f"{name}: finished before, kept as it is (run {run_id})")
-                results.append(RunResult(run_id, rs.variant, summarize(ck["history"]), ck["history"],
-                                         float(ck["elapsed_s"]), ck["global_state"], ck["client_states"]))
+                results.append(
+                    RunResult(
+                        run_id,
+                        rs.variant,
+                        summarize(ck["history"]),
+                        ck["history"],
+                        float(ck["elapsed_s"]),
+                        ck["global_state"],
+                        ck["client_states"],
+                    )
+                )
                 continue
             if run_id is None:
-                tags = {**base_tags, **component_tags(rs), "fedreg.role": "child" if parent else "single",
-                        "fedreg.dataset.md5": fed.dataset.checksum, "fedreg.dataset": fed.dataset.name}
+                tags = {
+                    **base_tags,
+                    **component_tags(rs),
+                    "fedreg.role": "child" if parent else "single",
+                    "fedreg.dataset.md5": fed.dataset.checksum,
+                    "fedreg.dataset": fed.dataset.name,
+                }
                 if rs.variant:
                     tags["fedreg.variant"] = rs.variant
                 tags["fedreg.seed"] = str(rs.spec.seed)
@@ -550,8 +685,9 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
                 ck_file = exp.run_file(rs.key)
                 tracker.set_tags(run_id, {"fedreg.checkpoint": str(ck_file.resolve())})
             try:
-                result = FederatedRun(rs, fed, tracker, run_id, progress=progress, checkpoint_file=ck_file,
-                                      resume=ck).run()
+                result = FederatedRun(
+                    rs, fed, tracker, run_id, progress=progress, checkpoint_file=ck_file, resume=ck
+                ).run()
             except KeyboardInterrupt:
                 tracker.end_run(run_id, "KILLED")
                 raise
@@ -563,8 +699,14 @@ def _run_variants(specs, feds, tracker, source, echo, original, resume, meta, ck
                 raise
             tracker.end_run(run_id, "FINISHED")
             results.append(result)
-            echo(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.final.items()
-                                        if k in ("final_global_acc", "last10_global_acc", "wall_time_s")))
+            echo(
+                f"{name}: "
+                + ", ".join(
+                    f"{k}={v:.4f}"
+                    for k, v in result.final.items()
+                    if k in ("final_global_acc", "last10_global_acc", "wall_time_s")
+                )
+            )
     except KeyboardInterrupt:
         if parent:
             tracker.end_run(parent, "KILLED")
@@ -595,5 +737,11 @@ def log_partition(tracker: Tracker, run_id: str, fed: FederatedData) -> None:
         plot_label_histogram(stats, str(d / "label_histogram.png"))
         for name in ("stats.json", "label_counts.csv", "label_histogram.png"):
             tracker.log_file(run_id, d / name, "partition")
-    tracker.log_metrics(run_id, {"partition_train_size_min": stats["train_size_min"],
-                                 "partition_train_size_max": stats["train_size_max"]}, step=0)
+    tracker.log_metrics(
+        run_id,
+        {
+            "partition_train_size_min": stats["train_size_min"],
+            "partition_train_size_max": stats["train_size_max"],
+        },
+        step=0,
+    )

@@ -74,7 +74,8 @@ class DataSpec(Strict):
             raise ValueError(
                 "data.local_test_fraction was replaced by data.local_test: write "
                 f"'local_test: {{rule: stratified, fraction: {value['local_test_fraction']}}}' for the same "
-                "split, or rule: per_class_equal for the FedKPer authors' class-balanced local test sets")
+                "split, or rule: per_class_equal for the FedKPer authors' class-balanced local test sets"
+            )
         return value
 
 
@@ -120,7 +121,9 @@ class ExecutionSpec(Strict):
     tolerance)."""
 
     backend: Literal["local", "ray", "vectorized"] = "local"
-    threads: int | None = Field(default=None, ge=1)  # intra-op threads of the main process; None: torch's default
+    threads: int | None = Field(
+        default=None, ge=1
+    )  # intra-op threads of the main process; None: torch's default
     # ray: the cluster to join ("auto", "ray://host:10001", ...); None: $RAY_ADDRESS, else start Ray locally
     address: str | None = None
     workers: int | None = Field(default=None, ge=1)  # ray: client workers; None: as many as the CPUs allow
@@ -134,7 +137,9 @@ class ExecutionSpec(Strict):
 class FaultsSpec(Strict):
     """What happens when a client fails or diverges."""
 
-    client_failure: Literal["stop", "skip"] = "stop"  # a client whose training raises: stop the run, or skip it
+    client_failure: Literal["stop", "skip"] = (
+        "stop"  # a client whose training raises: stop the run, or skip it
+    )
     divergence: Literal["reject", "stop"] = "reject"  # NaN/Inf loss or update: reject the update, or stop
     min_clients: int = Field(default=1, ge=1)  # fewest successful clients a round may aggregate
 
@@ -213,9 +218,15 @@ class ResolvedComponent:
 class ResolvedSpec:
     """A validated spec (one variant) with its components resolved."""
 
-    def __init__(self, spec: RunSpec, components: dict[str, ResolvedComponent],
-                 metrics: list[ResolvedComponent], variant: str | None, raw: dict[str, Any],
-                 swept: bool = False):
+    def __init__(
+        self,
+        spec: RunSpec,
+        components: dict[str, ResolvedComponent],
+        metrics: list[ResolvedComponent],
+        variant: str | None,
+        raw: dict[str, Any],
+        swept: bool = False,
+    ):
         self.spec = spec
         self.components = components  # key: dataset/partition/model/objective/selection/aggregation
         self.metrics = metrics
@@ -232,8 +243,9 @@ class ResolvedSpec:
 
     def with_seed(self, seed: int) -> ResolvedSpec:
         spec = self.spec.model_copy(update={"seed": seed, "seeds": None})
-        return ResolvedSpec(spec, self.components, self.metrics, self.variant, {**self.raw, "seed": seed},
-                            swept=True)
+        return ResolvedSpec(
+            spec, self.components, self.metrics, self.variant, {**self.raw, "seed": seed}, swept=True
+        )
 
     def resolved_dict(self) -> dict[str, Any]:
         """The spec with every default filled in and every component's params validated."""
@@ -265,13 +277,16 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([SpecIssue("", f"malformed YAML{where}: {problem}. Fix the YAML syntax")],
-                        source=str(p)) from None
+        raise SpecError(
+            [SpecIssue("", f"malformed YAML{where}: {problem}. Fix the YAML syntax")], source=str(p)
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError([SpecIssue("", f"a spec must be a mapping of keys to values, got {type(data).__name__}")],
-                        source=str(p))
+        raise SpecError(
+            [SpecIssue("", f"a spec must be a mapping of keys to values, got {type(data).__name__}")],
+            source=str(p),
+        )
     return data
 
 
@@ -384,8 +399,9 @@ def _raw_get(data: Any, path: tuple[str, ...]) -> Any:
     return data
 
 
-def _resolve_ref(registry: Registry, kind: str, raw: Any, path: str,
-                 issues: list[SpecIssue]) -> ResolvedComponent | None:
+def _resolve_ref(
+    registry: Registry, kind: str, raw: Any, path: str, issues: list[SpecIssue]
+) -> ResolvedComponent | None:
     try:
         ref = ComponentRef.model_validate(raw)
     except ValidationError:
@@ -422,14 +438,21 @@ def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> li
     if objective.info.cls.vectorizable():
         return []
     able = sorted({i.name for i in registry.all() if i.kind == "objective" and i.cls.vectorizable()})
-    return [SpecIssue("execution.backend", (
-        f"objective '{objective.name}' cannot run on the vectorized backend: it does not define "
-        f"functional_loss (its loss as a pure function that torch.func batches over clients). Objectives that "
-        f"can: {', '.join(able) or '(none installed)'}; execution.backend: local or ray runs any objective"))]
+    return [
+        SpecIssue(
+            "execution.backend",
+            (
+                f"objective '{objective.name}' cannot run on the vectorized backend: it does not define "
+                f"functional_loss (its loss as a pure function that torch.func batches over clients). Objectives that "
+                f"can: {', '.join(able) or '(none installed)'}; execution.backend: local or ray runs any objective"
+            ),
+        )
+    ]
 
 
-def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = None,
-                 prefix: str = "") -> tuple[ResolvedSpec | None, list[SpecIssue]]:
+def validate_one(
+    raw: dict[str, Any], registry: Registry, variant: str | None = None, prefix: str = ""
+) -> tuple[ResolvedSpec | None, list[SpecIssue]]:
     """Validate one (variant of a) spec; returns the resolved spec or the issues found."""
     issues: list[SpecIssue] = []
     spec = None
@@ -456,21 +479,33 @@ def validate_one(raw: dict[str, Any], registry: Registry, variant: str | None = 
             res = _resolve_ref(registry, "metric", m, f"metrics.{i}", issues)
             if res is not None:
                 if res.name in seen:
-                    issues.append(SpecIssue(f"metrics.{i}", f"metric '{res.name}' is listed twice "
-                                                            f"(also metrics.{seen[res.name]})"))
+                    issues.append(
+                        SpecIssue(
+                            f"metrics.{i}",
+                            f"metric '{res.name}' is listed twice (also metrics.{seen[res.name]})",
+                        )
+                    )
                 seen[res.name] = i
                 metrics.append(res)
 
     if spec is not None:
         fed = spec.federation
         if fed.clients_per_round > spec.data.num_clients:
-            issues.append(SpecIssue(
-                "federation.clients_per_round",
-                f"{fed.clients_per_round} clients per round but only {spec.data.num_clients} clients "
-                f"(data.num_clients); lower clients_per_round or raise num_clients"))
+            issues.append(
+                SpecIssue(
+                    "federation.clients_per_round",
+                    f"{fed.clients_per_round} clients per round but only {spec.data.num_clients} clients "
+                    f"(data.num_clients); lower clients_per_round or raise num_clients",
+                )
+            )
         if spec.faults.min_clients > fed.clients_per_round:
-            issues.append(SpecIssue("faults.min_clients", f"{spec.faults.min_clients} exceeds "
-                                    f"federation.clients_per_round ({fed.clients_per_round}); lower it"))
+            issues.append(
+                SpecIssue(
+                    "faults.min_clients",
+                    f"{spec.faults.min_clients} exceeds "
+                    f"federation.clients_per_round ({fed.clients_per_round}); lower it",
+                )
+            )
         # each component's own cross-field checks
         located = [(".".join(path), components.get(kind)) for path, kind in COMPONENT_PATHS.items()]
         located += [(f"metrics.{i}", m) for i, m in enumerate(metrics)]
@@ -504,8 +539,9 @@ def expand_variants(raw: dict[str, Any]) -> list[tuple[str | None, dict[str, Any
     return out
 
 
-def resolve(raw: dict[str, Any], registry: Registry, only: list[str] | None = None,
-            source: str | None = None) -> list[ResolvedSpec]:
+def resolve(
+    raw: dict[str, Any], registry: Registry, only: list[str] | None = None, source: str | None = None
+) -> list[ResolvedSpec]:
     """Validate a raw spec and all its variants; raise one SpecError with every problem."""
     issues: list[SpecIssue] = []
     resolved: list[ResolvedSpec] = []
@@ -514,8 +550,12 @@ def resolve(raw: dict[str, Any], registry: Registry, only: list[str] | None = No
     if only:
         unknown = [v for v in only if v not in names]
         for v in unknown:
-            issues.append(SpecIssue("--variant", f"unknown variant '{v}'; the spec declares: "
-                                                 f"{', '.join(names) or '(no variants)'}"))
+            issues.append(
+                SpecIssue(
+                    "--variant",
+                    f"unknown variant '{v}'; the spec declares: {', '.join(names) or '(no variants)'}",
+                )
+            )
         expanded = [e for e in expanded if e[0] in only]
     base_keys: set[str] | None = None
     for name, data, prefix in expanded:
@@ -536,9 +576,15 @@ def resolve(raw: dict[str, Any], registry: Registry, only: list[str] | None = No
             resolved.append(res)
     # a seed sweep runs seed-major (every variant with the first seed, then the next seed), so a sweep cut
     # short still holds complete comparisons
-    swept = [(i, j, res.with_seed(sd)) for j, res in enumerate(resolved) for i, sd in enumerate(res.spec.seeds or [])]
+    swept = [
+        (i, j, res.with_seed(sd))
+        for j, res in enumerate(resolved)
+        for i, sd in enumerate(res.spec.seeds or [])
+    ]
     if swept:
-        resolved = [r for *_, r in sorted(swept, key=lambda t: t[:2])] + [r for r in resolved if not r.spec.seeds]
+        resolved = [r for *_, r in sorted(swept, key=lambda t: t[:2])] + [
+            r for r in resolved if not r.spec.seeds
+        ]
     if issues:
         # de-duplicate while keeping order
         seen, unique = set(), []
@@ -558,6 +604,10 @@ def load_raw(path: str | os.PathLike, overrides: list[str] | None = None) -> dic
     return raw
 
 
-def load_spec(path: str | os.PathLike, registry: Registry, overrides: list[str] | None = None,
-              variants: list[str] | None = None) -> list[ResolvedSpec]:
+def load_spec(
+    path: str | os.PathLike,
+    registry: Registry,
+    overrides: list[str] | None = None,
+    variants: list[str] | None = None,
+) -> list[ResolvedSpec]:
     return resolve(load_raw(path, overrides), registry, only=variants, source=str(path))

@@ -23,8 +23,14 @@ from fedreg.runtime import FederatedRun, RunResult
 from fedreg.spec import merge_variant, resolve
 
 
-def synthetic_dataset(n_train: int = 480, n_test: int = 160, num_classes: int = 4, channels: int = 1,
-                      seed: int = 0, noise: float = 0.6) -> DatasetTensors:
+def synthetic_dataset(
+    n_train: int = 480,
+    n_test: int = 160,
+    num_classes: int = 4,
+    channels: int = 1,
+    seed: int = 0,
+    noise: float = 0.6,
+) -> DatasetTensors:
     g = torch.Generator().manual_seed(seed)
 
     def split(n):
@@ -32,23 +38,40 @@ def synthetic_dataset(n_train: int = 480, n_test: int = 160, num_classes: int = 
         x = torch.randn(n, channels, 28, 28, generator=g) * noise
         for c in range(num_classes):
             r, col = divmod(c, 4)
-            x[y == c, :, r * 7:(r + 1) * 7, col * 7:(col + 1) * 7] += 1.5
+            x[y == c, :, r * 7 : (r + 1) * 7, col * 7 : (col + 1) * 7] += 1.5
         return x.contiguous(memory_format=torch.channels_last), y
 
     tr_x, tr_y = split(n_train)
     te_x, te_y = split(n_test)
-    return DatasetTensors("synthetic", tr_x, tr_y, te_x, te_y, num_classes, channels, 28,
-                          [f"class {c}" for c in range(num_classes)], checksum="synthetic")
+    return DatasetTensors(
+        "synthetic",
+        tr_x,
+        tr_y,
+        te_x,
+        te_y,
+        num_classes,
+        channels,
+        28,
+        [f"class {c}" for c in range(num_classes)],
+        checksum="synthetic",
+    )
 
 
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny",
     "seed": 0,
-    "data": {"dataset": "bloodmnist", "num_clients": 4,
-             "partition": {"name": "dirichlet", "params": {"alpha": 1.0, "min_samples": 5}}},
+    "data": {
+        "dataset": "bloodmnist",
+        "num_clients": 4,
+        "partition": {"name": "dirichlet", "params": {"alpha": 1.0, "min_samples": 5}},
+    },
     "model": {"name": "cnn", "params": {"hidden": 32}},
-    "training": {"objective": "cross_entropy", "local_epochs": 1, "batch_size": 16,
-                 "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}},
+    "training": {
+        "objective": "cross_entropy",
+        "local_epochs": 1,
+        "batch_size": 16,
+        "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+    },
     "federation": {"rounds": 3, "clients_per_round": 2, "selection": "uniform", "aggregation": "fedavg"},
     "metrics": ["global_accuracy", "local_accuracy"],
 }
@@ -74,14 +97,24 @@ def _tiny_run(overrides, plugins, dataset, registry) -> FederatedRun:
     raw = merge_variant(copy.deepcopy(TINY_SPEC), overrides or {})
     (rs,) = resolve(raw, reg)
     ds = dataset or synthetic_dataset(num_classes=4)
-    fed = build_federated_data(ds, rs.components["partition"].instantiate(), rs.spec.data.num_clients,
-                               rs.spec.data.local_test.fraction, rs.spec.seed,
-                               rs.spec.data.local_test.rule)
+    fed = build_federated_data(
+        ds,
+        rs.components["partition"].instantiate(),
+        rs.spec.data.num_clients,
+        rs.spec.data.local_test.fraction,
+        rs.spec.seed,
+        rs.spec.data.local_test.rule,
+    )
     return FederatedRun(rs, fed, NullTracker(), run_id="tiny", progress=False)
 
 
-def tiny_federation(overrides: dict[str, Any] | None = None, *, plugins: Iterable[tuple[str, object]] = (),
-                    dataset: DatasetTensors | None = None, registry=None) -> RunResult:
+def tiny_federation(
+    overrides: dict[str, Any] | None = None,
+    *,
+    plugins: Iterable[tuple[str, object]] = (),
+    dataset: DatasetTensors | None = None,
+    registry=None,
+) -> RunResult:
     """Run a small federation in memory: ``TINY_SPEC`` with ``overrides`` merged in (dotted keys allowed,
     as in spec variants), components from the installed plugins plus ``plugins`` ((name, module) pairs).
     Returns the :class:`fedreg.runtime.RunResult` (``final``, ``history``, ``global_state``)."""

@@ -42,7 +42,9 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 def git_commit(path: str | os.PathLike = ".") -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -55,9 +57,18 @@ def _is_outage(exc: BaseException) -> bool:
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
         return True
     text = str(exc)
-    return isinstance(exc, MlflowException) and any(s in text for s in (
-        "Max retries exceeded", "Connection refused", "Failed to establish", "failed with exception",
-        "Read timed out", "Connection aborted", "RemoteDisconnected"))
+    return isinstance(exc, MlflowException) and any(
+        s in text
+        for s in (
+            "Max retries exceeded",
+            "Connection refused",
+            "Failed to establish",
+            "failed with exception",
+            "Read timed out",
+            "Connection aborted",
+            "RemoteDisconnected",
+        )
+    )
 
 
 class Tracker:
@@ -65,8 +76,13 @@ class Tracker:
     be reached, training goes on, the queue is retried every ``retry_s`` seconds, and whatever is still
     undelivered at the end is written to a spool folder that ``fedreg replay`` sends later."""
 
-    def __init__(self, uri: str | None, experiment: str, spool_dir: str | os.PathLike = ".fedreg/spool",
-                 retry_s: float = 5.0):
+    def __init__(
+        self,
+        uri: str | None,
+        experiment: str,
+        spool_dir: str | os.PathLike = ".fedreg/spool",
+        retry_s: float = 5.0,
+    ):
         self.uri = tracking_uri(uri)
         if self.uri.startswith(("http://", "https://")):
             # fail fast and let the queue retry, instead of MLflow's own minutes-long backoff
@@ -84,12 +100,16 @@ class Tracker:
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         except Exception as exc:  # noqa: BLE001
             if _is_outage(exc):
-                raise FedregError(f"cannot use the MLflow tracking store '{self.uri}': the server cannot be "
-                                  f"reached. Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running "
-                                  f"one (or leave both unset for MLflow's local store)") from None
-            raise FedregError(f"cannot use the MLflow tracking store '{self.uri}': {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}. Check tracking.uri / "
-                              f"MLFLOW_TRACKING_URI") from None
+                raise FedregError(
+                    f"cannot use the MLflow tracking store '{self.uri}': the server cannot be "
+                    f"reached. Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running "
+                    f"one (or leave both unset for MLflow's local store)"
+                ) from None
+            raise FedregError(
+                f"cannot use the MLflow tracking store '{self.uri}': {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Check tracking.uri / "
+                f"MLFLOW_TRACKING_URI"
+            ) from None
 
     # -- delivery ------------------------------------------------------------------------------------------
     def _send(self, op: str, args: tuple) -> None:
@@ -153,7 +173,9 @@ class Tracker:
         return folder
 
     # -- the calls the runtime makes -------------------------------------------------------------------------
-    def start_run(self, name: str, tags: dict[str, str], parent: str | None = None, wait_s: float = 120.0) -> str:
+    def start_run(
+        self, name: str, tags: dict[str, str], parent: str | None = None, wait_s: float = 120.0
+    ) -> str:
         """Needs the server: waits up to ``wait_s`` for it (a new run needs its id)."""
         tags = dict(tags)
         if parent:
@@ -175,8 +197,13 @@ class Tracker:
         self._call("set_tags", run_id, {k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        self._call("log_metrics", run_id, {k: float(v) for k, v in metrics.items()}, int(step),
-                   int(time.time() * 1000))
+        self._call(
+            "log_metrics",
+            run_id,
+            {k: float(v) for k, v in metrics.items()},
+            int(step),
+            int(time.time() * 1000),
+        )
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         try:
@@ -206,7 +233,7 @@ class Tracker:
     def _log_params(self, run_id, params):
         items = [Param(k[:250], v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def _set_tags(self, run_id, tags):
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -214,7 +241,7 @@ class Tracker:
     def _log_metrics(self, run_id, metrics, step, ts):
         items = [Metric(k, v, ts, step) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def _log_file(self, run_id, path, artifact_path):
         self.client.log_artifact(run_id, path, artifact_path)
@@ -231,7 +258,9 @@ def replay(folder: str | os.PathLike, uri: str | None = None) -> int:
     folder = Path(folder)
     try:
         target = json.loads((folder / "target.json").read_text())
-        calls = [json.loads(line) for line in (folder / "calls.jsonl").read_text().splitlines() if line.strip()]
+        calls = [
+            json.loads(line) for line in (folder / "calls.jsonl").read_text().splitlines() if line.strip()
+        ]
     except (OSError, ValueError) as exc:
         raise FedregError(f"'{folder}' is not a fedreg spool folder: {exc}") from None
     t = Tracker.__new__(Tracker)
@@ -243,7 +272,9 @@ def replay(folder: str | os.PathLike, uri: str | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             rest = folder / "calls.jsonl"
             rest.write_text("".join(json.dumps(c) + "\n" for c in calls[i:]))
-            raise FedregError(f"replay stopped at call {i + 1} of {len(calls)} ({exc}); the remaining calls are "
-                              f"kept in '{folder}', run the same command again") from None
+            raise FedregError(
+                f"replay stopped at call {i + 1} of {len(calls)} ({exc}); the remaining calls are "
+                f"kept in '{folder}', run the same command again"
+            ) from None
     (folder / "calls.jsonl").write_text("")
     return len(calls)

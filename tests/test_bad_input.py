@@ -44,8 +44,12 @@ def env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     md5 = make_medmnist_npz(tmp_path, "organsmnist", n_train=200, n_test=40)
     raw = base_spec()
-    raw["data"] = {"dataset": {"name": "organsmnist", "params": {"md5": md5}}, "root": str(tmp_path),
-                   "num_clients": 4, "partition": "iid"}
+    raw["data"] = {
+        "dataset": {"name": "organsmnist", "params": {"md5": md5}},
+        "root": str(tmp_path),
+        "num_clients": 4,
+        "partition": "iid",
+    }
     raw["federation"]["rounds"] = 2
     raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "bad"}
     raw["checkpoint"] = {"dir": str(tmp_path / "ck")}
@@ -66,6 +70,7 @@ def set_(path, value):
         for k in keys[:-1]:
             target = target[k]
         target[keys[-1]] = value(tmp) if callable(value) else value
+
     return f
 
 
@@ -76,32 +81,84 @@ CASES = [
     ("not-a-mapping", "RAW:- 1\n- 2\n", [], "a spec must be a mapping"),
     ("unknown-key", set_("epochs", 3), [], "epochs: unknown key (remove it or check its spelling)"),
     ("unknown-nested-key", set_("training.lr", 0.1), [], "training.lr: unknown key"),
-    ("wrong-type", set_("training.batch_size", "big"), [], "training.batch_size: Input should be a valid integer"),
-    ("out-of-range", set_("training.optimizer.lr", 0), [], "training.optimizer.lr: Input should be greater than 0"),
-    ("unknown-objective", set_("training.objective", "fedproxx"), [],
-     "unknown objective 'fedproxx'. Registered objective components:"),
+    (
+        "wrong-type",
+        set_("training.batch_size", "big"),
+        [],
+        "training.batch_size: Input should be a valid integer",
+    ),
+    (
+        "out-of-range",
+        set_("training.optimizer.lr", 0),
+        [],
+        "training.optimizer.lr: Input should be greater than 0",
+    ),
+    (
+        "unknown-objective",
+        set_("training.objective", "fedproxx"),
+        [],
+        "unknown objective 'fedproxx'. Registered objective components:",
+    ),
     ("unknown-dataset", set_("data.dataset", "bloodmist"), [], "Did you mean 'bloodmnist'?"),
-    ("bad-component-param", set_("federation.aggregation", {"name": "fedavgm", "params": {"momentum": 2}}), [],
-     "federation.aggregation.params.momentum: Input should be less than 1"),
-    ("too-many-per-round", set_("federation.clients_per_round", 9), [], "9 clients per round but only 4 clients"),
+    (
+        "bad-component-param",
+        set_("federation.aggregation", {"name": "fedavgm", "params": {"momentum": 2}}),
+        [],
+        "federation.aggregation.params.momentum: Input should be less than 1",
+    ),
+    (
+        "too-many-per-round",
+        set_("federation.clients_per_round", 9),
+        [],
+        "9 clients per round but only 4 clients",
+    ),
     ("krum-too-few", set_("federation.aggregation", "krum"), [], "krum with f=1 needs at least 2f+3 = 5"),
-    ("objective-not-vectorizable", set_("execution", {"backend": "vectorized"}), ["--set", "training.objective=moon"],
-     "execution.backend: objective 'moon' cannot run on the vectorized backend"),
+    (
+        "objective-not-vectorizable",
+        set_("execution", {"backend": "vectorized"}),
+        ["--set", "training.objective=moon"],
+        "execution.backend: objective 'moon' cannot run on the vectorized backend",
+    ),
     ("bad-set", None, ["--set", "rounds"], "expected path.to.key=value"),
     ("unknown-variant", None, ["--variant", "nope"], "unknown variant 'nope'"),
-    ("missing-data-file", set_("data.dataset", {"name": "pathmnist"}), [],
-     "pathmnist.npz' not found. Put pathmnist.npz (from https://zenodo.org"),
-    ("md5-mismatch", set_("data.dataset.params.md5", "0" * 32), [], "is corrupt, truncated or another version"),
+    (
+        "missing-data-file",
+        set_("data.dataset", {"name": "pathmnist"}),
+        [],
+        "pathmnist.npz' not found. Put pathmnist.npz (from https://zenodo.org",
+    ),
+    (
+        "md5-mismatch",
+        set_("data.dataset.params.md5", "0" * 32),
+        [],
+        "is corrupt, truncated or another version",
+    ),
     ("truncated-npz", "TRUNCATE", [], "is corrupt, truncated or another version"),
     ("corrupt-npz", "CORRUPT", [], "as a MedMNIST file"),
-    ("more-clients-than-samples", set_("data.num_clients", 500), ["--set", "federation.clients_per_round=2"],
-     "500 clients but the training set has only 200 samples; lower data.num_clients"),
-    ("client-with-no-data", set_("data.partition", "test_lopsided"), [],
-     "partition 'test_lopsided' left client 1 with no data"),
-    ("unwritable-output", set_("checkpoint.dir", lambda tmp: str(tmp / "afile" / "ck")), [],
-     "cannot write checkpoints to"),
-    ("tracking-unreachable", set_("tracking.uri", lambda tmp: f"http://127.0.0.1:{free_port()}"), [],
-     "the server cannot be reached. Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running one"),
+    (
+        "more-clients-than-samples",
+        set_("data.num_clients", 500),
+        ["--set", "federation.clients_per_round=2"],
+        "500 clients but the training set has only 200 samples; lower data.num_clients",
+    ),
+    (
+        "client-with-no-data",
+        set_("data.partition", "test_lopsided"),
+        [],
+        "partition 'test_lopsided' left client 1 with no data",
+    ),
+    (
+        "unwritable-output",
+        set_("checkpoint.dir", lambda tmp: str(tmp / "afile" / "ck")),
+        [],
+        "cannot write checkpoints to",
+    ),
+    (
+        "tracking-unreachable",
+        set_("tracking.uri", lambda tmp: f"http://127.0.0.1:{free_port()}"),
+        [],
+        "the server cannot be reached. Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running one",
+    ),
     ("resume-nothing", None, ["--resume"], "nothing to resume: no unfinished run of spec 't'"),
     ("missing-spec-file", "MISSING", [], "does not exist"),
 ]
@@ -121,7 +178,9 @@ def test_bad_input(case, breaker, args, message, env, capsys):
             truncate(tmp / "organsmnist.npz")
         elif breaker == "CORRUPT":
             (tmp / "organsmnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
-            raw["data"]["dataset"]["params"]["md5"] = hashlib.md5((tmp / "organsmnist.npz").read_bytes()).hexdigest()
+            raw["data"]["dataset"]["params"]["md5"] = hashlib.md5(
+                (tmp / "organsmnist.npz").read_bytes()
+            ).hexdigest()
         elif breaker is not None:
             breaker(raw, tmp)
         write_spec(spec, raw)

@@ -23,20 +23,26 @@ def states_equal(a, b):
 
 def test_fedprox_mu_zero_equals_fedavg_to_the_bit():
     a = tiny_federation({"federation.rounds": 2})
-    b = tiny_federation({"federation.rounds": 2, "training.objective": {"name": "fedprox", "params": {"mu": 0.0}}})
-    c = tiny_federation({"federation.rounds": 2, "training.objective": {"name": "fedprox", "params": {"mu": 1.0}}})
+    b = tiny_federation(
+        {"federation.rounds": 2, "training.objective": {"name": "fedprox", "params": {"mu": 0.0}}}
+    )
+    c = tiny_federation(
+        {"federation.rounds": 2, "training.objective": {"name": "fedprox", "params": {"mu": 1.0}}}
+    )
     assert states_equal(a.global_state, b.global_state)
     assert not states_equal(a.global_state, c.global_state)
 
 
 def test_scaffold_first_round_equals_fedavg():
     a = tiny_federation({"federation.rounds": 1})
-    b = tiny_federation({"federation.rounds": 1, "training.objective": "scaffold",
-                         "federation.aggregation": "scaffold"})
+    b = tiny_federation(
+        {"federation.rounds": 1, "training.objective": "scaffold", "federation.aggregation": "scaffold"}
+    )
     assert states_equal(a.global_state, b.global_state)
     a3 = tiny_federation({"federation.rounds": 3})
-    b3 = tiny_federation({"federation.rounds": 3, "training.objective": "scaffold",
-                          "federation.aggregation": "scaffold"})
+    b3 = tiny_federation(
+        {"federation.rounds": 3, "training.objective": "scaffold", "federation.aggregation": "scaffold"}
+    )
     assert not states_equal(a3.global_state, b3.global_state)  # control variates act from round 2
 
 
@@ -65,8 +71,9 @@ def test_scaffold_control_updates_hand_computed():
 def test_feddyn_server_update_hand_computed():
     h = {"w": torch.tensor([0.0])}
     prev = {"w": torch.tensor([1.0])}
-    new, h2 = feddyn_server_update(h, prev, [{"w": torch.tensor([2.0])}, {"w": torch.tensor([4.0])}], alpha=0.5,
-                                   num_clients=10)
+    new, h2 = feddyn_server_update(
+        h, prev, [{"w": torch.tensor([2.0])}, {"w": torch.tensor([4.0])}], alpha=0.5, num_clients=10
+    )
     assert float(h2["w"]) == pytest.approx(-(0.5 / 10) * (1.0 + 3.0))
     assert float(new["w"]) == pytest.approx(3.0 - float(h2["w"]) / 0.5)
 

@@ -79,8 +79,15 @@ def federate(registry, objective, **over):
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(FederatedRun, "initial_state", spy)
-            result = tiny_federation({"training.objective": objective, "federation.rounds": 3,
-                                      "metrics": ["global_accuracy", "local_accuracy"], **over}, registry=registry)
+            result = tiny_federation(
+                {
+                    "training.objective": objective,
+                    "federation.rounds": 3,
+                    "metrics": ["global_accuracy", "local_accuracy"],
+                    **over,
+                },
+                registry=registry,
+            )
         _RUNS[key] = (result, seen["state"], seen["initial"])
     return _RUNS[key]
 
@@ -109,11 +116,24 @@ def make_ctx(state=None, epochs=1, lr=0.05, momentum=0.0, seed=0):
     torch.manual_seed(seed)
     model = build()
     return LocalContext(
-        round=1, client_id=0, model=model, global_state=clone_state(model.state_dict()), train_x=ds.train_x,
-        train_y=ds.train_y, test_x=ds.test_x, test_y=ds.test_y, num_classes=4, epochs=epochs, batch_size=16, lr=lr,
+        round=1,
+        client_id=0,
+        model=model,
+        global_state=clone_state(model.state_dict()),
+        train_x=ds.train_x,
+        train_y=ds.train_y,
+        test_x=ds.test_x,
+        test_y=ds.test_y,
+        num_classes=4,
+        epochs=epochs,
+        batch_size=16,
+        lr=lr,
         make_optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum),
-        generator=torch.Generator().manual_seed(seed), state={} if state is None else state, broadcast={},
-        build_model=build)
+        generator=torch.Generator().manual_seed(seed),
+        state={} if state is None else state,
+        broadcast={},
+        build_model=build,
+    )
 
 
 def distance(a, b, keys=None):
@@ -126,7 +146,10 @@ def distance(a, b, keys=None):
 
 def test_prefix_matching_is_by_module_name():
     keys = ["conv1.0.weight", "fc1.1.weight", "fc1.1.bias", "fc.weight", "fc.bias"]
-    assert split_keys(keys, ["fc"]) == (["fc.weight", "fc.bias"], ["conv1.0.weight", "fc1.1.weight", "fc1.1.bias"])
+    assert split_keys(keys, ["fc"]) == (
+        ["fc.weight", "fc.bias"],
+        ["conv1.0.weight", "fc1.1.weight", "fc1.1.bias"],
+    )
     assert split_keys(keys, ["fc1"])[0] == ["fc1.1.weight", "fc1.1.bias"]
     assert matches_prefix("fc.weight", ["fc.weight"]) and not matches_prefix("fc1.1.weight", ["fc"])
     state = {k: torch.ones(1) for k in keys}
@@ -153,7 +176,9 @@ def test_ditto_loss_hand_computed():
     ref = {"p": torch.zeros(2)}
     ce = F.cross_entropy(logits, y)
     assert torch.equal(ditto_personal_loss(logits, y, [("p", p)], ref, 0.0), ce)
-    assert float(ditto_personal_loss(logits, y, [("p", p)], ref, 0.5).detach()) == pytest.approx(float(ce) + 0.25 * 25)  # lam/2 * ||p||^2
+    assert float(ditto_personal_loss(logits, y, [("p", p)], ref, 0.5).detach()) == pytest.approx(
+        float(ce) + 0.25 * 25
+    )  # lam/2 * ||p||^2
 
 
 # --- every method in a federation --------------------------------------------------------------------------
@@ -179,7 +204,9 @@ def test_method_learns_and_keeps_checkpointable_client_state(registry, start_acc
 def test_ditto_global_model_is_fedavg_to_the_bit(registry):
     fedavg, _, _ = federate(registry, "cross_entropy")
     ditto, st, _ = federate(registry, "ditto")
-    assert states_equal(fedavg.global_state, ditto.global_state)  # the personal model never reaches the server
+    assert states_equal(
+        fedavg.global_state, ditto.global_state
+    )  # the personal model never reaches the server
     for s in st.client_states.values():
         assert set(s) == {"personal"} and not states_equal(s["personal"], ditto.global_state)
 
@@ -221,7 +248,7 @@ def test_heads_are_personal_and_bodies_shared(registry, name):
     heads = {c: s["head"] for c, s in st.client_states.items()}
     assert len(heads) >= 2 and all(set(h) == set(HEAD) for h in heads.values())  # only the head is kept
     hs = list(heads.values())
-    assert all(not states_equal(a, b) for i, a in enumerate(hs) for b in hs[i + 1:])
+    assert all(not states_equal(a, b) for i, a in enumerate(hs) for b in hs[i + 1 :])
     assert all(not torch.equal(h["fc.weight"], result.global_state["fc.weight"]) for h in hs)
 
 
@@ -253,14 +280,25 @@ def test_fedbabu_finetuned_copy_does_not_leak():
     outs = []
     for eval_local in (False, True):
         ctx = make_ctx()
-        config = TrainingConfig(seed=0, epochs=1, batch_size=16, momentum=0.0, weight_decay=0.0, nesterov=False,
-                                num_classes=4, eval_local=eval_local, eval_batch_size=64)
+        config = TrainingConfig(
+            seed=0,
+            epochs=1,
+            batch_size=16,
+            momentum=0.0,
+            weight_decay=0.0,
+            nesterov=False,
+            num_classes=4,
+            eval_local=eval_local,
+            eval_batch_size=64,
+        )
         runner = ClientRunner(config, ctx.build_model, lambda cid: tensors)
         out = runner.run(ClientJob(1, 0, 0.05, {}), RoundInput(1, ctx.global_state, {}, FedBABU(), FedAvg()))
         assert out.failure is None
         outs.append(out)
     assert isinstance(outs[1].update, ClientUpdate) and outs[1].local_eval is not None
-    assert states_equal(outs[0].update.state, outs[1].update.state)  # fine-tuning ran, nothing was sent from it
+    assert states_equal(
+        outs[0].update.state, outs[1].update.state
+    )  # fine-tuning ran, nothing was sent from it
     ctx = make_ctx()
     obj = FedBABU(FedBABU.Params(finetune_lr=0.1))
     obj.train(ctx)

@@ -25,28 +25,51 @@ def blood_subset(data_dir) -> DatasetTensors:
     g = torch.Generator().manual_seed(0)
     tr = torch.randperm(len(ds.train_y), generator=g)[:2400]
     te = torch.randperm(len(ds.test_y), generator=g)[:600]
-    return DatasetTensors("bloodmnist-subset", ds.train_x[tr], ds.train_y[tr], ds.test_x[te], ds.test_y[te],
-                          ds.num_classes, ds.in_channels, 28, ds.class_names, ds.checksum)
-
+    return DatasetTensors(
+        "bloodmnist-subset",
+        ds.train_x[tr],
+        ds.train_y[tr],
+        ds.test_x[te],
+        ds.test_y[te],
+        ds.num_classes,
+        ds.in_channels,
+        28,
+        ds.class_names,
+        ds.checksum,
+    )
 
 
 def test_every_registered_method_has_a_variant(registry):
     reg = registry
-    used = {v["training.objective"]["name"] if isinstance(v["training.objective"], dict) else v["training.objective"]
-            for v in VARIANTS.values()}
-    used |= {v["federation.aggregation"]["name"] if isinstance(v["federation.aggregation"], dict)
-             else v["federation.aggregation"] for v in VARIANTS.values()}
+    used = {
+        v["training.objective"]["name"]
+        if isinstance(v["training.objective"], dict)
+        else v["training.objective"]
+        for v in VARIANTS.values()
+    }
+    used |= {
+        v["federation.aggregation"]["name"]
+        if isinstance(v["federation.aggregation"], dict)
+        else v["federation.aggregation"]
+        for v in VARIANTS.values()
+    }
     assert set(reg.names("objective")) <= used
     assert set(reg.names("aggregation")) <= used
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_method_improves_on_its_start(variant, blood_subset, registry):
-    over = {**VARIANTS[variant], "data.num_clients": 6, "federation.clients_per_round": 5,
-            "federation.rounds": 3, "model": "cnn", "training.batch_size": 32,
-            "training.optimizer": {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-5},
-            "data.partition": {"name": "dirichlet", "params": {"alpha": 1.0, "min_samples": 10}},
-            "metrics": ["global_accuracy", "local_accuracy"]}
+    over = {
+        **VARIANTS[variant],
+        "data.num_clients": 6,
+        "federation.clients_per_round": 5,
+        "federation.rounds": 3,
+        "model": "cnn",
+        "training.batch_size": 32,
+        "training.optimizer": {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-5},
+        "data.partition": {"name": "dirichlet", "params": {"alpha": 1.0, "min_samples": 10}},
+        "metrics": ["global_accuracy", "local_accuracy"],
+    }
     if variant in ("krum", "multi-krum"):
         # Krum keeps the m clients closest to the others: under label skew that is a few clients' classes
         # (its papers assume honest clients of one distribution), so it is checked on IID clients

@@ -47,7 +47,9 @@ def run_info(clients_per_round: int, num_clients: int = 8) -> RunInfo:
 
 
 def states_of(rows, key="w"):
-    return [{key: torch.tensor(r, dtype=torch.float32), "count": torch.tensor(i + 3)} for i, r in enumerate(rows)]
+    return [
+        {key: torch.tensor(r, dtype=torch.float32), "count": torch.tensor(i + 3)} for i, r in enumerate(rows)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,8 +60,12 @@ def states_of(rows, key="w"):
 @pytest.mark.parametrize("n", [3, 4])
 def test_median_of_identical_updates_is_that_update(n):
     g = torch.Generator().manual_seed(0)
-    state = {"a": torch.randn(7, 3, generator=g), "b": torch.randn(5, generator=g).double(),
-             "h": torch.randn(4, generator=g).half(), "count": torch.tensor(11)}
+    state = {
+        "a": torch.randn(7, 3, generator=g),
+        "b": torch.randn(5, generator=g).double(),
+        "h": torch.randn(4, generator=g).half(),
+        "count": torch.tensor(11),
+    }
     out = coordinate_median([{k: v.clone() for k, v in state.items()} for _ in range(n)])
     for k, v in state.items():
         assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
@@ -71,9 +77,13 @@ def test_median_on_hand_made_values():
     assert odd["count"].item() == 3  # non-float tensors come from the first state
     even = coordinate_median(states_of([[1.0, 5.0], [2.0, 0.0], [9.0, 1.0], [4.0, -7.0]]))
     assert even["w"].tolist() == [3.0, 0.5]  # mean of the two middle values
-    m2 = coordinate_median([{"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]])},
-                            {"w": torch.tensor([[0.0, 8.0], [3.0, -4.0]])},
-                            {"w": torch.tensor([[5.0, 6.0], [3.0, 0.0]])}])
+    m2 = coordinate_median(
+        [
+            {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]])},
+            {"w": torch.tensor([[0.0, 8.0], [3.0, -4.0]])},
+            {"w": torch.tensor([[5.0, 6.0], [3.0, 0.0]])},
+        ]
+    )
     assert m2["w"].tolist() == [[1.0, 6.0], [3.0, 0.0]]
 
 
@@ -119,8 +129,9 @@ def test_trimmed_mean_warns_when_it_trims_nothing():
 def attacked_states(n_honest=5, scale=100.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     center = {"w": torch.randn(40, generator=g), "b": torch.randn(3, 2, generator=g)}
-    honest = [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in center.items()}
-              for _ in range(n_honest)]
+    honest = [
+        {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in center.items()} for _ in range(n_honest)
+    ]
     bad = {k: v * scale for k, v in honest[0].items()}
     return honest, honest + [bad]
 
@@ -226,8 +237,9 @@ def test_server_momentum_step_by_hand():
     assert vel["w"].tolist() == [0.5, 0.0] and vel["w"].dtype == torch.float64
     assert new["w"].tolist() == [0.5, 2.0] and new["w"].dtype == torch.float32
     assert new["count"].item() == 4 and "count" not in vel  # non-float from the average, no step
-    new2, vel2 = server_momentum_step(new, {"w": torch.tensor([0.25, 2.0]), "count": torch.tensor(5)}, vel,
-                                      server_lr=0.5, momentum=0.9)
+    new2, vel2 = server_momentum_step(
+        new, {"w": torch.tensor([0.25, 2.0]), "count": torch.tensor(5)}, vel, server_lr=0.5, momentum=0.9
+    )
     # v = 0.9 * 0.5 + 0.25 = 0.7 ; new = 0.5 - 0.5 * 0.7 = 0.15
     assert vel2["w"].tolist() == pytest.approx([0.7, 0.0])
     assert new2["w"].tolist() == pytest.approx([0.15, 2.0])
@@ -254,16 +266,27 @@ def test_server_adam_step_by_hand():
     v_exp = [0.99 * 0.00250099 + 0.01 * d[0] ** 2, 0.99 * 9.9e-7 + 0.01 * d[1] ** 2]
     assert m2["w"].tolist() == pytest.approx(m_exp, rel=1e-12)
     assert v2["w"].tolist() == pytest.approx(v_exp, rel=1e-12)
-    w_exp = [prev0 + lr * m_exp[0] / (math.sqrt(v_exp[0]) + tau), -2.0 + lr * m_exp[1] / (math.sqrt(v_exp[1]) + tau)]
+    w_exp = [
+        prev0 + lr * m_exp[0] / (math.sqrt(v_exp[0]) + tau),
+        -2.0 + lr * m_exp[1] / (math.sqrt(v_exp[1]) + tau),
+    ]
     assert new2["w"].tolist() == pytest.approx(w_exp, rel=1e-6)
 
 
 def toy_updates(round_seed: int, n: int = 3):
     g = torch.Generator().manual_seed(round_seed)
-    return [ClientUpdate(client_id=i, num_samples=10 + i,
-                         state={"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g),
-                                "count": torch.tensor(round_seed)})
-            for i in range(n)]
+    return [
+        ClientUpdate(
+            client_id=i,
+            num_samples=10 + i,
+            state={
+                "w": torch.randn(4, 3, generator=g),
+                "b": torch.randn(3, generator=g),
+                "count": torch.tensor(round_seed),
+            },
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("cls", [FedAvgM, FedAdam])
@@ -320,8 +343,13 @@ FAST = {"metrics": ["global_accuracy"], "model.params.hidden": 16}
 def test_fedavgm_without_momentum_is_fedavg_exactly():
     over = {**FAST, "federation.rounds": 2}
     ref = tiny_federation(over, plugins=PLUGINS)
-    got = tiny_federation({**over, "federation.aggregation": {
-        "name": "fedavgm", "params": {"momentum": 0.0, "server_lr": 1.0}}}, plugins=PLUGINS)
+    got = tiny_federation(
+        {
+            **over,
+            "federation.aggregation": {"name": "fedavgm", "params": {"momentum": 0.0, "server_lr": 1.0}},
+        },
+        plugins=PLUGINS,
+    )
     assert ref.global_state is not None and set(ref.global_state) == set(got.global_state)
     for k, v in ref.global_state.items():
         assert torch.equal(v, got.global_state[k]), k
@@ -334,8 +362,14 @@ def test_fedavgm_without_momentum_is_fedavg_exactly():
 # Each method trains
 # ---------------------------------------------------------------------------------------------------------
 
-TRAIN = {**FAST, "data.num_clients": 6, "federation.clients_per_round": 5, "federation.rounds": 6,
-         "training.optimizer.momentum": 0.0, "training.optimizer.lr": 0.1}
+TRAIN = {
+    **FAST,
+    "data.num_clients": 6,
+    "federation.clients_per_round": 5,
+    "federation.rounds": 6,
+    "training.optimizer.momentum": 0.0,
+    "training.optimizer.lr": 0.1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -344,14 +378,18 @@ def start_acc():
     return initial_accuracy(TRAIN)
 
 
-@pytest.mark.parametrize("aggregation", [
-    "median",
-    {"name": "trimmed_mean", "params": {"beta": 0.2}},  # floor(0.2 * 5) = 1 trimmed at each end
-    "krum",
-    {"name": "krum", "params": {"m": 3}},
-    "fedavgm",
-    "fedadam",
-], ids=["median", "trimmed_mean", "krum", "multi_krum", "fedavgm", "fedadam"])
+@pytest.mark.parametrize(
+    "aggregation",
+    [
+        "median",
+        {"name": "trimmed_mean", "params": {"beta": 0.2}},  # floor(0.2 * 5) = 1 trimmed at each end
+        "krum",
+        {"name": "krum", "params": {"m": 3}},
+        "fedavgm",
+        "fedadam",
+    ],
+    ids=["median", "trimmed_mean", "krum", "multi_krum", "fedavgm", "fedadam"],
+)
 def test_method_trains(aggregation, start_acc):
     res = tiny_federation({**TRAIN, "federation.aggregation": aggregation}, plugins=PLUGINS)
     final = res.final["final_global_acc"]
@@ -359,7 +397,13 @@ def test_method_trains(aggregation, start_acc):
 
 
 def test_components_describe_their_papers():
-    papers = {"median": "Yin", "trimmed_mean": "Yin", "krum": "Blanchard", "fedavgm": "Hsu", "fedadam": "Reddi"}
+    papers = {
+        "median": "Yin",
+        "trimmed_mean": "Yin",
+        "krum": "Blanchard",
+        "fedavgm": "Hsu",
+        "fedadam": "Reddi",
+    }
     for cls in CLASSES:
         assert papers[cls.name] in cls.describe()
         assert "\n" not in cls.describe() and len(cls.describe()) < 130

@@ -10,8 +10,9 @@ from testhelpers import REPO, base_spec, write_spec
 
 
 def fedreg(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "fedreg", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fedreg", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_validate_ok():

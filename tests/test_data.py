@@ -17,7 +17,9 @@ def test_real_bloodmnist(data_dir):
     assert tuple(ds.train_x.shape) == (11959, 3, 28, 28)
     assert tuple(ds.test_x.shape) == (3421, 3, 28, 28)  # the official test split
     assert ds.num_classes == 8 and ds.in_channels == 3
-    assert ds.train_x.dtype == torch.float32 and -1.0 <= float(ds.train_x.min()) < float(ds.train_x.max()) <= 1.0
+    assert (
+        ds.train_x.dtype == torch.float32 and -1.0 <= float(ds.train_x.min()) < float(ds.train_x.max()) <= 1.0
+    )
     assert ds.train_x.is_contiguous(memory_format=torch.channels_last)
     assert sorted(torch.unique(ds.train_y).tolist()) == list(range(8))
 
@@ -57,6 +59,10 @@ def test_corrupt_npz_with_matching_md5(tmp_path):
     import hashlib
 
     with pytest.raises(DataError, match="cannot read .* as a MedMNIST file"):
-        load_medmnist("pathmnist", str(tmp_path), download=False, size=28,
-                      expected_md5=hashlib.md5(p.read_bytes()).hexdigest())
-
+        load_medmnist(
+            "pathmnist",
+            str(tmp_path),
+            download=False,
+            size=28,
+            expected_md5=hashlib.md5(p.read_bytes()).hexdigest(),
+        )

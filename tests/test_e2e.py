@@ -53,24 +53,51 @@ def test_fedavg_on_real_bloodmnist(data_dir, tracking_uri, registry):
     assert t["fedreg.dataset.md5"] == "7053d0359d879ad8a5505303e11de1dc"
     hist = client.get_metric_history(r.run_id, "global_acc")
     assert [m.step for m in hist] == [1, 2, 3]
-    for key in ("global_loss", "local_acc_mean", "local_acc_worst", "global_on_local_acc_mean", "global_nfr",
-                "bwt", "final_global_acc", "last10_global_acc"):
+    for key in (
+        "global_loss",
+        "local_acc_mean",
+        "local_acc_worst",
+        "global_on_local_acc_mean",
+        "global_nfr",
+        "bwt",
+        "final_global_acc",
+        "last10_global_acc",
+    ):
         assert key in run.data.metrics, key
     arts = set(artifacts(client, r.run_id))
-    assert {"spec.yaml", "partition/stats.json", "partition/label_counts.csv", "partition/label_histogram.png",
-            "metrics/per_client.csv", "metrics/history.json", "plots/curves.png",
-            "model/global_weights.pt"} <= arts
+    assert {
+        "spec.yaml",
+        "partition/stats.json",
+        "partition/label_counts.csv",
+        "partition/label_histogram.png",
+        "metrics/per_client.csv",
+        "metrics/history.json",
+        "plots/curves.png",
+        "model/global_weights.pt",
+    } <= arts
     local = client.download_artifacts(r.run_id, "model/global_weights.pt")
     state = torch.load(local, weights_only=True)
-    assert set(state) == {"conv1.0.weight", "conv1.0.bias", "conv2.0.weight", "conv2.0.bias", "fc1.1.weight",
-                          "fc1.1.bias", "fc.weight", "fc.bias"}
+    assert set(state) == {
+        "conv1.0.weight",
+        "conv1.0.bias",
+        "conv2.0.weight",
+        "conv2.0.bias",
+        "fc1.1.weight",
+        "fc1.1.bias",
+        "fc.weight",
+        "fc.bias",
+    }
 
 
 def test_same_spec_same_seed_identical_metrics(tmp_path, tracking_uri, registry):
     md5 = make_medmnist_npz(tmp_path, "organcmnist", n_train=400, n_test=120)
     raw = base_spec()
-    raw["data"] = {"dataset": {"name": "organcmnist", "params": {"md5": md5}}, "root": str(tmp_path),
-                   "num_clients": 5, "partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 5}}}
+    raw["data"] = {
+        "dataset": {"name": "organcmnist", "params": {"md5": md5}},
+        "root": str(tmp_path),
+        "num_clients": 5,
+        "partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 5}},
+    }
     raw["federation"]["rounds"] = 4
     raw["training"]["local_epochs"] = 3
     raw["metrics"] = ["global_accuracy", "local_accuracy", "flips"]
@@ -78,8 +105,10 @@ def test_same_spec_same_seed_identical_metrics(tmp_path, tracking_uri, registry)
     specs = resolve(raw, registry)
     one = run_experiment(specs, progress=False, echo=lambda *_: None)
     two = run_experiment(specs[:1], progress=False, echo=lambda *_: None)
-    h = [[{k: v for k, v in x.items() if k not in TIMING_KEYS} for x in r.history]
-         for r in one.results + two.results]
+    h = [
+        [{k: v for k, v in x.items() if k not in TIMING_KEYS} for x in r.history]
+        for r in one.results + two.results
+    ]
     assert h[0] == h[1] == h[2]
     assert h[0][-1]["global_acc"] > 0.2  # 11 classes; the toy classes are learnable
 
@@ -102,13 +131,20 @@ def test_hook_raising_marks_run_failed_and_keeps_logs(tmp_path, tracking_uri):
     md5 = make_medmnist_npz(tmp_path, "organsmnist", n_train=200, n_test=50)
     reg = build_registry(extra_plugins=[("exploding_plugin", sys.modules[__name__])])
     raw = base_spec()
-    raw["data"] = {"dataset": {"name": "organsmnist", "params": {"md5": md5}}, "root": str(tmp_path),
-                   "num_clients": 3, "partition": "iid"}
+    raw["data"] = {
+        "dataset": {"name": "organsmnist", "params": {"md5": md5}},
+        "root": str(tmp_path),
+        "num_clients": 3,
+        "partition": "iid",
+    }
     raw["training"]["objective"] = "test_exploding"
     (rs,) = resolve(raw, reg)
-    with pytest.raises(PluginError, match=r"objective 'test_exploding' \(plugin 'exploding_plugin', [^)]*\): "
-                                          r"loss raised ValueError: bad batch "
-                                          r"\(round 2, client \d\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"objective 'test_exploding' \(plugin 'exploding_plugin', [^)]*\): "
+        r"loss raised ValueError: bad batch "
+        r"\(round 2, client \d\)",
+    ):
         run_experiment([rs], progress=False, echo=lambda *_: None)
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
@@ -119,14 +155,23 @@ def test_hook_raising_marks_run_failed_and_keeps_logs(tmp_path, tracking_uri):
 def test_ctrl_c_marks_run_killed(tmp_path):
     md5 = make_medmnist_npz(tmp_path, "organamnist", n_train=400, n_test=50)
     raw = base_spec()
-    raw["data"] = {"dataset": {"name": "organamnist", "params": {"md5": md5}}, "root": str(tmp_path),
-                   "num_clients": 4, "partition": "iid"}
+    raw["data"] = {
+        "dataset": {"name": "organamnist", "params": {"md5": md5}},
+        "root": str(tmp_path),
+        "num_clients": 4,
+        "partition": "iid",
+    }
     raw["federation"]["rounds"] = 10_000
     spec = write_spec(tmp_path / "long.yaml", raw)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.Popen([sys.executable, "-m", "fedreg", "run", str(spec), "--no-progress"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedreg", "run", str(spec), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     client = MlflowClient(uri)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -148,26 +193,49 @@ def test_fedkper_variants_under_one_parent_and_compare(data_dir, tracking_uri, r
     from fedreg.compare import COLUMNS, compare
     from fedreg.spec import load_spec
 
-    specs = load_spec(REPO / "specs" / "fedkper-bloodmnist.yaml", registry, overrides=[
-        "federation.rounds=3", "data.num_clients=6", "training.local_epochs=1", "training.batch_size=32",
-        "data.partition.params.alpha=0.5"])
+    specs = load_spec(
+        REPO / "specs" / "fedkper-bloodmnist.yaml",
+        registry,
+        overrides=[
+            "federation.rounds=3",
+            "data.num_clients=6",
+            "training.local_epochs=1",
+            "training.batch_size=32",
+            "data.partition.params.alpha=0.5",
+        ],
+    )
     assert [s.variant for s in specs] == ["fedkper", "kd-only", "agg-only", "fedavg"]
     res = run_experiment(specs, progress=False, echo=lambda *_: None)
     client = MlflowClient(tracking_uri)
     parent = client.get_run(res.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["fedreg.role"] == "parent"
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{res.parent_run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{res.parent_run_id}'"
+    )
     by_variant = {c.data.tags["fedreg.variant"]: c for c in children}
     assert set(by_variant) == {"fedkper", "kd-only", "agg-only", "fedavg"}
-    expect = {"fedkper": ("adaptive_kd", "reliability_diversity"), "kd-only": ("adaptive_kd", "fedavg"),
-              "agg-only": ("cross_entropy", "reliability_diversity"), "fedavg": ("cross_entropy", "fedavg")}
+    expect = {
+        "fedkper": ("adaptive_kd", "reliability_diversity"),
+        "kd-only": ("adaptive_kd", "fedavg"),
+        "agg-only": ("cross_entropy", "reliability_diversity"),
+        "fedavg": ("cross_entropy", "fedavg"),
+    }
     for v, (obj, agg) in expect.items():
         t = by_variant[v].data.tags
         assert (t["fedreg.objective"], t["fedreg.aggregation"]) == (obj, agg)
         m = by_variant[v].data.metrics
-        for key in ("global_acc", "local_acc_mean", "local_acc_worst", "local_bacc_mean", "global_on_local_acc_mean",
-                    "global_nfr", "global_pfr", "global_consistency", "local_nfr", "bwt"):
+        for key in (
+            "global_acc",
+            "local_acc_mean",
+            "local_acc_worst",
+            "local_bacc_mean",
+            "global_on_local_acc_mean",
+            "global_nfr",
+            "global_pfr",
+            "global_consistency",
+            "local_nfr",
+            "bwt",
+        ):
             assert key in m, (v, key)
     # every variant saw the same clients in every round (shared sampling stream)
     rows = {}
@@ -176,8 +244,13 @@ def test_fedkper_variants_under_one_parent_and_compare(data_dir, tracking_uri, r
         import csv
 
         with open(path) as f:
-            rows[v] = sorted({(int(r["round"]), int(r["client"])) for r in csv.DictReader(f)
-                              if r["metric"] == "train_loss"})
+            rows[v] = sorted(
+                {
+                    (int(r["round"]), int(r["client"]))
+                    for r in csv.DictReader(f)
+                    if r["metric"] == "train_loss"
+                }
+            )
     assert rows["fedkper"] == rows["kd-only"] == rows["agg-only"] == rows["fedavg"]
     # the reliability-diversity aggregator's client reports are logged per client
     with open(client.download_artifacts(by_variant["fedkper"].info.run_id, "metrics/per_client.csv")) as f:

@@ -94,8 +94,12 @@ def test_weighted_kd_with_unit_weights_is_the_unweighted_loss():
         wloss, wbeta = weighted_adaptive_kd_loss(z, g, y, w, tau, lam)
         assert float(wbeta) == pytest.approx(float(beta), rel=1e-6)
         assert float(wloss) == pytest.approx(float(loss), rel=1e-6)
-    assert float(weighted_distillation_kl(z, g, w, 2.0)) == pytest.approx(float(distillation_kl(z, g, 2.0)), rel=1e-6)
-    assert float(weighted_adaptive_beta(g, y, w, 10.0)) == pytest.approx(float(adaptive_beta(g, y, 10.0)), rel=1e-6)
+    assert float(weighted_distillation_kl(z, g, w, 2.0)) == pytest.approx(
+        float(distillation_kl(z, g, 2.0)), rel=1e-6
+    )
+    assert float(weighted_adaptive_beta(g, y, w, 10.0)) == pytest.approx(
+        float(adaptive_beta(g, y, 10.0)), rel=1e-6
+    )
 
 
 def test_weighted_kd_padding_rows_change_nothing():

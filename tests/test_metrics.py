@@ -40,7 +40,9 @@ def test_balanced_accuracy():
 def test_flips_metric_over_rounds():
     m = Flips()
     y = [0, 1, 2, 3]
-    r1 = m.update(RoundEvaluation(1, [0], 4, global_test=preds(y, [0, 1, 0, 0]), local={0: preds([0, 1], [0, 1])}))
+    r1 = m.update(
+        RoundEvaluation(1, [0], 4, global_test=preds(y, [0, 1, 0, 0]), local={0: preds([0, 1], [0, 1])})
+    )
     assert "global_nfr" not in r1.scalars  # no previous evaluation yet
     r2 = m.update(RoundEvaluation(2, [1], 4, global_test=preds(y, [0, 0, 2, 0]), local={1: preds([1], [1])}))
     assert r2.scalars["global_nfr"] == pytest.approx(1 / 4)
@@ -48,7 +50,9 @@ def test_flips_metric_over_rounds():
     assert r2.scalars["global_consistency"] == pytest.approx(2 / 4)
     assert "local_nfr" not in r2.scalars  # client 1 was never evaluated before
     # client 0 again: its local model is compared with its own previous local evaluation (round 1)
-    r3 = m.update(RoundEvaluation(3, [0], 4, global_test=preds(y, [0, 0, 2, 0]), local={0: preds([0, 1], [1, 1])}))
+    r3 = m.update(
+        RoundEvaluation(3, [0], 4, global_test=preds(y, [0, 0, 2, 0]), local={0: preds([0, 1], [1, 1])})
+    )
     assert r3.scalars["local_nfr"] == pytest.approx(1 / 2)
     assert r3.scalars["local_consistency"] == pytest.approx(1 / 2)
     assert r3.scalars["global_nfr"] == 0.0
@@ -61,16 +65,25 @@ def test_flips_metric_over_rounds():
 def test_bwt_metric_sequence():
     m = BackwardTransfer()
     # round 1: clients 0 and 1 sampled; global-on-local accuracies 0.5 and 1.0
-    r1 = m.update(RoundEvaluation(1, [0, 1], 2, global_on_local={0: preds([0, 0], [0, 1]), 1: preds([1], [1]),
-                                                                  2: preds([0], [1])}))
+    r1 = m.update(
+        RoundEvaluation(
+            1, [0, 1], 2, global_on_local={0: preds([0, 0], [0, 1]), 1: preds([1], [1]), 2: preds([0], [1])}
+        )
+    )
     assert "bwt" not in r1.scalars
     # round 2: client 2 sampled; now client 0 at 1.0 (+0.5), client 1 at 0.0 (-1.0)
-    r2 = m.update(RoundEvaluation(2, [2], 2, global_on_local={0: preds([0, 0], [0, 0]), 1: preds([1], [0]),
-                                                               2: preds([0], [0])}))
+    r2 = m.update(
+        RoundEvaluation(
+            2, [2], 2, global_on_local={0: preds([0, 0], [0, 0]), 1: preds([1], [0]), 2: preds([0], [0])}
+        )
+    )
     assert r2.scalars["bwt"] == pytest.approx((0.5 - 1.0) / 2)
     # round 3: client 2 now counts too (last sampled in round 2 at 1.0)
-    r3 = m.update(RoundEvaluation(3, [0], 2, global_on_local={0: preds([0, 0], [0, 0]), 1: preds([1], [0]),
-                                                               2: preds([0], [1])}))
+    r3 = m.update(
+        RoundEvaluation(
+            3, [0], 2, global_on_local={0: preds([0, 0], [0, 0]), 1: preds([1], [0]), 2: preds([0], [1])}
+        )
+    )
     assert r3.scalars["bwt"] == pytest.approx((0.5 + -1.0 + -1.0) / 3)
 
 
@@ -79,7 +92,9 @@ def test_local_accuracy_mean_and_worst():
     r = LocalAccuracy().update(ev)
     assert r.scalars["local_acc_mean"] == pytest.approx((0.75 + 0.5) / 2)
     assert r.scalars["local_acc_worst"] == pytest.approx(0.5)
-    assert "local_acc_worst_client" not in r.scalars  # an id, not a metric: its last-10 mean would mean nothing
+    assert (
+        "local_acc_worst_client" not in r.scalars
+    )  # an id, not a metric: its last-10 mean would mean nothing
     assert r.per_client[3]["local_acc[local]"] == pytest.approx(0.75)
 
 

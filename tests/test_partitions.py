@@ -28,12 +28,16 @@ def assert_exact_cover(parts, n):
     assert len(np.unique(allidx)) == n  # disjoint and complete
 
 
-@pytest.mark.parametrize("split", [
-    lambda rng: dirichlet_split(LABELS, 20, 0.1, rng),
-    lambda rng: dirichlet_split(LABELS, 7, 5.0, rng),
-    lambda rng: iid_split(len(LABELS), 13, rng),
-    lambda rng: shard_split(LABELS, 10, 2, rng),
-], ids=["dir0.1", "dir5", "iid", "shards"])
+@pytest.mark.parametrize(
+    "split",
+    [
+        lambda rng: dirichlet_split(LABELS, 20, 0.1, rng),
+        lambda rng: dirichlet_split(LABELS, 7, 5.0, rng),
+        lambda rng: iid_split(len(LABELS), 13, rng),
+        lambda rng: shard_split(LABELS, 10, 2, rng),
+    ],
+    ids=["dir0.1", "dir5", "iid", "shards"],
+)
 def test_disjoint_complete_deterministic(split):
     a = split(seeding.rng(3, seeding.PARTITION))
     b = split(seeding.rng(3, seeding.PARTITION))
@@ -48,8 +52,10 @@ def mean_entropy(parts):
 
 
 def test_alpha_controls_skew():
-    ent = {a: np.mean([mean_entropy(dirichlet_split(LABELS, 20, a, np.random.default_rng(s))) for s in range(3)])
-           for a in (0.05, 0.1, 1.0, 100.0)}
+    ent = {
+        a: np.mean([mean_entropy(dirichlet_split(LABELS, 20, a, np.random.default_rng(s))) for s in range(3)])
+        for a in (0.05, 0.1, 1.0, 100.0)
+    }
     assert ent[0.05] < ent[0.1] < ent[1.0] < ent[100.0]
     assert ent[100.0] > 0.95 and ent[0.1] < 0.6
 

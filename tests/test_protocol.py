@@ -66,15 +66,30 @@ def check_case(case, labels):
     part_rng, _ = partition.random_streams(case["seed"])
     parts = partition.split(labels, case["num_clients"], case["num_classes"], part_rng)
     assert [len(p) for p in parts] == [c["partition_size"] for c in case["clients"]]
-    assert [hist(labels, p, case["num_classes"]) for p in parts] == [c["partition_hist"] for c in case["clients"]]
+    assert [hist(labels, p, case["num_classes"]) for p in parts] == [
+        c["partition_hist"] for c in case["clients"]
+    ]
     assert [sha(p) for p in parts] == [c["partition_sha256"] for c in case["clients"]]
     # the whole data set-up, as a run builds it: partition, then the local split from the same stream
-    fed = build_federated_data(labels_only_dataset(labels, case["num_classes"]), partition, case["num_clients"],
-                               case["fraction"], case["seed"], local_test_rule="per_class_equal")
-    got = [{"train_size": len(c.train_idx), "train_hist": hist(labels, c.train_idx, case["num_classes"]),
-            "train_sha256": sha(c.train_idx), "test_size": len(c.test_idx),
-            "test_hist": hist(labels, c.test_idx, case["num_classes"]), "test_sha256": sha(c.test_idx)}
-           for c in fed.clients]
+    fed = build_federated_data(
+        labels_only_dataset(labels, case["num_classes"]),
+        partition,
+        case["num_clients"],
+        case["fraction"],
+        case["seed"],
+        local_test_rule="per_class_equal",
+    )
+    got = [
+        {
+            "train_size": len(c.train_idx),
+            "train_hist": hist(labels, c.train_idx, case["num_classes"]),
+            "train_sha256": sha(c.train_idx),
+            "test_size": len(c.test_idx),
+            "test_hist": hist(labels, c.test_idx, case["num_classes"]),
+            "test_sha256": sha(c.test_idx),
+        }
+        for c in fed.clients
+    ]
     want = [{k: c[k] for k in got[0]} for c in case["clients"]]
     assert got == want
 
@@ -102,10 +117,14 @@ def test_capped_partition_is_the_authors_rule():
     case = SYNTHETIC[0]
     labels = case_labels(case)
     capped = DirichletPartition(DirichletParams(alpha=case["alpha"], cap=True))
-    parts = capped.split(labels, case["num_clients"], case["num_classes"], np.random.RandomState(case["seed"]))
+    parts = capped.split(
+        labels, case["num_clients"], case["num_classes"], np.random.RandomState(case["seed"])
+    )
     assert [sha(p) for p in parts] == [c["partition_sha256"] for c in case["clients"]]
     uncapped = DirichletPartition(DirichletParams(alpha=case["alpha"]))
-    parts = uncapped.split(labels, case["num_clients"], case["num_classes"], np.random.RandomState(case["seed"]))
+    parts = uncapped.split(
+        labels, case["num_clients"], case["num_classes"], np.random.RandomState(case["seed"])
+    )
     assert [sha(p) for p in parts] != [c["partition_sha256"] for c in case["clients"]]
 
 

@@ -98,8 +98,10 @@ def test_component_failure_pickles():
             super().__init__(f"{a}/{b}")
 
     comp = CrossEntropy()
-    for original, expect in ((ValueError("bad batch"), ValueError("bad batch")),
-                             (Unpicklable(1, 2), RuntimeError("Unpicklable: 1/2"))):
+    for original, expect in (
+        (ValueError("bad batch"), ValueError("bad batch")),
+        (Unpicklable(1, 2), RuntimeError("Unpicklable: 1/2")),
+    ):
         exc = ComponentFailure(comp, "loss", 3, 7, original)
         back = pickle.loads(pickle.dumps(exc))
         assert type(back) is ComponentFailure and str(back) == str(exc)
@@ -113,10 +115,14 @@ def test_component_failure_pickles():
     assert isinstance(nested.original, ComponentFailure) and str(nested.original) == str(exc)
 
 
-@pytest.mark.parametrize("method", [
-    {"training.objective": "test_ray_probe"},
-    {"training.objective": "scaffold", "federation.aggregation": "scaffold"},
-], ids=["fedavg", "scaffold"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"training.objective": "test_ray_probe"},
+        {"training.objective": "scaffold", "federation.aggregation": "scaffold"},
+    ],
+    ids=["fedavg", "scaffold"],
+)
 def test_same_metrics_as_local_backend(method):
     over = {**method, "federation.rounds": 3}  # 4 clients, 2 a round: some client trains twice
     local = tiny_federation(over, plugins=PLUGINS)
@@ -129,15 +135,21 @@ def test_same_metrics_as_local_backend(method):
             assert all(torch.equal(remote.client_states[cid]["c_i"][k], v) for k, v in state["c_i"].items())
         else:  # default: as many workers as CPUs (2), each on cpus_per_client threads
             assert state["pid"] == DRIVER_PID
-            assert remote.client_states[cid]["pid"] != DRIVER_PID and remote.client_states[cid]["threads"] == 1
+            assert (
+                remote.client_states[cid]["pid"] != DRIVER_PID and remote.client_states[cid]["threads"] == 1
+            )
     if "pid" in next(iter(remote.client_states.values())):
         assert len({s["pid"] for s in remote.client_states.values()}) == 2
 
 
 def test_failures_are_data_and_a_dead_worker_is_replaced():
     # every client every round; one worker holding both CPUs, so it trains on 2 threads
-    over = {"training.objective": "test_ray_faulty", "federation.clients_per_round": 4,
-            "faults": {"client_failure": "skip"}, "execution": {"backend": "ray", "cpus_per_client": 2}}
+    over = {
+        "training.objective": "test_ray_faulty",
+        "federation.clients_per_round": 4,
+        "faults": {"client_failure": "skip"},
+        "execution": {"backend": "ray", "cpus_per_client": 2},
+    }
     run = _tiny_run(over, PLUGINS, None, None)
     res = run.run()
     assert [(h["clients_ok"], h["clients_failed"]) for h in res.history] == [(4, 0), (3, 1), (3, 1)]
@@ -162,8 +174,14 @@ def test_failures_are_data_and_a_dead_worker_is_replaced():
 
 def test_user_error_on_a_worker_is_raised_as_itself():
     with pytest.raises(PluginError) as exc:
-        tiny_federation({"training.objective": "test_ray_user_error", "federation.rounds": 1,
-                         "execution": {"backend": "ray", "workers": 1}}, plugins=PLUGINS)
+        tiny_federation(
+            {
+                "training.objective": "test_ray_user_error",
+                "federation.rounds": 1,
+                "execution": {"backend": "ray", "workers": 1},
+            },
+            plugins=PLUGINS,
+        )
     assert type(exc.value) is PluginError
     # the first client in job order, whichever worker finished first
     assert str(exc.value).startswith("test_ray_user_error needs a broadcast key 'w' (client ")
@@ -180,8 +198,11 @@ def test_worker_count_follows_resources():
     assert count(cpus_per_client=2) == 1
     assert count(cpus_per_client=0.5) == 4
     assert count(workers=2, cpus_per_client=1) == 2
-    with pytest.raises(FedregError, match=r"execution.workers=3 workers of 1 CPU each do not fit the Ray "
-                                          r"cluster \(2 CPUs\)"):
+    with pytest.raises(
+        FedregError,
+        match=r"execution.workers=3 workers of 1 CPU each do not fit the Ray "
+        r"cluster \(2 CPUs\)",
+    ):
         count(workers=3)
     with pytest.raises(FedregError, match=r"a worker needs 4 CPU but the Ray cluster has 2 CPUs"):
         count(cpus_per_client=4)
@@ -191,5 +212,7 @@ def test_worker_count_follows_resources():
 
 def test_unreachable_cluster_is_a_plain_error(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
-    with pytest.raises(FedregError, match=r"could not join the Ray cluster at '127.0.0.1:1' .*ray start --head"):
+    with pytest.raises(
+        FedregError, match=r"could not join the Ray cluster at '127.0.0.1:1' .*ray start --head"
+    ):
         init_ray("127.0.0.1:1")

@@ -25,7 +25,8 @@ def test_first_party_plugins_come_from_entry_points():
     assert info.version == md.version("fedreg")
     assert reg.lookup("objective", "adaptive_kd").plugin == "fedkper"
     assert {"bloodmnist", "organcmnist", "organsmnist", "organamnist", "pathmnist", "dermamnist"} <= set(
-        reg.names("dataset"))
+        reg.names("dataset")
+    )
     assert not reg.broken
 
 
@@ -53,7 +54,10 @@ def test_registration_hooks_are_dispatched_per_plugin():
         calls.append("agg")
         register(Median)
 
-    reg = build_registry(entry_points=[], extra_plugins=[("mine", _module("mine", fedreg_register_aggregators=fedreg_register_aggregators))])
+    reg = build_registry(
+        entry_points=[],
+        extra_plugins=[("mine", _module("mine", fedreg_register_aggregators=fedreg_register_aggregators))],
+    )
     assert calls == ["agg"]
     assert reg.names("aggregation") == ["test_median"]
     assert reg.lookup("aggregation", "test_median").plugin == "mine"
@@ -83,7 +87,10 @@ def test_registering_a_non_component_marks_plugin_broken():
     def fedreg_register_objectives(register):
         register(Median)  # an aggregator registered as an objective
 
-    reg = build_registry(entry_points=[], extra_plugins=[("wrong", _module("wrong", fedreg_register_objectives=fedreg_register_objectives))])
+    reg = build_registry(
+        entry_points=[],
+        extra_plugins=[("wrong", _module("wrong", fedreg_register_objectives=fedreg_register_objectives))],
+    )
     assert "not a subclass of fedreg.components.Objective" in reg.broken[0].error
 
 
@@ -92,7 +99,10 @@ def test_misspelled_hook_is_reported():
     def fedreg_register_aggregator(register):  # missing the final s
         pass
 
-    reg = build_registry(entry_points=[], extra_plugins=[("typo", _module("typo", fedreg_register_aggregator=fedreg_register_aggregator))])
+    reg = build_registry(
+        entry_points=[],
+        extra_plugins=[("typo", _module("typo", fedreg_register_aggregator=fedreg_register_aggregator))],
+    )
     assert "unknown hook(s) fedreg_register_aggregator" in reg.broken[0].error
 
 
@@ -108,8 +118,10 @@ def test_duplicate_names_need_a_provider():
         register(OtherFedAvg)
 
     good = md.EntryPoint(name="baselines", value="fedreg_baselines", group="fedreg")
-    reg = build_registry(entry_points=[good],
-                         extra_plugins=[("clone", _module("clone", fedreg_register_aggregators=fedreg_register_aggregators))])
+    reg = build_registry(
+        entry_points=[good],
+        extra_plugins=[("clone", _module("clone", fedreg_register_aggregators=fedreg_register_aggregators))],
+    )
     with pytest.raises(LookupError, match="registered by more than one distribution.*provider"):
         reg.lookup("aggregation", "fedavg")
     assert reg.lookup("aggregation", "fedavg", provider="clone").cls is OtherFedAvg
@@ -117,6 +129,7 @@ def test_duplicate_names_need_a_provider():
     raw["federation"]["aggregation"] = {"name": "fedavg", "provider": "clone"}
     # the registry has no datasets etc.; only check the aggregation path resolves
     from fedreg.errors import SpecError
+
     with pytest.raises(SpecError) as ei:
         resolve(raw, reg)
     assert "federation.aggregation.name" not in {i.path for i in ei.value.issues}
@@ -131,7 +144,10 @@ def test_component_needing_newer_contract_is_refused():
     def fedreg_register_objectives(register):
         register(Future)
 
-    reg = build_registry(entry_points=[], extra_plugins=[("fut", _module("fut", fedreg_register_objectives=fedreg_register_objectives))])
+    reg = build_registry(
+        entry_points=[],
+        extra_plugins=[("fut", _module("fut", fedreg_register_objectives=fedreg_register_objectives))],
+    )
     assert "needs fedreg plugin contract version 99" in reg.broken[0].error
 
 

@@ -29,8 +29,12 @@ pytestmark = pytest.mark.slow
 def small_spec(tmp_path: Path, rounds: int, uri: str, ck: str = "ck") -> Path:
     md5 = make_medmnist_npz(tmp_path, "organcmnist", n_train=400, n_test=80)
     raw = base_spec()
-    raw["data"] = {"dataset": {"name": "organcmnist", "params": {"md5": md5}}, "root": str(tmp_path),
-                   "num_clients": 4, "partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 5}}}
+    raw["data"] = {
+        "dataset": {"name": "organcmnist", "params": {"md5": md5}},
+        "root": str(tmp_path),
+        "num_clients": 4,
+        "partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 5}},
+    }
     raw["federation"]["rounds"] = rounds
     raw["training"]["batch_size"] = 16
     raw["metrics"] = ["global_accuracy", "local_accuracy", "global_on_local", "flips", "bwt"]
@@ -41,8 +45,15 @@ def small_spec(tmp_path: Path, rounds: int, uri: str, ck: str = "ck") -> Path:
 
 def cli_proc(*args, cwd=None, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fedreg", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedreg", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def steps_logged(uri: str, key: str = "global_acc") -> int:
@@ -71,7 +82,9 @@ def histories(uri: str) -> dict[str, dict[int, float]]:
     for key in run.data.metrics:
         if key in (*TIMING_KEYS, "wall_time_s") or key.startswith(("final_round_time", "last10_round_time")):
             continue
-        out[key] = {m.step: m.value for m in c.get_metric_history(run.info.run_id, key)}  # last value per step
+        out[key] = {
+            m.step: m.value for m in c.get_metric_history(run.info.run_id, key)
+        }  # last value per step
     return out
 
 
@@ -113,8 +126,12 @@ def test_resume_of_another_spec_is_refused(tmp_path):
     wait_for(lambda: steps_logged(uri) >= 2 or proc.poll() is not None, 240, "round 2")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    out = subprocess.run([sys.executable, "-m", "fedreg", "run", str(spec), "--resume", "--set",
-                          "training.optimizer.lr=0.5"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "fedreg", "run", str(spec), "--resume", "--set", "training.optimizer.lr=0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
     assert "belongs to another spec: training.optimizer.lr: 0.05 -> 0.5" in out.stderr
     assert "Traceback" not in out.stderr
@@ -139,10 +156,27 @@ class MlflowServer:
 
     def start(self):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'srv.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder / 'srv.db'}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=self.folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_for(self.healthy, 120, "mlflow server")
 
     def healthy(self) -> bool:
@@ -187,8 +221,11 @@ def test_tracking_outage_training_continues_and_metrics_are_flushed(tmp_path, se
     assert proc.poll() is None, "the run ended before the server went away"
     ck = tmp_path / "ck"
     down_at = checkpoint_round(ck)
-    wait_for(lambda: checkpoint_round(ck) >= down_at + 2 or proc.poll() is not None, 120,
-             "training to go on while the server is down")
+    wait_for(
+        lambda: checkpoint_round(ck) >= down_at + 2 or proc.poll() is not None,
+        120,
+        "training to go on while the server is down",
+    )
     assert checkpoint_round(ck) >= down_at + 2
     server.start()
     out, err = proc.communicate(timeout=300)
@@ -197,7 +234,9 @@ def test_tracking_outage_training_continues_and_metrics_are_flushed(tmp_path, se
     c = MlflowClient(server.uri)
     (run,) = c.search_runs([c.get_experiment_by_name("rel").experiment_id])
     assert run.info.status == "FINISHED"
-    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "global_acc")}) == list(range(1, rounds + 1))
+    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "global_acc")}) == list(
+        range(1, rounds + 1)
+    )
     assert "final_global_acc" in run.data.metrics
     assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"metrics", "model", "partition", "plots"}
 
@@ -214,13 +253,20 @@ def test_undelivered_calls_are_spooled_and_replayed(tmp_path, server):
     assert "could not be delivered" in out
     spool = out.split("fedreg replay ")[1].split()[0]
     server.start()
-    rep = subprocess.run([sys.executable, "-m", "fedreg", "replay", spool], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300)
+    rep = subprocess.run(
+        [sys.executable, "-m", "fedreg", "replay", spool],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr
     c = MlflowClient(server.uri)
     (run,) = c.search_runs([c.get_experiment_by_name("rel").experiment_id])
     assert run.info.status == "FINISHED"
-    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "global_acc")}) == list(range(1, rounds + 1))
+    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "global_acc")}) == list(
+        range(1, rounds + 1)
+    )
     assert "model" in {a.path for a in c.list_artifacts(run.info.run_id)}
 
 
@@ -263,15 +309,24 @@ def no_victims():
 
 def test_client_failure_stops_by_default():
     Flaky.victims = {0, 1, 2, 3}
-    with pytest.raises(ComponentFailure, match=r"objective 'test_flaky' .*loss raised RuntimeError: disk on client "
-                                               r"\d is gone \(round 1, client \d\)"):
+    with pytest.raises(
+        ComponentFailure,
+        match=r"objective 'test_flaky' .*loss raised RuntimeError: disk on client "
+        r"\d is gone \(round 1, client \d\)",
+    ):
         tiny_federation({"training.objective": "test_flaky"}, plugins=PLUGINS)
 
 
 def test_client_failure_skip_policy_logs_and_continues():
     Flaky.victims = {0}
-    res = tiny_federation({"training.objective": "test_flaky", "federation.rounds": 6,
-                           "faults": {"client_failure": "skip", "min_clients": 1}}, plugins=PLUGINS)
+    res = tiny_federation(
+        {
+            "training.objective": "test_flaky",
+            "federation.rounds": 6,
+            "faults": {"client_failure": "skip", "min_clients": 1},
+        },
+        plugins=PLUGINS,
+    )
     failed = [h["clients_failed"] for h in res.history]
     assert sum(failed) >= 1 and all(h["clients_ok"] + h["clients_failed"] == 2 for h in res.history)
     assert 0 not in res.client_states  # a failed client's state is not committed
@@ -279,8 +334,12 @@ def test_client_failure_skip_policy_logs_and_continues():
 
 def test_too_few_successful_clients():
     Flaky.victims = {0, 1, 2, 3}
-    with pytest.raises(FedregError, match=r"round 1: 0 of 2 clients succeeded, fewer than faults.min_clients=1"):
-        tiny_federation({"training.objective": "test_flaky", "faults": {"client_failure": "skip"}}, plugins=PLUGINS)
+    with pytest.raises(
+        FedregError, match=r"round 1: 0 of 2 clients succeeded, fewer than faults.min_clients=1"
+    ):
+        tiny_federation(
+            {"training.objective": "test_flaky", "faults": {"client_failure": "skip"}}, plugins=PLUGINS
+        )
 
 
 def test_divergence_rejected_never_aggregated():
@@ -295,5 +354,9 @@ def test_divergence_rejected_never_aggregated():
 
 def test_divergence_stop_policy_names_client_round_component():
     Exploder.victims = {0, 1, 2, 3}
-    with pytest.raises(FedregError, match=r"client \d diverged in round 1: objective 'test_exploder' .*loss is inf"):
-        tiny_federation({"training.objective": "test_exploder", "faults": {"divergence": "stop"}}, plugins=PLUGINS)
+    with pytest.raises(
+        FedregError, match=r"client \d diverged in round 1: objective 'test_exploder' .*loss is inf"
+    ):
+        tiny_federation(
+            {"training.objective": "test_exploder", "faults": {"divergence": "stop"}}, plugins=PLUGINS
+        )

@@ -69,15 +69,24 @@ def test_stat_is_mean_and_sample_std_over_seeds():
 
 
 def rd(method, seed, summary=None, role="local", **curves):
-    return RunData(run_id=f"{method}-{seed}", method=method, seed=seed, status="FINISHED", summary=summary or {},
-                   tags={"fedreg.local_model_role": role}, curves=curves)
+    return RunData(
+        run_id=f"{method}-{seed}",
+        method=method,
+        seed=seed,
+        status="FINISHED",
+        summary=summary or {},
+        tags={"fedreg.local_model_role": role},
+        curves=curves,
+    )
 
 
 def test_aggregate_groups_by_method_in_the_given_order():
-    runs = [rd("b", 1, {"final_global_acc": 0.6, "wall_time_s": 10.0}, role="personal"),
-            rd("a", 2, {"final_global_acc": 0.7, "wall_time_s": 30.0}),
-            rd("a", 1, {"final_global_acc": 0.5, "wall_time_s": 20.0}),
-            rd("b", 2, {"final_global_acc": 0.8}, role="personal")]
+    runs = [
+        rd("b", 1, {"final_global_acc": 0.6, "wall_time_s": 10.0}, role="personal"),
+        rd("a", 2, {"final_global_acc": 0.7, "wall_time_s": 30.0}),
+        rd("a", 1, {"final_global_acc": 0.5, "wall_time_s": 20.0}),
+        rd("b", 2, {"final_global_acc": 0.8}, role="personal"),
+    ]
     out = {s.method: s for s in aggregate(runs, methods=["b", "a"])}
     assert list(out) == ["b", "a"]
     a, b = out["a"], out["b"]
@@ -103,7 +112,10 @@ def test_client_value_is_taken_at_its_last_participation():
     values, metric = last_at_participation(rows)
     assert metric == "local_acc[personal]"
     assert values == {3: (4, 0.75), 4: (1, 0.9)}
-    assert last_at_participation([{"round": 1, "client": 0, "metric": "train_loss", "value": 1.0}]) == ({}, None)
+    assert last_at_participation([{"round": 1, "client": 0, "metric": "train_loss", "value": 1.0}]) == (
+        {},
+        None,
+    )
 
 
 def test_worst_client_is_the_minimum_over_all_clients_at_their_last_participation():
@@ -124,7 +136,10 @@ def test_worst_client_is_the_minimum_over_all_clients_at_their_last_participatio
     ]
     clients, _ = last_at_participation(rows)
     assert clients == {0: (5, 0.9), 1: (2, 0.6), 2: (4, 0.55)}
-    stats = {"num_clients": 5, "clients": [{"client": c, "local_test": n} for c, n in enumerate([30, 40, 8, 0, 12])]}
+    stats = {
+        "num_clients": 5,
+        "clients": [{"client": c, "local_test": n} for c, n in enumerate([30, 40, 8, 0, 12])],
+    }
     sizes = local_test_sizes_of(stats)
     assert sizes == {0: 30, 1: 40, 2: 8, 3: 0, 4: 12} and local_test_sizes_of(None) == {}
     assert participants_of(rows) == {0, 1, 2, 3}
@@ -174,34 +189,48 @@ def test_t_interval_is_the_formula_over_seeds():
     assert (one.mean, one.lo, one.hi, one.n) == (1.5, None, None, 1) and "one seed: no interval" in one.fmt()
     assert t_interval([]).n == 0 and t_interval([]).fmt() == "-"
     # paired: only seeds both methods have
-    assert paired_differences({1: 0.8, 2: 0.82, 3: 0.84, 4: 0.9}, {1: 0.78, 2: 0.79, 3: 0.8, 5: 0.1}) == \
-        pytest.approx({1: 0.02, 2: 0.03, 3: 0.04})
+    assert paired_differences(
+        {1: 0.8, 2: 0.82, 3: 0.84, 4: 0.9}, {1: 0.78, 2: 0.79, 3: 0.8, 5: 0.1}
+    ) == pytest.approx({1: 0.02, 2: 0.03, 3: 0.04})
 
 
 def test_verdicts_are_worded_from_the_interval():
     not_sup = gap_verdict(Interval(3.0, 0.52, 5.48, 3), 9.8)
-    assert not_sup == ("not supported", "not supported: the interval [+0.5, +5.5] excludes the claimed +9.8 "
-                                        "(FedKPer is ahead, by less than claimed)")
+    assert not_sup == (
+        "not supported",
+        "not supported: the interval [+0.5, +5.5] excludes the claimed +9.8 "
+        "(FedKPer is ahead, by less than claimed)",
+    )
     assert "FedKPer is behind" in gap_verdict(Interval(-3.0, -5.0, -1.0, 3), 9.8)[1]
     assert "contains 0" in gap_verdict(Interval(1.0, -2.0, 4.0, 3), 9.8)[1]
     status, text = gap_verdict(Interval(9.0, 7.0, 11.0, 3), 9.8)
-    assert status == "consistent" and text == "consistent with the claim: the interval [+7.0, +11.0] contains the " \
-                                              "claimed +9.8"
+    assert (
+        status == "consistent"
+        and text == "consistent with the claim: the interval [+7.0, +11.0] contains the claimed +9.8"
+    )
     assert "also contains 0" in gap_verdict(Interval(5.0, -1.0, 11.0, 3), 9.8)[1]
     assert gap_verdict(Interval(12.0, 10.5, 13.5, 3), 9.8)[0] == "holds"  # only above the claimed gap
     assert gap_verdict(Interval(12.0, None, None, 1), 9.8) == (
-        "not judged", "one seed: no interval (the difference is +12.0 points, the claim +9.8); more seeds are "
-                      "needed to judge it")
+        "not judged",
+        "one seed: no interval (the difference is +12.0 points, the claim +9.8); more seeds are "
+        "needed to judge it",
+    )
     assert direction_verdict(Interval(2.0, 0.5, 3.5, 3)) == (
-        "supported", "supported: the interval [+0.5, +3.5] lies above 0 (better)")
+        "supported",
+        "supported: the interval [+0.5, +3.5] lies above 0 (better)",
+    )
     assert direction_verdict(Interval(-1.0, -2.0, -0.5, 3), higher_is_better=False)[0] == "supported"  # NFR
     assert direction_verdict(Interval(1.0, 0.5, 2.0, 3), higher_is_better=False)[0] == "contradicted"
     assert direction_verdict(Interval(-2.0, -3.0, -1.0, 3))[0] == "contradicted"
-    assert direction_verdict(Interval(0.0, -1.0, 1.0, 3))[1] == "not shown: the interval [-1.0, +1.0] contains 0"
+    assert (
+        direction_verdict(Interval(0.0, -1.0, 1.0, 3))[1] == "not shown: the interval [-1.0, +1.0] contains 0"
+    )
     assert direction_verdict(Interval(1.0, None, None, 1))[0] == "not judged"
     assert direction_verdict(t_interval([4.0, 4.0])) == (
-        "supported", "supported: the interval [+4.0, +4.0] (zero width: every seed gave the same difference) lies "
-                     "above 0 (better)")
+        "supported",
+        "supported: the interval [+4.0, +4.0] (zero width: every seed gave the same difference) lies "
+        "above 0 (better)",
+    )
     assert direction_verdict(Interval(math.nan, None, None, 0))[0] == "not judged"
     vals = {"a": {1: 0.5, 2: 0.9}, "b": {1: 0.7, 2: 0.9}, "c": {1: 0.6}}
     assert rank_per_seed(vals, "a") == {1: (3, 3), 2: (1, 2)}  # a tie shares the better rank
@@ -210,20 +239,47 @@ def test_verdicts_are_worded_from_the_interval():
 
 def _paper_runs(seeds=(1, 2, 3)):
     """fedkper, kd-only, agg-only, fedavg, moon with hand-set values per seed."""
-    glob = {"fedkper": [0.80, 0.82, 0.84], "kd-only": [0.78, 0.79, 0.80], "agg-only": [0.72, 0.73, 0.75],
-            "fedavg": [0.69, 0.70, 0.71], "moon": [0.60, 0.61, 0.62]}
-    local = {"fedkper": [0.90, 0.90, 0.90], "kd-only": [0.93, 0.94, 0.95], "agg-only": [0.88, 0.89, 0.90],
-             "fedavg": [0.91, 0.92, 0.93], "moon": [0.97, 0.97, 0.97]}
-    worst = {"fedkper": [0.70, 0.72, 0.74], "kd-only": [0.60, 0.62, 0.61], "agg-only": [0.50, 0.50, 0.50],
-             "fedavg": [0.55, 0.56, 0.57], "moon": [0.80, 0.85, 0.90]}
-    nfr = {"fedkper": [0.02, 0.03, 0.02], "kd-only": [0.03, 0.03, 0.03], "agg-only": [0.05, 0.06, 0.05],
-           "fedavg": [0.06, 0.06, 0.07], "moon": [0.10, 0.12, 0.11]}
+    glob = {
+        "fedkper": [0.80, 0.82, 0.84],
+        "kd-only": [0.78, 0.79, 0.80],
+        "agg-only": [0.72, 0.73, 0.75],
+        "fedavg": [0.69, 0.70, 0.71],
+        "moon": [0.60, 0.61, 0.62],
+    }
+    local = {
+        "fedkper": [0.90, 0.90, 0.90],
+        "kd-only": [0.93, 0.94, 0.95],
+        "agg-only": [0.88, 0.89, 0.90],
+        "fedavg": [0.91, 0.92, 0.93],
+        "moon": [0.97, 0.97, 0.97],
+    }
+    worst = {
+        "fedkper": [0.70, 0.72, 0.74],
+        "kd-only": [0.60, 0.62, 0.61],
+        "agg-only": [0.50, 0.50, 0.50],
+        "fedavg": [0.55, 0.56, 0.57],
+        "moon": [0.80, 0.85, 0.90],
+    }
+    nfr = {
+        "fedkper": [0.02, 0.03, 0.02],
+        "kd-only": [0.03, 0.03, 0.03],
+        "agg-only": [0.05, 0.06, 0.05],
+        "fedavg": [0.06, 0.06, 0.07],
+        "moon": [0.10, 0.12, 0.11],
+    }
     runs = []
     for m in glob:
         for i, s in enumerate(seeds):
-            run = rd(m, s, {"last10_global_acc": glob[m][i], "final_global_acc": glob[m][i] + 0.01,
-                            "last10_local_acc_mean": local[m][i]},
-                     global_nfr=[(r, nfr[m][i]) for r in range(2, 21)])
+            run = rd(
+                m,
+                s,
+                {
+                    "last10_global_acc": glob[m][i],
+                    "final_global_acc": glob[m][i] + 0.01,
+                    "last10_local_acc_mean": local[m][i],
+                },
+                global_nfr=[(r, nfr[m][i]) for r in range(2, 21)],
+            )
             run.clients = {0: (3, worst[m][i] + 0.1), 1: (5, worst[m][i]), 2: (4, 0.99)}
             runs.append(run)
     return runs
@@ -245,7 +301,9 @@ def test_claims_are_judged_on_paired_differences_over_seeds():
     assert (best.b, second.b) == ("moon", "kd-only")
     assert best.diffs == pytest.approx({1: -10.0, 2: -13.0, 3: -16.0}) and best.status == "contradicted"
     assert second.diffs == pytest.approx({1: 10.0, 2: 10.0, 3: 13.0}) and second.status == "supported"
-    assert w.verdict.startswith("holds: FedKPer is above the second-best other method (kd-only), so at worst second")
+    assert w.verdict.startswith(
+        "holds: FedKPer is above the second-best other method (kd-only), so at worst second"
+    )
     assert "1: 2 of 5" in w.verdict
     # forgetting: NFR is lower (better) than FedAvg's and the best other's (kd-only) in both windows
     f = claims["Better forgetting metrics"]
@@ -256,7 +314,9 @@ def test_claims_are_judged_on_paired_differences_over_seeds():
     assert f.verdict == "against FedAvg: supported 2; against the best other method: not shown 2"
     # ablations: KD-only raises local accuracy over FedAvg (+2 each seed); Agg-only raises global accuracy
     kd = claims["Ablation: KD-only improves local accuracy over FedAvg"]
-    assert kd.comparisons[0].diffs == pytest.approx({1: 2.0, 2: 2.0, 3: 2.0}) and kd.verdict.startswith("supported")
+    assert kd.comparisons[0].diffs == pytest.approx({1: 2.0, 2: 2.0, 3: 2.0}) and kd.verdict.startswith(
+        "supported"
+    )
     agg = claims["Ablation: Agg-only improves global accuracy over FedAvg"]
     assert agg.comparisons[0].diffs == pytest.approx({1: 3.0, 2: 3.0, 3: 4.0})
     bal = claims["Both together: the best balance of global and local accuracy"]
@@ -268,19 +328,41 @@ def test_claims_are_judged_on_paired_differences_over_seeds():
     other = judge_claims(_paper_runs(), [], "organcmnist")[0]
     assert other.comparisons[0].status == "supported" and "not recorded here" in other.verdict
     assert judge_claims([r for r in _paper_runs() if r.method != "fedkper"], [], "bloodmnist") == []
-    missing = {c.title: c for c in judge_claims([r for r in _paper_runs() if r.method != "kd-only"], [], "bloodmnist")}
-    assert missing["Ablation: KD-only improves local accuracy over FedAvg"].verdict == \
-        "not judged: no finished runs of kd-only"
+    missing = {
+        c.title: c
+        for c in judge_claims([r for r in _paper_runs() if r.method != "kd-only"], [], "bloodmnist")
+    }
+    assert (
+        missing["Ablation: KD-only improves local accuracy over FedAvg"].verdict
+        == "not judged: no finished runs of kd-only"
+    )
 
 
 def test_protocol_reads_old_and_new_local_test_params():
-    old = {"data.dataset.name": "bloodmnist", "data.partition.name": "dirichlet", "data.partition.params.alpha": "0.1",
-           "data.local_test_fraction": "0.2", "model.name": "cnn", "federation.selection.name": "uniform"}
-    new = {**{k: v for k, v in old.items() if k != "data.local_test_fraction"},
-           "data.local_test.rule": "stratified", "data.local_test.fraction": "0.2"}
-    assert protocol_of(old) == protocol_of(new) == {
-        "dataset": "bloodmnist", "partition": "dirichlet (alpha=0.1)", "local test": "stratified (fraction=0.2)",
-        "model": "cnn", "selection": "uniform"}
+    old = {
+        "data.dataset.name": "bloodmnist",
+        "data.partition.name": "dirichlet",
+        "data.partition.params.alpha": "0.1",
+        "data.local_test_fraction": "0.2",
+        "model.name": "cnn",
+        "federation.selection.name": "uniform",
+    }
+    new = {
+        **{k: v for k, v in old.items() if k != "data.local_test_fraction"},
+        "data.local_test.rule": "stratified",
+        "data.local_test.fraction": "0.2",
+    }
+    assert (
+        protocol_of(old)
+        == protocol_of(new)
+        == {
+            "dataset": "bloodmnist",
+            "partition": "dirichlet (alpha=0.1)",
+            "local test": "stratified (fraction=0.2)",
+            "model": "cnn",
+            "selection": "uniform",
+        }
+    )
     equal = {**new, "data.local_test.rule": "per_class_equal"}
     assert protocol_of(equal)["local test"] == "per_class_equal (fraction=0.2)"
     assert protocol_of({})["local test"] == "?"
@@ -290,8 +372,14 @@ def test_protocol_reads_old_and_new_local_test_params():
     protos = protocols(runs, ["a", "b"])
     assert [who for _, who in protos] == [{"a": [1, 2], "b": [1]}, {"b": [2]}]
     text = render_markdown(protocol_blocks(runs, ["a", "b"]))
-    assert "| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | a (1, 2); b (1) |" in text
-    assert "Warning: the methods of this comparison used 2 different protocols (they differ in: local test)" in text
+    assert (
+        "| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | a (1, 2); b (1) |"
+        in text
+    )
+    assert (
+        "Warning: the methods of this comparison used 2 different protocols (they differ in: local test)"
+        in text
+    )
     assert "Warning" not in render_markdown(protocol_blocks(runs[:3], ["a", "b"]))
 
 
@@ -310,10 +398,18 @@ def test_trailing_mean_and_curves_over_seeds():
 
 
 def test_matched_budget_cuts_every_method_at_the_fastest_total_time():
-    fast = [rd("fast", s, global_acc=[(1, 0.5), (2, 0.7)], elapsed_s=[(1, 5.0), (2, 10.0 + s)]) for s in (1, 2)]
+    fast = [
+        rd("fast", s, global_acc=[(1, 0.5), (2, 0.7)], elapsed_s=[(1, 5.0), (2, 10.0 + s)]) for s in (1, 2)
+    ]
     # the slow method: 2 s per round, 10 rounds; accuracy 0.1 * round
-    slow = [rd("slow", 1, global_acc=[(r, 0.1 * r) for r in range(1, 11)],
-               elapsed_s=[(r, 2.0 * r) for r in range(1, 11)])]
+    slow = [
+        rd(
+            "slow",
+            1,
+            global_acc=[(r, 0.1 * r) for r in range(1, 11)],
+            elapsed_s=[(r, 2.0 * r) for r in range(1, 11)],
+        )
+    ]
     budget, rows = matched_budget({"fast": fast, "slow": slow})
     assert budget == pytest.approx(11.5)  # mean total time of 'fast' (11 s and 12 s), shorter than 20 s
     by = {r.method: r for r in rows}
@@ -333,8 +429,13 @@ def test_markdown_and_html_render_the_same_blocks(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (4, 3), "white").save(tmp_path / "p.png")
-    blocks = [("h", 1, "Report: x"), ("p", "a `code` <b> & b"), ("ul", ["one", "two"]),
-              ("table", ["method", "v | w"], [["m1", "1.0 ± 0.1"]]), ("img", "p.png", "caption")]
+    blocks = [
+        ("h", 1, "Report: x"),
+        ("p", "a `code` <b> & b"),
+        ("ul", ["one", "two"]),
+        ("table", ["method", "v | w"], [["m1", "1.0 ± 0.1"]]),
+        ("img", "p.png", "caption"),
+    ]
     md = render_markdown(blocks)
     assert "# Report: x" in md and "| method | v \\| w |" in md and "| m1 | 1.0 ± 0.1 |" in md
     assert "![p.png](p.png)" in md and "- two" in md
@@ -349,24 +450,74 @@ def test_markdown_and_html_render_the_same_blocks(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _child(client, exp, parent, method, seed, accs, seconds_per_round, role="local", status="FINISHED",
-           clients=None, tmp=None, dataset="toyset", params=None, stats=None, participants=(), extra=None):
+def _child(
+    client,
+    exp,
+    parent,
+    method,
+    seed,
+    accs,
+    seconds_per_round,
+    role="local",
+    status="FINISHED",
+    clients=None,
+    tmp=None,
+    dataset="toyset",
+    params=None,
+    stats=None,
+    participants=(),
+    extra=None,
+):
     """A child run as 'fedreg run' logs it. ``extra``: more per-round metrics, key -> value per round (as
     runs logged them before a change, e.g. local_acc_worst_client)."""
-    run = client.create_run(exp, run_name=f"{method}.seed{seed}", tags={
-        "mlflow.parentRunId": parent, "fedreg.role": "child", "fedreg.variant": method, "fedreg.seed": str(seed),
-        "fedreg.local_model_role": role, "fedreg.spec": "toy", "fedreg.dataset": dataset,
-        "fedreg.version": "0.1.0", "mlflow.source.git.commit": "abc123"})
+    run = client.create_run(
+        exp,
+        run_name=f"{method}.seed{seed}",
+        tags={
+            "mlflow.parentRunId": parent,
+            "fedreg.role": "child",
+            "fedreg.variant": method,
+            "fedreg.seed": str(seed),
+            "fedreg.local_model_role": role,
+            "fedreg.spec": "toy",
+            "fedreg.dataset": dataset,
+            "fedreg.version": "0.1.0",
+            "mlflow.source.git.commit": "abc123",
+        },
+    )
     rid = run.info.run_id
-    client.log_batch(rid, params=[Param(k, v) for k, v in {
-        "data.num_clients": "4", "data.partition.name": "dirichlet", "data.partition.params.alpha": "0.1",
-        "federation.clients_per_round": "2", "federation.rounds": str(len(accs)), **(params or {})}.items()])
-    hist = [{"round": r, "global_acc": a, "local_acc_mean": a + 0.1, "local_acc_worst": a - 0.1,
-             "global_nfr": 0.05, "bwt": -0.01, "global_consistency": 0.9, "elapsed_s": seconds_per_round * r,
-             **{k: v[r - 1] for k, v in (extra or {}).items()}}
-            for r, a in enumerate(accs, 1)]
+    client.log_batch(
+        rid,
+        params=[
+            Param(k, v)
+            for k, v in {
+                "data.num_clients": "4",
+                "data.partition.name": "dirichlet",
+                "data.partition.params.alpha": "0.1",
+                "federation.clients_per_round": "2",
+                "federation.rounds": str(len(accs)),
+                **(params or {}),
+            }.items()
+        ],
+    )
+    hist = [
+        {
+            "round": r,
+            "global_acc": a,
+            "local_acc_mean": a + 0.1,
+            "local_acc_worst": a - 0.1,
+            "global_nfr": 0.05,
+            "bwt": -0.01,
+            "global_consistency": 0.9,
+            "elapsed_s": seconds_per_round * r,
+            **{k: v[r - 1] for k, v in (extra or {}).items()},
+        }
+        for r, a in enumerate(accs, 1)
+    ]
     ts = int(time.time() * 1000)
-    client.log_batch(rid, metrics=[Metric(k, v, ts, h["round"]) for h in hist for k, v in h.items() if k != "round"])
+    client.log_batch(
+        rid, metrics=[Metric(k, v, ts, h["round"]) for h in hist for k, v in h.items() if k != "round"]
+    )
     if status == "FINISHED":
         final = {**summarize(hist), "wall_time_s": seconds_per_round * len(accs)}
         client.log_batch(rid, metrics=[Metric(k, v, ts, len(accs)) for k, v in final.items()])
@@ -399,13 +550,16 @@ def toy_store(tmp_path_factory):
     p1 = client.create_run(exp, run_name="toy", tags={**tags, "fedreg.variants": "alpha,beta"}).info.run_id
     p2 = client.create_run(exp, run_name="toy", tags={**tags, "fedreg.variants": "gamma"}).info.run_id
     ids = {}
-    ids["beta.old"] = _child(client, exp, p1, "beta", 1, [0.1, 0.1, 0.1], 3.0, role="personal",
-                             clients={0: (1, 0.1)}, tmp=tmp)
-    ids["alpha1"] = _child(client, exp, p1, "alpha", 1, [0.5, 0.6, 0.8], 1.0, clients={0: (1, 0.5), 2: (3, 0.9)},
-                           tmp=tmp)
+    ids["beta.old"] = _child(
+        client, exp, p1, "beta", 1, [0.1, 0.1, 0.1], 3.0, role="personal", clients={0: (1, 0.1)}, tmp=tmp
+    )
+    ids["alpha1"] = _child(
+        client, exp, p1, "alpha", 1, [0.5, 0.6, 0.8], 1.0, clients={0: (1, 0.5), 2: (3, 0.9)}, tmp=tmp
+    )
     ids["alpha2"] = _child(client, exp, p1, "alpha", 2, [0.6, 0.7, 0.9], 1.0, clients={1: (2, 0.7)}, tmp=tmp)
-    ids["beta1"] = _child(client, exp, p1, "beta", 1, [0.3, 0.4, 0.5], 2.0, role="personal",
-                          clients={3: (3, 0.95)}, tmp=tmp)
+    ids["beta1"] = _child(
+        client, exp, p1, "beta", 1, [0.3, 0.4, 0.5], 2.0, role="personal", clients={3: (3, 0.95)}, tmp=tmp
+    )
     ids["gamma1"] = _child(client, exp, p2, "gamma", 1, [0.2, 0.3, 0.4], 4.0, clients={0: (2, 0.3)}, tmp=tmp)
     ids["gamma2"] = _child(client, exp, p2, "gamma", 2, [0.2], 4.0, status="RUNNING")
     ids["beta2"] = _child(client, exp, p1, "beta", 2, [0.2, 0.3], 2.0, status="FAILED")
@@ -430,12 +584,18 @@ def test_report_merges_parents_and_logs_to_each(toy_store, tmp_path, capsys):
     assert list(lines) == ["alpha", "beta", "gamma"]  # the parents' variant order
     # alpha: final 0.8 and 0.9 -> 85.0 ± 7.1; last-10 means 0.6333 and 0.7333 -> 68.3 ± 7.1
     # worst client at last participation: seed 1 min(0.5, 0.9), seed 2 0.7 -> 60.0 ± 14.1
-    assert "| alpha | 2 (1, 2) | 85.0 ± 7.1 | 68.3 ± 7.1 | 78.3 ± 7.1 | 60.0 ± 14.1 | 5.00 ± 0.00 |" in lines["alpha"]
+    assert (
+        "| alpha | 2 (1, 2) | 85.0 ± 7.1 | 68.3 ± 7.1 | 78.3 ± 7.1 | 60.0 ± 14.1 | 5.00 ± 0.00 |"
+        in lines["alpha"]
+    )
     # beta: one finished seed (the FAILED seed 2 is left out, the older seed-1 run is superseded)
     assert "| beta | 1 (1) | 50.0 | 40.0 |" in lines["beta"]
     assert "| gamma | 1 (1) | 40.0 | 30.0 |" in lines["gamma"]
     incomplete = md.split("## Incomplete runs")[1]
-    assert "| gamma.seed2 | gamma | 2 | RUNNING | 1 |" in incomplete and "| beta.seed2 | beta | 2 | FAILED | 2 |" in incomplete
+    assert (
+        "| gamma.seed2 | gamma | 2 | RUNNING | 1 |" in incomplete
+        and "| beta.seed2 | beta | 2 | FAILED | 2 |" in incomplete
+    )
     assert "superseded" in md and s["ids"]["beta.old"] in md
     assert "- the client's personal model (`personal`): beta" in md
     assert "- the client's trained copy of the global model (`local`): alpha, gamma" in md
@@ -447,16 +607,24 @@ def test_report_merges_parents_and_logs_to_each(toy_store, tmp_path, capsys):
     assert "| beta | 6 | 1.0 | 30.0 | 30.0 | 40.0 |" in budget
     # client level: values at the last participation, per run
     with (out / "clients.csv").open() as f:
-        clients = {(r["method"], r["seed"], r["client"]): (r["last_round"], float(r["value"]))
-                   for r in csv.DictReader(f)}
-    assert clients == {("alpha", "1", "0"): ("1", 0.5), ("alpha", "1", "2"): ("3", 0.9),
-                       ("alpha", "2", "1"): ("2", 0.7), ("beta", "1", "3"): ("3", 0.95),
-                       ("gamma", "1", "0"): ("2", 0.3)}
+        clients = {
+            (r["method"], r["seed"], r["client"]): (r["last_round"], float(r["value"]))
+            for r in csv.DictReader(f)
+        }
+    assert clients == {
+        ("alpha", "1", "0"): ("1", 0.5),
+        ("alpha", "1", "2"): ("3", 0.9),
+        ("alpha", "2", "1"): ("2", 0.7),
+        ("beta", "1", "3"): ("3", 0.95),
+        ("gamma", "1", "0"): ("2", 0.3),
+    }
     with (out / "summary.csv").open() as f:
         summary = {(r["method"], r["metric"]): r for r in csv.DictReader(f)}
     assert float(summary["alpha", "final_global_acc"]["mean"]) == pytest.approx(0.85)
     assert float(summary["alpha", "final_global_acc"]["std"]) == pytest.approx(math.sqrt(0.005))
-    assert summary["beta", "final_global_acc"]["std"] == "" and summary["beta", "final_global_acc"]["n"] == "1"
+    assert (
+        summary["beta", "final_global_acc"]["std"] == "" and summary["beta", "final_global_acc"]["n"] == "1"
+    )
     page = (out / "report.html").read_text()
     for name in PLOTS:
         assert (out / name).stat().st_size > 1000
@@ -470,8 +638,22 @@ def test_report_merges_parents_and_logs_to_each(toy_store, tmp_path, capsys):
 def test_report_of_an_experiment_and_time_methods(toy_store, tmp_path, monkeypatch):
     s = toy_store
     monkeypatch.chdir(tmp_path)
-    assert main(["report", "--experiment", "toy", "--tracking-uri", s["uri"], "--no-log",
-                 "--time-methods", "beta,gamma", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--experiment",
+                "toy",
+                "--tracking-uri",
+                s["uri"],
+                "--no-log",
+                "--time-methods",
+                "beta,gamma",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "report-toy"
     md = (out / "report.md").read_text()
     assert "experiment: `toy`" in md and "| alpha | 2 (1, 2) |" in md
@@ -480,30 +662,67 @@ def test_report_of_an_experiment_and_time_methods(toy_store, tmp_path, monkeypat
     assert "Methods shown (--time-methods): beta, gamma" in md
 
 
-def test_report_of_the_paper_methods_has_worst_clients_windows_claims_and_protocols(toy_store, tmp_path, capsys):
+def test_report_of_the_paper_methods_has_worst_clients_windows_claims_and_protocols(
+    toy_store, tmp_path, capsys
+):
     """FedKPer and three other methods over two seeds, logged as runs from before and after data.local_test
     (one protocol either way), with partition statistics, participants and the old per-round
     local_acc_worst_client metric, which no output may show. (In the toy store: a new store costs seconds.)"""
     uri, client = toy_store["uri"], toy_store["client"]
     exp = client.create_experiment("paper", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp, run_name="paper", tags={
-        "fedreg.role": "parent", "fedreg.spec": "toy", "fedreg.variants": "fedkper,kd-only,agg-only,fedavg"}).info.run_id
-    old = {"data.dataset.name": "bloodmnist", "data.local_test_fraction": "0.2", "model.name": "cnn",
-           "federation.selection.name": "uniform"}
-    new = {"data.dataset.name": "bloodmnist", "data.local_test.rule": "stratified", "data.local_test.fraction": "0.2",
-           "model.name": "cnn", "federation.selection.name": "uniform"}
-    stats = {"num_clients": 4, "clients": [{"client": c, "local_test": n} for c, n in enumerate([40, 5, 30, 25])]}
+    parent = client.create_run(
+        exp,
+        run_name="paper",
+        tags={
+            "fedreg.role": "parent",
+            "fedreg.spec": "toy",
+            "fedreg.variants": "fedkper,kd-only,agg-only,fedavg",
+        },
+    ).info.run_id
+    old = {
+        "data.dataset.name": "bloodmnist",
+        "data.local_test_fraction": "0.2",
+        "model.name": "cnn",
+        "federation.selection.name": "uniform",
+    }
+    new = {
+        "data.dataset.name": "bloodmnist",
+        "data.local_test.rule": "stratified",
+        "data.local_test.fraction": "0.2",
+        "model.name": "cnn",
+        "federation.selection.name": "uniform",
+    }
+    stats = {
+        "num_clients": 4,
+        "clients": [{"client": c, "local_test": n} for c, n in enumerate([40, 5, 30, 25])],
+    }
     base = {"fedkper": 0.80, "kd-only": 0.76, "agg-only": 0.70, "fedavg": 0.66}
     for seed, bump in ((1, 0.0), (2, 0.02)):
         for m, a in base.items():
             a += bump if m == "fedkper" else 0.0
             # client 1 (5 local test samples) is the worst; client 0's low value was an earlier participation
             clients = {0: (3, a + 0.1), 1: (2, a - 0.2), 2: (3, a + 0.15)}
-            _child(client, exp, parent, m, seed, [a - 0.02, a, a + 0.02], 1.0, clients=clients, tmp=tmp_path,
-                   dataset="bloodmnist", params=old if seed == 1 else new, stats=stats,
-                   participants=[(0, 1), (1, 2), (0, 3), (2, 3)], extra={"local_acc_worst_client": [1.0, 2.0, 3.0]})
+            _child(
+                client,
+                exp,
+                parent,
+                m,
+                seed,
+                [a - 0.02, a, a + 0.02],
+                1.0,
+                clients=clients,
+                tmp=tmp_path,
+                dataset="bloodmnist",
+                params=old if seed == 1 else new,
+                stats=stats,
+                participants=[(0, 1), (1, 2), (0, 3), (2, 3)],
+                extra={"local_acc_worst_client": [1.0, 2.0, 3.0]},
+            )
     client.set_terminated(parent, "FINISHED")
-    assert "last10_local_acc_worst_client" in client.search_runs([exp], "tags.fedreg.variant = 'fedavg'")[0].data.metrics
+    assert (
+        "last10_local_acc_worst_client"
+        in client.search_runs([exp], "tags.fedreg.variant = 'fedavg'")[0].data.metrics
+    )
     out = tmp_path / "rep"
     assert main(["report", parent, "--tracking-uri", uri, "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -511,55 +730,83 @@ def test_report_of_the_paper_methods_has_worst_clients_windows_claims_and_protoc
     assert "claims.csv" in printed
     results = md.split("## Results")[1].split("\n\n")[1]
     assert "worst-client local acc (at last participation) %" in results
-    assert "global acc, mean of the last 3 rounds (all) %" in results and "last-10" not in results.splitlines()[0]
+    assert (
+        "global acc, mean of the last 3 rounds (all) %" in results
+        and "last-10" not in results.splitlines()[0]
+    )
     # fedkper: worst client 1 at 0.6 (seed 1) and 0.62 (seed 2)
     assert "| fedkper | 2 (1, 2) | 83.0 ± 1.4 | 81.0 ± 1.4 | 91.0 ± 1.4 | 61.0 ± 1.4 |" in results
     worst = md.split("## Worst-client local accuracy")[1].split("\n## ")[0]
-    assert ("| fedkper | 2 (1, 2) | 61.0 ± 1.4 | seed 1: client 1, 60.0% on 5 local test samples (few), round 2; "
-            "seed 2: client 1, 62.0% on 5 local test samples (few), round 2 | 3/4, 3/4 | 71.0 ± 1.4 |") in worst
+    assert (
+        "| fedkper | 2 (1, 2) | 61.0 ± 1.4 | seed 1: client 1, 60.0% on 5 local test samples (few), round 2; "
+        "seed 2: client 1, 62.0% on 5 local test samples (few), round 2 | 3/4, 3/4 | 71.0 ± 1.4 |"
+    ) in worst
     assert "in 8 of 8 runs the worst client's local test holds fewer than 20 samples" in worst
     protocol = md.split("## Protocol")[1].split("\n## ")[0]
-    assert ("| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | "
-            "fedkper (1, 2); kd-only (1, 2); agg-only (1, 2); fedavg (1, 2) |") in protocol
+    assert (
+        "| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | "
+        "fedkper (1, 2); kd-only (1, 2); agg-only (1, 2); fedavg (1, 2) |"
+    ) in protocol
     assert "Warning" not in md
     forgetting = md.split("## Forgetting")[1].split("\n## ")[0]
     assert "global NFR, all 3 rounds %" in forgetting and "global NFR, last 3 rounds (all) %" in forgetting
     claims = md.split("## The paper's claims, across seeds")[1].split("\n## ")[0]
     assert "### Global accuracy 9.8 points above the next best method (bloodmnist)" in claims
     # fedkper - kd-only: +4 and +6 points; t_{0.975,1} = 12.706, s = sqrt(2): +5.0 ± 12.7 -> [-7.7, +17.7]
-    assert "| fedkper − kd-only | next best by mean over seeds | 1: +4.0 (rank 1 of 4), 2: +6.0 (rank 1 of 4) | " \
-           "+5.0 [-7.7, +17.7] | consistent with the claim: the interval [-7.7, +17.7] contains the claimed +9.8 " \
-           "(it also contains 0: FedKPer is not shown ahead at all) |" in claims
+    assert (
+        "| fedkper − kd-only | next best by mean over seeds | 1: +4.0 (rank 1 of 4), 2: +6.0 (rank 1 of 4) | "
+        "+5.0 [-7.7, +17.7] | consistent with the claim: the interval [-7.7, +17.7] contains the claimed +9.8 "
+        "(it also contains 0: FedKPer is not shown ahead at all) |" in claims
+    )
     with (out / "claims.csv").open() as f:
         rows = list(csv.DictReader(f))
     first = rows[0]
-    assert (first["method"], first["compared_with"], first["n"], first["status"]) == ("fedkper", "kd-only", "2",
-                                                                                       "consistent")
+    assert (first["method"], first["compared_with"], first["n"], first["status"]) == (
+        "fedkper",
+        "kd-only",
+        "2",
+        "consistent",
+    )
     assert float(first["ci95_low"]) == pytest.approx(5.0 - 12.706204736 * math.sqrt(2) / math.sqrt(2))
     with (out / "runs.csv").open() as f:
         runs = {(r["method"], r["seed"], r["metric"]): r["value"] for r in csv.DictReader(f)}
-    assert runs["fedavg", "1", "worst_client_id"] == "1" and runs["fedavg", "1", "worst_client_local_test_size"] == "5"
+    assert (
+        runs["fedavg", "1", "worst_client_id"] == "1"
+        and runs["fedavg", "1", "worst_client_local_test_size"] == "5"
+    )
     assert runs["fedavg", "2", "clients_covered"] == "3" and runs["fedavg", "2", "num_clients"] == "4"
     assert float(runs["fedavg", "1", "worst_client_local_acc"]) == pytest.approx(0.46)
     assert float(runs["fedavg", "1", "all_global_nfr"]) == pytest.approx(0.05)
     with (out / "clients.csv").open() as f:
-        assert {r["client"]: r["local_test_size"] for r in csv.DictReader(f) if r["run_id"]} == \
-            {"0": "40", "1": "5", "2": "30"}
+        assert {r["client"]: r["local_test_size"] for r in csv.DictReader(f) if r["run_id"]} == {
+            "0": "40",
+            "1": "5",
+            "2": "30",
+        }
     for name in ("report.md", "report.html", "summary.csv", "runs.csv", "clients.csv", "claims.csv"):
         assert "local_acc_worst_client" not in (out / name).read_text(), name
     assert "report/claims.csv" in {a.path for a in client.list_artifacts(parent, "report")}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["nope"], "no MLflow run 'nope'"),
-    (["{alpha1}"], "is a child run, not a parent; report on its parent: fedreg report {p1}"),
-    (["{single}"], "has no child runs"),
-    (["--experiment", "missing"], "no experiment 'missing'"),
-    (["--experiment", "empty"], "no finished child runs in experiment 'empty' yet (alpha.seed1: RUNNING, round 1)"),
-    (["{p1}", "--time-methods", "zeta"], "--time-methods: no finished runs of zeta; the methods are: alpha, beta"),
-    (["{p1}", "--experiment", "toy"], "not both"),
-    ([], "not both and not neither"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "no MLflow run 'nope'"),
+        (["{alpha1}"], "is a child run, not a parent; report on its parent: fedreg report {p1}"),
+        (["{single}"], "has no child runs"),
+        (["--experiment", "missing"], "no experiment 'missing'"),
+        (
+            ["--experiment", "empty"],
+            "no finished child runs in experiment 'empty' yet (alpha.seed1: RUNNING, round 1)",
+        ),
+        (
+            ["{p1}", "--time-methods", "zeta"],
+            "--time-methods: no finished runs of zeta; the methods are: alpha, beta",
+        ),
+        (["{p1}", "--experiment", "toy"], "not both"),
+        ([], "not both and not neither"),
+    ],
+)
 def test_report_errors_name_the_problem_and_the_fix(toy_store, args, message, capsys):
     s = toy_store
     ids = {**s["ids"], "p1": s["p1"], "single": s["single"]}
@@ -592,19 +839,29 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     variants = list(yaml.safe_load(spec.read_text())["variants"])
     assert len(variants) == 13
     # tiny scale: 2 rounds (NFR and BwT need a previous round), 40 small clients, one thread
-    overrides = ["seeds=[1,2]", "federation.rounds=2", "training.local_epochs=1", "data.num_clients=40",
-                 "data.local_test.fraction=0.1", "federation.clients_per_round=2", "checkpoint.every=0",
-                 "execution.threads=1", f"tracking.uri={tracking_uri}"]
+    overrides = [
+        "seeds=[1,2]",
+        "federation.rounds=2",
+        "training.local_epochs=1",
+        "data.num_clients=40",
+        "data.local_test.fraction=0.1",
+        "federation.clients_per_round=2",
+        "checkpoint.every=0",
+        "execution.threads=1",
+        f"tracking.uri={tracking_uri}",
+    ]
     t0 = time.perf_counter()
     argv = ["run", str(spec), "--no-progress"] + [x for o in overrides for x in ("--set", o)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     parent = re.search(r"parent run: ([0-9a-f]{32})", printed).group(1)
     client = MlflowClient(tracking_uri)
-    children = client.search_runs([client.get_run(parent).info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted((c.data.tags["fedreg.variant"], c.data.tags["fedreg.seed"]) for c in children) == \
-        sorted((v, s) for v in variants for s in ("1", "2"))
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert sorted((c.data.tags["fedreg.variant"], c.data.tags["fedreg.seed"]) for c in children) == sorted(
+        (v, s) for v in variants for s in ("1", "2")
+    )
     assert all(c.info.status == "FINISHED" for c in children)
     t_run = time.perf_counter() - t0
 
@@ -614,10 +871,16 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     table = md.split("## Results")[1].split("\n\n")[1]
     # 2 rounds: the 'last-10' columns say what they are (NFR, BwT and consistency have one round with a value)
-    for header in ("global acc (final) %", "global acc, mean of the last 2 rounds (all) %",
-                   "local acc mean, mean of the last 2 rounds (all) %", "worst-client local acc (at last participation) %",
-                   "global NFR, mean of the last 1 round (all) %", "BwT, mean of the last 1 round (all) %",
-                   "global consistency, mean of the last 1 round (all) %", "wall time s"):
+    for header in (
+        "global acc (final) %",
+        "global acc, mean of the last 2 rounds (all) %",
+        "local acc mean, mean of the last 2 rounds (all) %",
+        "worst-client local acc (at last participation) %",
+        "global NFR, mean of the last 1 round (all) %",
+        "BwT, mean of the last 1 round (all) %",
+        "global consistency, mean of the last 1 round (all) %",
+        "wall time s",
+    ):
         assert header in table.splitlines()[0] and header in page, header
     assert "last-10" not in table.splitlines()[0]
     rows = table.splitlines()[2:]
@@ -625,32 +888,49 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     for r in rows:
         cells = [c.strip() for c in r.strip("|").split("|")]
         assert cells[1] == "2 (1, 2)", r
-        assert all(re.fullmatch(r"-?\d+(\.\d+)? ± \d+(\.\d+)?", c) for c in cells[2:]), r  # every metric, 2 seeds
+        assert all(re.fullmatch(r"-?\d+(\.\d+)? ± \d+(\.\d+)?", c) for c in cells[2:]), (
+            r
+        )  # every metric, 2 seeds
     for v in variants:
         assert f"<td>{v}</td>" in page
-    for note in ("never", "best-so-far", "single round of a single seed decides nothing", "fedreg.local_model_role",
-                 "at its last participation", "Matched budget", parent, tracking_uri, "generated:"):
+    for note in (
+        "never",
+        "best-so-far",
+        "single round of a single seed decides nothing",
+        "fedreg.local_model_role",
+        "at its last participation",
+        "Matched budget",
+        parent,
+        tracking_uri,
+        "generated:",
+    ):
         assert note in md and (note in page or note.replace("`", "") in page), note
     assert "`personal`" in md and "`local`" in md
     # the worst client of every run, with its local test size from the run's partition statistics
     worst = md.split("## Worst-client local accuracy")[1].split("\n## ")[0]
     for v in variants:
         row = next(r for r in worst.splitlines() if r.startswith(f"| {v} |"))
-        assert re.search(r"seed 1: client \d+, [\d.]+% on \d+ local test samples.*; seed 2: client \d+", row), row
+        assert re.search(
+            r"seed 1: client \d+, [\d.]+% on \d+ local test samples.*; seed 2: client \d+", row
+        ), row
         assert re.search(r"\| \d+/40, \d+/40 \|", row), row  # covered clients of 40, per seed
     forgetting = md.split("## Forgetting")[1].split("\n## ")[0]
     assert "global NFR, its only round %" in forgetting and "global NFR, last 1 round (all) %" in forgetting
     assert "local_acc_worst_client" not in md and "local_acc_worst_client" not in page
     # one protocol for every run (no warning); the claims judged over the two seeds
     protocol = md.split("## Protocol")[1].split("\n## ")[0]
-    assert len([r for r in protocol.splitlines() if r.startswith("| bloodmnist |")]) == 1 and "Warning" not in md
+    assert (
+        len([r for r in protocol.splitlines() if r.startswith("| bloodmnist |")]) == 1 and "Warning" not in md
+    )
     claims = md.split("## The paper's claims, across seeds")[1].split("\n## ")[0]
     assert "### Global accuracy 9.8 points above the next best method (bloodmnist)" in claims
     with (out / "claims.csv").open() as f:
         judged = list(csv.DictReader(f))
     assert judged and all(r["n"] == "2" for r in judged)
-    assert all(r["status"] in ("holds", "consistent", "not supported", "supported", "contradicted", "not shown")
-               for r in judged)
+    assert all(
+        r["status"] in ("holds", "consistent", "not supported", "supported", "contradicted", "not shown")
+        for r in judged
+    )
     for name in PLOTS:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
@@ -658,5 +938,7 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
         assert base64.b64encode(data).decode() in page, name
     assert page.count("data:image/png;base64,") == len(PLOTS)
     logged = {a.path for a in client.list_artifacts(parent, "report")}
-    assert {f"report/{n}" for n in ("report.md", "report.html", "summary.csv", "claims.csv", *PLOTS)} <= logged
+    assert {
+        f"report/{n}" for n in ("report.md", "report.html", "summary.csv", "claims.csv", *PLOTS)
+    } <= logged
     print(f"13 variants x 2 seeds: run {t_run:.0f} s, report {t_report:.0f} s")

@@ -25,12 +25,18 @@ def test_shipped_specs_validate(path, registry):
 
 
 def test_minimal_spec_fills_defaults(registry):
-    raw = {"data": {"dataset": "bloodmnist", "num_clients": 5}, "federation": {"rounds": 2, "clients_per_round": 1}}
+    raw = {
+        "data": {"dataset": "bloodmnist", "num_clients": 5},
+        "federation": {"rounds": 2, "clients_per_round": 1},
+    }
     (rs,) = resolve(raw, registry)
     d = rs.resolved_dict()
     assert d["training"]["objective"] == {"name": "cross_entropy", "params": {}}
     assert d["federation"]["aggregation"]["name"] == "fedavg"
-    assert d["data"]["partition"] == {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 10, "cap": False}}
+    assert d["data"]["partition"] == {
+        "name": "dirichlet",
+        "params": {"alpha": 0.5, "min_samples": 10, "cap": False},
+    }
     assert d["data"]["local_test"] == {"rule": "stratified", "fraction": 0.2}
     assert [m["name"] for m in d["metrics"]] == ["global_accuracy"]
 
@@ -47,13 +53,23 @@ BAD = [
     (lambda s: s["data"].update(local_test={"fraction": 1.0}), "data.local_test.fraction", "less than 1"),
     (lambda s: s["data"].update(size=32), "data.size", "28, 64, 128 or 224"),
     (lambda s: s["federation"].update(clients_per_round=9), "federation.clients_per_round", "only 4 clients"),
-    (lambda s: s["federation"].update(aggregation="fedavgg"), "federation.aggregation",
-     "unknown aggregation 'fedavgg'. Registered aggregation components: fedadam, fedavg, fedavgm"),
+    (
+        lambda s: s["federation"].update(aggregation="fedavgg"),
+        "federation.aggregation",
+        "unknown aggregation 'fedavgg'. Registered aggregation components: fedadam, fedavg, fedavgm",
+    ),
     (lambda s: s["data"].update(dataset="bloodmnst"), "data.dataset", "Did you mean 'bloodmnist'?"),
-    (lambda s: s["data"]["partition"]["params"].update(alpha=0), "data.partition.params.alpha", "greater than 0"),
+    (
+        lambda s: s["data"]["partition"]["params"].update(alpha=0),
+        "data.partition.params.alpha",
+        "greater than 0",
+    ),
     (lambda s: s["data"]["partition"]["params"].update(beta=1), "data.partition.params.beta", "unknown key"),
-    (lambda s: s["training"].update(objective={"name": "adaptive_kd", "params": {"tau": "hot"}}),
-     "training.objective.params.tau", "valid number"),
+    (
+        lambda s: s["training"].update(objective={"name": "adaptive_kd", "params": {"tau": "hot"}}),
+        "training.objective.params.tau",
+        "valid number",
+    ),
     (lambda s: s.update(metrics=["global_accuracy", "nfr"]), "metrics.1", "unknown metric 'nfr'"),
     (lambda s: s.update(metrics=["global_accuracy", "global_accuracy"]), "metrics.1", "listed twice"),
     (lambda s: s.update(seed=-1), "seed", "greater than or equal to 0"),
@@ -114,9 +130,17 @@ def test_yaml_is_data_only(tmp_path, registry):
 def test_set_overrides_any_field(tmp_path, registry):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(base_spec()))
-    (rs,) = load_spec(p, registry, overrides=["federation.rounds=7", "training.optimizer.lr=0.5",
-                                              "training.objective.name=adaptive_kd",
-                                              "training.objective.params.tau=2", "metrics.0=local_accuracy"])
+    (rs,) = load_spec(
+        p,
+        registry,
+        overrides=[
+            "federation.rounds=7",
+            "training.optimizer.lr=0.5",
+            "training.objective.name=adaptive_kd",
+            "training.objective.params.tau=2",
+            "metrics.0=local_accuracy",
+        ],
+    )
     assert rs.spec.federation.rounds == 7
     assert rs.spec.training.optimizer.lr == 0.5
     assert rs.components["objective"].name == "adaptive_kd"
@@ -137,11 +161,13 @@ def test_bad_set_syntax():
 
 
 def test_variants_override_components_and_fields(registry):
-    raw = base_spec(variants={
-        "fedavg": {},
-        "kd": {"training.objective": {"name": "adaptive_kd", "params": {"tau": 2.0}}},
-        "agg": {"federation": {"aggregation": "reliability_diversity"}, "seed": 5},
-    })
+    raw = base_spec(
+        variants={
+            "fedavg": {},
+            "kd": {"training.objective": {"name": "adaptive_kd", "params": {"tau": 2.0}}},
+            "agg": {"federation": {"aggregation": "reliability_diversity"}, "seed": 5},
+        }
+    )
     specs = {rs.variant: rs for rs in resolve(raw, registry)}
     assert set(specs) == {"fedavg", "kd", "agg"}
     assert specs["kd"].components["objective"].params.tau == 2.0
@@ -153,8 +179,9 @@ def test_variants_override_components_and_fields(registry):
 
 
 def test_variant_errors_carry_variant_path(registry):
-    raw = base_spec(variants={"ok": {}, "bad": {"training.objective": "adaptive_kdd",
-                                                "training": {"batch_size": -1}}})
+    raw = base_spec(
+        variants={"ok": {}, "bad": {"training.objective": "adaptive_kdd", "training": {"batch_size": -1}}}
+    )
     found = problems(raw, registry)
     assert "Did you mean 'adaptive_kd'?" in found["variants.bad.training.objective"]
     assert "variants.bad.training.batch_size" in found

@@ -29,9 +29,24 @@ EXAMPLE = REPO / "plugins" / "examples" / "fedreg-normclip"
 def site(tmp_path_factory) -> Path:
     """The example distribution installed by pip into a fresh folder (a real .dist-info)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(target), str(EXAMPLE)], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return target
 
 
@@ -47,8 +62,9 @@ def fedreg_cli(*args, pythonpath: Path | None = None):
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "fedreg", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fedreg", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_installed_distribution_is_real(site):
@@ -74,13 +90,22 @@ def test_fedreg_plugins_lists_it(site):
     assert "fedreg-normclip 0.1.0" in line and "[aggregate]" in line and "max_norm=10.0" in line
     data = json.loads(fedreg_cli("plugins", "--json", pythonpath=site).stdout)
     (row,) = [c for c in data["components"] if c["name"] == "size_weighted"]
-    assert row == {**row, "kind": "selection", "distribution": "fedreg-normclip", "version": "0.1.0",
-                   "plugin": "normclip", "hooks": ["select"]}
+    assert row == {
+        **row,
+        "kind": "selection",
+        "distribution": "fedreg-normclip",
+        "version": "0.1.0",
+        "plugin": "normclip",
+        "hooks": ["select"],
+    }
 
 
 def test_a_spec_uses_it_by_name(on_path):
-    over = {"federation.aggregation": {"name": "normclip", "params": {"max_norm": 5.0}},
-            "federation.selection": "size_weighted", "federation.rounds": 3}
+    over = {
+        "federation.aggregation": {"name": "normclip", "params": {"max_norm": 5.0}},
+        "federation.selection": "size_weighted",
+        "federation.rounds": 3,
+    }
     res = tiny_federation(over, registry=build_registry())
     assert res.final["final_global_acc"] > initial_accuracy() + 0.2
 
@@ -97,8 +122,13 @@ def make_dist(root: Path, dist: str, module: str, code: str, ep: str, version: s
 
 
 def test_broken_plugin_reported_others_keep_working(tmp_path, monkeypatch):
-    make_dist(tmp_path, "fedreg-brokenagg", "fedreg_brokenagg_mod",
-              "import not_a_module_anywhere_xyz\n", "brokenagg")
+    make_dist(
+        tmp_path,
+        "fedreg-brokenagg",
+        "fedreg_brokenagg_mod",
+        "import not_a_module_anywhere_xyz\n",
+        "brokenagg",
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = build_registry()
     (b,) = reg.broken
@@ -108,7 +138,10 @@ def test_broken_plugin_reported_others_keep_working(tmp_path, monkeypatch):
     out = fedreg_cli("plugins", pythonpath=tmp_path)
     assert out.returncode == 0
     assert "broken plugins:" in out.stdout
-    assert "brokenagg (fedreg-brokenagg 0.1): failed to import 'fedreg_brokenagg_mod': ModuleNotFoundError" in out.stdout
+    assert (
+        "brokenagg (fedreg-brokenagg 0.1): failed to import 'fedreg_brokenagg_mod': ModuleNotFoundError"
+        in out.stdout
+    )
     assert "fedavg" in out.stdout
     # a spec that names the broken plugin's component fails with that error
     with pytest.raises(SpecError) as ei:
@@ -145,15 +178,20 @@ def test_same_name_from_two_distributions(tmp_path, monkeypatch):
         tiny_federation({}, registry=reg)
     (issue,) = ei.value.issues
     assert issue.path == "federation.aggregation"
-    assert "registered by more than one distribution: 'fedreg' (plugin 'baselines') and 'fedreg-dupe' (plugin " \
-           "'dupe')" in issue.message
+    assert (
+        "registered by more than one distribution: 'fedreg' (plugin 'baselines') and 'fedreg-dupe' (plugin "
+        "'dupe')" in issue.message
+    )
     assert "provider: <distribution>" in issue.message
     ours = tiny_federation({"federation.aggregation": {"name": "fedavg", "provider": "fedreg"}}, registry=reg)
-    theirs = tiny_federation({"federation.aggregation": {"name": "fedavg", "provider": "fedreg-dupe"}},
-                             registry=reg)
+    theirs = tiny_federation(
+        {"federation.aggregation": {"name": "fedavg", "provider": "fedreg-dupe"}}, registry=reg
+    )
     assert not all(torch.equal(ours.global_state[k], theirs.global_state[k]) for k in ours.global_state)
     with pytest.raises(SpecError, match="not provided by 'fedreg-nope'"):
-        tiny_federation({"federation.aggregation": {"name": "fedavg", "provider": "fedreg-nope"}}, registry=reg)
+        tiny_federation(
+            {"federation.aggregation": {"name": "fedavg", "provider": "fedreg-nope"}}, registry=reg
+        )
 
 
 # --- plugins that return the wrong thing -------------------------------------------------------------------
@@ -161,14 +199,19 @@ def test_same_name_from_two_distributions(tmp_path, monkeypatch):
 
 def plugin_with(**classes) -> list[tuple[str, object]]:
     mod = types.ModuleType("misbehaving")
-    kinds = {"aggregation": "fedreg_register_aggregators", "selection": "fedreg_register_selectors",
-             "metric": "fedreg_register_metrics"}
+    kinds = {
+        "aggregation": "fedreg_register_aggregators",
+        "selection": "fedreg_register_selectors",
+        "metric": "fedreg_register_metrics",
+    }
     for kind, hook in kinds.items():
         mine = [c for c in classes.values() if c.kind == kind]
         if mine:
+
             def register_all(register, _mine=mine):
                 for c in _mine:
                     register(c)
+
             register_all.__name__ = hook
             setattr(mod, hook, hookimpl(register_all))
     return [("misbehaving", mod)]
@@ -180,6 +223,7 @@ def bad_aggregator(transform):
 
         def aggregate(self, round, global_state, updates, failures):
             return transform(super().aggregate(round, global_state, updates, failures))
+
     return Bad
 
 
@@ -199,13 +243,26 @@ def poison(s):
     return {**s, "fc.weight": s["fc.weight"] * float("nan")}
 
 
-@pytest.mark.parametrize("transform,message", [
-    (drop_bias, "broke the rule 'return every parameter tensor, no others' in aggregate: missing ['fc.bias']"),
-    (reshape, "broke the rule 'keep shapes and dtypes' in aggregate: 'fc.bias' is (3,) torch.float32, expected (4,)"),
-    (retype, "broke the rule 'keep shapes and dtypes' in aggregate: 'fc.weight' is (4, 32) torch.float64"),
-    (poison, "broke the rule 'all values finite' in aggregate: 'fc.weight' holds NaN or Inf"),
-    (lambda s: [1, 2], "returned list from aggregate, expected a state dict"),
-], ids=["missing", "shape", "dtype", "nan", "type"])
+@pytest.mark.parametrize(
+    "transform,message",
+    [
+        (
+            drop_bias,
+            "broke the rule 'return every parameter tensor, no others' in aggregate: missing ['fc.bias']",
+        ),
+        (
+            reshape,
+            "broke the rule 'keep shapes and dtypes' in aggregate: 'fc.bias' is (3,) torch.float32, expected (4,)",
+        ),
+        (
+            retype,
+            "broke the rule 'keep shapes and dtypes' in aggregate: 'fc.weight' is (4, 32) torch.float64",
+        ),
+        (poison, "broke the rule 'all values finite' in aggregate: 'fc.weight' holds NaN or Inf"),
+        (lambda s: [1, 2], "returned list from aggregate, expected a state dict"),
+    ],
+    ids=["missing", "shape", "dtype", "nan", "type"],
+)
 def test_bad_aggregate_output_is_caught_at_the_boundary(transform, message):
     cls = bad_aggregator(transform)
     with pytest.raises(PluginError) as ei:
@@ -221,13 +278,17 @@ def test_weights_that_do_not_sum_to_a_positive_number():
 
         def aggregate(self, round, global_state, updates, failures):
             from fedreg.aggregate import weighted_average
+
             return weighted_average([u.state for u in updates], [0.0] * len(updates))
 
     with pytest.raises(ComponentFailure) as ei:
         tiny_federation({"federation.aggregation": "zero_weights"}, plugins=plugin_with(a=ZeroWeights))
     text = str(ei.value)
     assert "aggregation 'zero_weights' (plugin 'misbehaving'" in text
-    assert "aggregate raised ValueError: weights must be finite, non-negative and sum to a positive number" in text
+    assert (
+        "aggregate raised ValueError: weights must be finite, non-negative and sum to a positive number"
+        in text
+    )
     assert "(round 1)" in text
 
 
@@ -238,8 +299,11 @@ def test_selector_returning_duplicates():
         def select(self, round, clients, k, rng):
             return [0] * k
 
-    with pytest.raises(PluginError, match=r"selection 'twice' \(plugin 'misbehaving'.*broke the rule 'return 2 "
-                                          r"distinct client ids in 0..3': got \[0, 0\] \(round 1\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"selection 'twice' \(plugin 'misbehaving'.*broke the rule 'return 2 "
+        r"distinct client ids in 0..3': got \[0, 0\] \(round 1\)",
+    ):
         tiny_federation({"federation.selection": "twice"}, plugins=plugin_with(s=Twice))
 
 
@@ -250,8 +314,11 @@ def test_client_report_must_be_numbers():
         def client_report(self, ctx, model):
             return {"note": "hello"}
 
-    with pytest.raises(PluginError, match=r"aggregation 'chatty' .*client_report must return a dict of numbers, "
-                                          r"got \{'note': 'hello'\} \(round 1, client \d\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"aggregation 'chatty' .*client_report must return a dict of numbers, "
+        r"got \{'note': 'hello'\} \(round 1, client \d\)",
+    ):
         tiny_federation({"federation.aggregation": "chatty"}, plugins=plugin_with(a=Chatty))
 
 

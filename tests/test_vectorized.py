@@ -33,11 +33,16 @@ from fedreg_standard.models import CNNParams, SmallCNN
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("momentum,weight_decay,nesterov", [(0.0, 0.0, False), (0.9, 1e-3, False),
-                                                            (0.9, 1e-3, True), (0.5, 0.0, True), (0.0, 1e-2, False)])
+@pytest.mark.parametrize(
+    "momentum,weight_decay,nesterov",
+    [(0.0, 0.0, False), (0.9, 1e-3, False), (0.9, 1e-3, True), (0.5, 0.0, True), (0.0, 1e-2, False)],
+)
 def test_sgd_step_is_torch_sgd_bit_for_bit(momentum, weight_decay, nesterov):
     gen = torch.Generator().manual_seed(0)
-    start = {"w": torch.randn(2, 3, 4, generator=gen), "b": torch.randn(2, 5, generator=gen)}  # 2 clients stacked
+    start = {
+        "w": torch.randn(2, 3, 4, generator=gen),
+        "b": torch.randn(2, 5, generator=gen),
+    }  # 2 clients stacked
     grads = [{k: torch.randn(v.shape, generator=gen) for k, v in start.items()} for _ in range(4)]
     stacked = {k: v.clone() for k, v in start.items()}
     bufs = {k: torch.zeros_like(v) for k, v in start.items()} if momentum else None
@@ -45,7 +50,9 @@ def test_sgd_step_is_torch_sgd_bit_for_bit(momentum, weight_decay, nesterov):
         sgd_step_(stacked, g, bufs, lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     for client in range(2):
         ref = {k: v[client].clone().requires_grad_(True) for k, v in start.items()}
-        opt = torch.optim.SGD(ref.values(), lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+        opt = torch.optim.SGD(
+            ref.values(), lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+        )
         for g in grads:
             for k, p in ref.items():
                 p.grad = g[k][client].clone()
@@ -56,10 +63,25 @@ def test_sgd_step_is_torch_sgd_bit_for_bit(momentum, weight_decay, nesterov):
 
 def _ctx(n: int, batch_size: int, seed: int, **kw) -> LocalContext:
     x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)
-    base = dict(round=1, client_id=0, model=None, global_state={}, train_x=x, train_y=torch.arange(n),
-                test_x=x[:0], test_y=torch.arange(0), num_classes=4, epochs=2, batch_size=batch_size, lr=0.1,
-                make_optimizer=None, generator=torch.Generator().manual_seed(seed), state={}, broadcast={},
-                build_model=None)
+    base = dict(
+        round=1,
+        client_id=0,
+        model=None,
+        global_state={},
+        train_x=x,
+        train_y=torch.arange(n),
+        test_x=x[:0],
+        test_y=torch.arange(0),
+        num_classes=4,
+        epochs=2,
+        batch_size=batch_size,
+        lr=0.1,
+        make_optimizer=None,
+        generator=torch.Generator().manual_seed(seed),
+        state={},
+        broadcast={},
+        build_model=None,
+    )
     return LocalContext(**{**base, **kw})
 
 
@@ -87,10 +109,14 @@ def test_mean_loss_is_the_local_accounting():
 def test_weighted_cross_entropy():
     gen = torch.Generator().manual_seed(0)
     z, y = torch.randn(6, 5, generator=gen), torch.randint(0, 5, (6,), generator=gen)
-    assert float(weighted_cross_entropy(z, y, torch.ones(6))) == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-6)
+    assert float(weighted_cross_entropy(z, y, torch.ones(6))) == pytest.approx(
+        float(F.cross_entropy(z, y)), rel=1e-6
+    )
     w = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
     z_pad = torch.cat([z[:3], torch.full((3, 5), 1e4)])  # padding rows: extreme values, weight 0
-    assert float(weighted_cross_entropy(z_pad, y, w)) == pytest.approx(float(F.cross_entropy(z[:3], y[:3])), rel=1e-6)
+    assert float(weighted_cross_entropy(z_pad, y, w)) == pytest.approx(
+        float(F.cross_entropy(z[:3], y[:3])), rel=1e-6
+    )
     assert float(weighted_mean(torch.tensor([3.0, 5.0]), torch.zeros(2))) == 0.0  # a batch of padding only
 
 
@@ -99,8 +125,11 @@ def test_weighted_cross_entropy():
 # ---------------------------------------------------------------------------------------------------------
 
 
-OBJECTIVES = {"cross_entropy": lambda: CrossEntropy(), "fedprox": lambda: FedProx(FedProxParams(mu=0.5)),
-              "adaptive_kd": lambda: AdaptiveKD()}
+OBJECTIVES = {
+    "cross_entropy": lambda: CrossEntropy(),
+    "fedprox": lambda: FedProx(FedProxParams(mu=0.5)),
+    "adaptive_kd": lambda: AdaptiveKD(),
+}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
@@ -113,7 +142,9 @@ def test_functional_loss_is_the_loss_and_ignores_padding(name):
             p.add_(torch.randn_like(p) * 0.05)  # a client some steps away from the weights it received
     ds = synthetic_dataset(n_train=10, n_test=2, num_classes=4)
     x, y = ds.train_x[:6], ds.train_y[:6]
-    ctx = _ctx(6, 8, 0, model=model, global_state=received.state_dict(), build_model=build, train_x=x, train_y=y)
+    ctx = _ctx(
+        6, 8, 0, model=model, global_state=received.state_dict(), build_model=build, train_x=x, train_y=y
+    )
     obj = OBJECTIVES[name]()
     assert type(obj).vectorizable()
     obj.setup(ctx)
@@ -122,8 +153,13 @@ def test_functional_loss_is_the_loss_and_ignores_padding(name):
     obj.finish(ctx)
 
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    fctx = FunctionalContext(round=1, num_classes=4, lr=0.1, broadcast={},
-                             global_params={n: p.detach() for n, p in received.named_parameters()})
+    fctx = FunctionalContext(
+        round=1,
+        num_classes=4,
+        lr=0.1,
+        broadcast={},
+        global_params={n: p.detach() for n, p in received.named_parameters()},
+    )
     x_pad = torch.cat([x, ds.train_x[6:8] * 5])
     y_pad = torch.cat([y, ds.train_y[6:8]])
     weight = torch.tensor([1.0] * 6 + [0.0] * 2)
@@ -141,15 +177,23 @@ def test_functional_loss_is_the_loss_and_ignores_padding(name):
 
 # unequal client sizes (Dirichlet 0.5: 113, 66, 71, 9, 34, 91 training samples), a batch size that leaves
 # short last batches (one of a single sample), momentum, weight decay
-FEDERATION = {"data.num_clients": 6, "data.partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 5}},
-              "training.batch_size": 16, "federation.clients_per_round": 4,
-              "metrics": ["global_accuracy", "local_accuracy"]}
+FEDERATION = {
+    "data.num_clients": 6,
+    "data.partition": {"name": "dirichlet", "params": {"alpha": 0.5, "min_samples": 5}},
+    "training.batch_size": 16,
+    "federation.clients_per_round": 4,
+    "metrics": ["global_accuracy", "local_accuracy"],
+}
 METHODS = {
     "cross_entropy+fedavg": {},
-    "fedprox+nesterov": {"training.objective": {"name": "fedprox", "params": {"mu": 0.1}},
-                         "training.optimizer.nesterov": True},
-    "adaptive_kd+reliability_diversity": {"training.objective": "adaptive_kd",
-                                          "federation.aggregation": "reliability_diversity"},
+    "fedprox+nesterov": {
+        "training.objective": {"name": "fedprox", "params": {"mu": 0.1}},
+        "training.optimizer.nesterov": True,
+    },
+    "adaptive_kd+reliability_diversity": {
+        "training.objective": "adaptive_kd",
+        "federation.aggregation": "reliability_diversity",
+    },
 }
 TIMING = ("round_time_s", "elapsed_s")
 
@@ -175,8 +219,15 @@ def float64():
 def test_same_training_as_local_in_float64(method, float64, one_thread):
     # a learning rate at which float32 rounding differences blow up (see the float32 test): float64 shows
     # the algorithm is the same
-    local, vec = both({**FEDERATION, **METHODS[method], "training.local_epochs": 1, "federation.rounds": 3,
-                       "training.optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}})
+    local, vec = both(
+        {
+            **FEDERATION,
+            **METHODS[method],
+            "training.local_epochs": 1,
+            "federation.rounds": 3,
+            "training.optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+        }
+    )
     assert vec.global_state["fc.weight"].dtype == torch.float64
     assert weights_rel_diff(local.global_state, vec.global_state) < 1e-10
     assert len(local.history) == len(vec.history) == 3
@@ -188,8 +239,15 @@ def test_same_training_as_local_in_float64(method, float64, one_thread):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_same_training_as_local_in_float32(method, one_thread):
-    local, vec = both({**FEDERATION, **METHODS[method], "training.local_epochs": 1, "federation.rounds": 4,
-                       "training.optimizer": {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3}})
+    local, vec = both(
+        {
+            **FEDERATION,
+            **METHODS[method],
+            "training.local_epochs": 1,
+            "federation.rounds": 4,
+            "training.optimizer": {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3},
+        }
+    )
     # found: weights up to 3e-5 (cross_entropy, adaptive_kd), 2e-7 (fedprox); losses up to 2e-7; accuracies
     # identical
     assert weights_rel_diff(local.global_state, vec.global_state) < 2e-4
@@ -204,8 +262,14 @@ def test_same_training_as_local_in_float32(method, one_thread):
 
 
 def test_bf16_trains_close_to_local_bf16(one_thread):
-    local, vec = both({**FEDERATION, "training.precision": "bf16", "federation.rounds": 2,
-                       "training.optimizer": {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3}})
+    local, vec = both(
+        {
+            **FEDERATION,
+            "training.precision": "bf16",
+            "federation.rounds": 2,
+            "training.optimizer": {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3},
+        }
+    )
     assert weights_rel_diff(local.global_state, vec.global_state) < 0.05  # found: 1e-2
     assert vec.history[-1]["train_loss"] == pytest.approx(local.history[-1]["train_loss"], rel=0.05)
 
@@ -216,10 +280,20 @@ def test_bf16_trains_close_to_local_bf16(one_thread):
 
 
 def _runner(tensors, **config):
-    cfg = dict(seed=3, epochs=2, batch_size=16, momentum=0.9, weight_decay=1e-3, nesterov=False, num_classes=4,
-               eval_local=True, eval_batch_size=64)
-    return ClientRunner(TrainingConfig(**{**cfg, **config}), ModelBuilder(SmallCNN(CNNParams(hidden=16)), 1, 4, 28),
-                        tensors)
+    cfg = dict(
+        seed=3,
+        epochs=2,
+        batch_size=16,
+        momentum=0.9,
+        weight_decay=1e-3,
+        nesterov=False,
+        num_classes=4,
+        eval_local=True,
+        eval_batch_size=64,
+    )
+    return ClientRunner(
+        TrainingConfig(**{**cfg, **config}), ModelBuilder(SmallCNN(CNNParams(hidden=16)), 1, 4, 28), tensors
+    )
 
 
 SIZES = (70, 45, 33, 9)
@@ -230,11 +304,16 @@ def _tensors(poisoned: int | None = None):
     starts = [sum(SIZES[:i]) for i in range(len(SIZES))]
 
     def tensors(cid):
-        x = ds.train_x[starts[cid]:starts[cid] + SIZES[cid]]
+        x = ds.train_x[starts[cid] : starts[cid] + SIZES[cid]]
         if cid == poisoned:
             x = torch.full_like(x, float("nan"))
-        return x, ds.train_y[starts[cid]:starts[cid] + SIZES[cid]], ds.test_x[cid * 10:(cid + 1) * 10], \
-            ds.test_y[cid * 10:(cid + 1) * 10]
+        return (
+            x,
+            ds.train_y[starts[cid] : starts[cid] + SIZES[cid]],
+            ds.test_x[cid * 10 : (cid + 1) * 10],
+            ds.test_y[cid * 10 : (cid + 1) * 10],
+        )
+
     return tensors
 
 
@@ -291,7 +370,9 @@ def test_a_model_with_buffers_is_refused():
             return _BatchNormNet()
 
     runner = ClientRunner(_runner(_tensors()).config, ModelBuilder(Factory(), 1, 4, 28), _tensors())
-    with pytest.raises(FedregError, match=r"without buffers.*bn.running_mean.*execution.backend: local or ray"):
+    with pytest.raises(
+        FedregError, match=r"without buffers.*bn.running_mean.*execution.backend: local or ray"
+    ):
         VectorizedBackend(None, runner, 2).start()
 
 
@@ -314,5 +395,11 @@ def test_an_objective_without_functional_loss_is_a_spec_error(registry):
     assert "local or ray runs any objective" in msg
     # the same objective on the local backend, and a vectorizable one on the vectorized backend, are fine
     resolve({**raw, "federation": TINY_SPEC["federation"], "execution": {"backend": "local"}}, registry)
-    resolve({**TINY_SPEC, "execution": {"backend": "vectorized"}, "training": {**TINY_SPEC["training"],
-             "precision": "bf16", "objective": "adaptive_kd"}}, registry)
+    resolve(
+        {
+            **TINY_SPEC,
+            "execution": {"backend": "vectorized"},
+            "training": {**TINY_SPEC["training"], "precision": "bf16", "objective": "adaptive_kd"},
+        },
+        registry,
+    )

@@ -69,7 +69,13 @@ class WorkerFailure(ComponentFailure):
 
     def __init__(self, round: int, client: int, exc: BaseException):
         Exception.__init__(self, f"worker for client {client} died: {exc} (round {round})")
-        self.component, self.method, self.round, self.client, self.original = None, "worker", round, client, exc
+        self.component, self.method, self.round, self.client, self.original = (
+            None,
+            "worker",
+            round,
+            client,
+            exc,
+        )
         self.detail = str(exc)
 
 
@@ -94,8 +100,9 @@ class ClientWorker:
 def init_ray(address: str | None) -> bool:
     """Connect to Ray unless already connected; True when this call started a local Ray."""
     if ray is None:
-        raise FedregError("execution.backend is 'ray' but Ray is not installed; install it with: "
-                          "pip install 'fedreg[ray]'")
+        raise FedregError(
+            "execution.backend is 'ray' but Ray is not installed; install it with: pip install 'fedreg[ray]'"
+        )
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -107,7 +114,8 @@ def init_ray(address: str | None) -> bool:
             raise FedregError(
                 f"could not join the Ray cluster at '{address}' ({type(exc).__name__}: {exc}). Start the cluster "
                 f"first (head node: 'ray start --head'; other nodes: 'ray start --address=HEAD_IP:6379'), or fix "
-                f"execution.address / $RAY_ADDRESS; unset both to start Ray on this machine") from exc
+                f"execution.address / $RAY_ADDRESS; unset both to start Ray on this machine"
+            ) from exc
         return False
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **_QUIET)
     atexit.register(_shutdown)
@@ -154,43 +162,57 @@ class RayBackend(Backend):
         fit = math.floor(cpus / ex.cpus_per_client + 1e-9)
         if ex.gpus_per_client > 0:
             fit = min(fit, math.floor(gpus / ex.gpus_per_client + 1e-9))
-        need = f"{ex.cpus_per_client:g} CPU" + (f" and {ex.gpus_per_client:g} GPU" if ex.gpus_per_client else "")
+        need = f"{ex.cpus_per_client:g} CPU" + (
+            f" and {ex.gpus_per_client:g} GPU" if ex.gpus_per_client else ""
+        )
         has = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if ex.gpus_per_client else "")
         if ex.workers is not None:
             if ex.workers > fit:
-                raise FedregError(f"execution.workers={ex.workers} workers of {need} each do not fit the Ray "
-                                  f"cluster ({has}); lower execution.workers or the per-client resources, or add "
-                                  f"nodes")
+                raise FedregError(
+                    f"execution.workers={ex.workers} workers of {need} each do not fit the Ray "
+                    f"cluster ({has}); lower execution.workers or the per-client resources, or add "
+                    f"nodes"
+                )
             return ex.workers
         if fit < 1:
-            raise FedregError(f"a worker needs {need} but the Ray cluster has {has}; lower "
-                              f"execution.cpus_per_client / gpus_per_client, or add nodes")
+            raise FedregError(
+                f"a worker needs {need} but the Ray cluster has {has}; lower "
+                f"execution.cpus_per_client / gpus_per_client, or add nodes"
+            )
         return max(1, min(self.clients_per_round, fit))
 
     def _spawn(self):
-        return self._actor_class.remote(self._runner_ref, max(1, int(self.execution.cpus_per_client)),
-                                        "cuda" if self.execution.gpus_per_client > 0 else "cpu")
+        return self._actor_class.remote(
+            self._runner_ref,
+            max(1, int(self.execution.cpus_per_client)),
+            "cuda" if self.execution.gpus_per_client > 0 else "cpu",
+        )
 
     def start(self) -> None:
         init_ray(self.execution.address)
         ex = self.execution
         n = self.worker_count()
-        self._actor_class = ray.remote(ClientWorker).options(num_cpus=ex.cpus_per_client,
-                                                             num_gpus=ex.gpus_per_client)
+        self._actor_class = ray.remote(ClientWorker).options(
+            num_cpus=ex.cpus_per_client, num_gpus=ex.gpus_per_client
+        )
         self._runner_ref = ray.put(self.runner)  # the data travels once, to every worker
         self.actors = [self._spawn() for _ in range(n)]
         try:
             refs = [a.ready.remote() for a in self.actors]
             _, waiting = ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
             if waiting:
-                raise FedregError(f"only {n - len(waiting)} of {n} Ray workers started within "
-                                  f"{STARTUP_TIMEOUT_S:g} s (free resources: {ray.available_resources()}); lower "
-                                  f"execution.workers or the per-client resources")
+                raise FedregError(
+                    f"only {n - len(waiting)} of {n} Ray workers started within "
+                    f"{STARTUP_TIMEOUT_S:g} s (free resources: {ray.available_resources()}); lower "
+                    f"execution.workers or the per-client resources"
+                )
             self.pids = ray.get(refs)
         except RayActorError as exc:
             self.close()
-            raise FedregError(f"the Ray workers could not start: {exc}. Every node needs the same Python "
-                              f"environment, with fedreg and the spec's plugins installed") from exc
+            raise FedregError(
+                f"the Ray workers could not start: {exc}. Every node needs the same Python "
+                f"environment, with fedreg and the spec's plugins installed"
+            ) from exc
         except BaseException:
             self.close()
             raise

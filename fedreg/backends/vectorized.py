@@ -35,9 +35,16 @@ from fedreg.errors import ComponentFailure, FedregError, describe
 from fedreg.execution import Backend, ClientJob, ClientResult, RoundInput
 
 
-def sgd_step_(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
-              bufs: Mapping[str, torch.Tensor] | None, *, lr: float, momentum: float, weight_decay: float,
-              nesterov: bool) -> None:
+def sgd_step_(
+    params: Mapping[str, torch.Tensor],
+    grads: Mapping[str, torch.Tensor],
+    bufs: Mapping[str, torch.Tensor] | None,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None:
     """One ``torch.optim.SGD`` step (dampening 0), in place on ``params`` and ``bufs``, with the same
     operations in the same order as torch's own loop. ``bufs`` are the momentum buffers, zeros before the
     first step (``0 * momentum + g`` is exactly torch's first-step buffer ``g``); None when momentum is 0.
@@ -53,8 +60,9 @@ def sgd_step_(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tens
         p.add_(g, alpha=-lr)
 
 
-def batch_plan(orders: list[torch.Tensor], num_samples: int, batch_size: int, offset: int,
-               pad: int) -> torch.Tensor:
+def batch_plan(
+    orders: list[torch.Tensor], num_samples: int, batch_size: int, offset: int, pad: int
+) -> torch.Tensor:
     """A client's batches as rows of sample indices: one row per step, epochs one after another, each
     epoch's order cut into batches of ``batch_size`` (the last one short, padded with ``pad``); indices
     shifted by ``offset``. Shape (steps, batch_size), steps = epochs * ceil(num_samples / batch_size)."""
@@ -85,15 +93,19 @@ class VectorizedBackend(Backend):
     def start(self) -> None:
         buffers = [n for n, _ in self.runner.work_model.named_buffers()]
         if buffers:
-            raise FedregError(f"the vectorized backend trains models without buffers, but this model has "
-                              f"{', '.join(buffers)} (e.g. BatchNorm statistics); set execution.backend: local "
-                              f"or ray")
+            raise FedregError(
+                f"the vectorized backend trains models without buffers, but this model has "
+                f"{', '.join(buffers)} (e.g. BatchNorm statistics); set execution.backend: local "
+                f"or ray"
+            )
 
     def train(self, jobs: list[ClientJob], rin: RoundInput) -> list[ClientResult]:
         objective = rin.objective
         if not objective.vectorizable():
-            raise FedregError(f"{describe(objective)} does not define functional_loss, so the vectorized backend "
-                              f"cannot train it; set execution.backend: local or ray")
+            raise FedregError(
+                f"{describe(objective)} does not define functional_loss, so the vectorized backend "
+                f"cannot train it; set execution.backend: local or ray"
+            )
         runner = self.runner
         model = runner.work_model
         model.load_state_dict(rin.global_state)
@@ -103,8 +115,13 @@ class VectorizedBackend(Backend):
         results: dict[int, ClientResult] = {}
         for lr in dict.fromkeys(job.lr for job in jobs):
             group = [i for i, job in enumerate(jobs) if job.lr == lr]
-            fctx = FunctionalContext(round=rin.round, num_classes=runner.config.num_classes, lr=lr,
-                                     global_params=global_params, broadcast=rin.broadcast)
+            fctx = FunctionalContext(
+                round=rin.round,
+                num_classes=runner.config.num_classes,
+                lr=lr,
+                global_params=global_params,
+                broadcast=rin.broadcast,
+            )
             trained = self._lockstep([ctxs[i] for i in group], fctx, objective)
             for i, out in zip(group, trained, strict=True):
                 results[i] = self._finish(ctxs[i], rin, out)
@@ -122,16 +139,20 @@ class VectorizedBackend(Backend):
         total = sum(ctx.num_samples for ctx in ctxs_sorted)
         plans, offset = [], 0
         for ctx in ctxs_sorted:
-            orders = [ctx.epoch_order() for _ in range(c.epochs)]  # the client's draws, as batches() makes them
+            orders = [
+                ctx.epoch_order() for _ in range(c.epochs)
+            ]  # the client's draws, as batches() makes them
             plans.append(batch_plan(orders, ctx.num_samples, bs, offset, pad=total))
             offset += ctx.num_samples
         steps = [len(p) for p in plans]
         n_steps = max(steps, default=0)
         idx = torch.full((len(ctxs), n_steps, bs), total, dtype=torch.long)
         for k, p in enumerate(plans):
-            idx[k, :len(p)] = p
+            idx[k, : len(p)] = p
         first = ctxs_sorted[0]
-        all_x = torch.cat([ctx.train_x for ctx in ctxs_sorted] + [first.train_x.new_zeros(1, *first.train_x.shape[1:])])
+        all_x = torch.cat(
+            [ctx.train_x for ctx in ctxs_sorted] + [first.train_x.new_zeros(1, *first.train_x.shape[1:])]
+        )
         all_y = torch.cat([ctx.train_y for ctx in ctxs_sorted] + [first.train_y.new_zeros(1)])
         weight = (idx != total).to(device=device, dtype=all_x.dtype)  # 1: a real sample, 0: padding
         idx = idx.to(device)
@@ -140,7 +161,9 @@ class VectorizedBackend(Backend):
         k_all = len(ctxs)
         params = {n: p.unsqueeze(0).expand(k_all, *p.shape).clone() for n, p in fctx.global_params.items()}
         bufs = {n: torch.zeros_like(p) for n, p in params.items()} if c.momentum != 0 else None
-        losses = torch.zeros(n_steps, k_all, dtype=torch.float64, device=device)  # float(loss), as the local loop
+        losses = torch.zeros(
+            n_steps, k_all, dtype=torch.float64, device=device
+        )  # float(loss), as the local loop
         active = [sum(1 for s in steps if s > step) for step in range(n_steps)]
 
         def forward(p, x):
@@ -159,18 +182,27 @@ class VectorizedBackend(Backend):
                     grads, loss = step_fn(live, all_x[rows], all_y[rows], weight[:a, step])
                 losses[step, :a] = loss.detach().double()
                 with torch.no_grad():
-                    sgd_step_(live, grads, None if bufs is None else {n: t[:a] for n, t in bufs.items()},
-                              lr=fctx.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
+                    sgd_step_(
+                        live,
+                        grads,
+                        None if bufs is None else {n: t[:a] for n, t in bufs.items()},
+                        lr=fctx.lr,
+                        momentum=c.momentum,
+                        weight_decay=c.weight_decay,
+                        nesterov=c.nesterov,
+                    )
         except (KeyboardInterrupt, FedregError):
             raise
         except Exception as exc:  # noqa: BLE001 - every client of the group failed with it
-            return [ComponentFailure(objective, "functional_loss", fctx.round, ctx.client_id, exc) for ctx in ctxs]
+            return [
+                ComponentFailure(objective, "functional_loss", fctx.round, ctx.client_id, exc) for ctx in ctxs
+            ]
 
         losses = losses.cpu()
         trained: list = [None] * len(ctxs)
         for k, i in enumerate(order):
             ctx = ctxs[i]
-            value, bad = mean_loss(losses[:steps[k], k].tolist())
+            value, bad = mean_loss(losses[: steps[k], k].tolist())
             if bad is not None:
                 trained[i] = ComponentFailure(objective, "loss", ctx.round, ctx.client_id, bad)
             else:

@@ -24,8 +24,16 @@ from fedreg_baselines.robust import CoordinateMedian, Krum, TrimmedMean
 from fedreg_baselines.server_opt import FedAdam, FedAvgM
 
 OBJECTIVES = [CrossEntropy, FedProx, Scaffold, FedDyn, Moon, FedNTD, *PERSONALIZED_OBJECTIVES]
-AGGREGATORS = [FedAvg, ScaffoldAggregator, FedDynAggregator, FedAvgM, FedAdam, CoordinateMedian, TrimmedMean,
-               Krum]
+AGGREGATORS = [
+    FedAvg,
+    ScaffoldAggregator,
+    FedDynAggregator,
+    FedAvgM,
+    FedAdam,
+    CoordinateMedian,
+    TrimmedMean,
+    Krum,
+]
 SELECTORS = [UniformSelection]
 
 

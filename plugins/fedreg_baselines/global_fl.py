@@ -29,15 +29,19 @@ def _float_params(state):
 def _pairing(spec, objective: str, aggregator: str) -> list[str]:
     """The objective and the aggregation of these methods work only together."""
     if spec.training.objective.name == objective and spec.federation.aggregation.name != aggregator:
-        return [f"objective '{objective}' needs the '{aggregator}' aggregation (it sends the server state the "
-                f"objective uses); set federation.aggregation: {aggregator}"]
+        return [
+            f"objective '{objective}' needs the '{aggregator}' aggregation (it sends the server state the "
+            f"objective uses); set federation.aggregation: {aggregator}"
+        ]
     return []
 
 
 def _needs(ctx, key: str, objective: str, aggregator: str):
     if key not in ctx.broadcast:
-        raise FedregError(f"objective '{objective}' needs the '{aggregator}' aggregation (set "
-                          f"federation.aggregation: {aggregator})")
+        raise FedregError(
+            f"objective '{objective}' needs the '{aggregator}' aggregation (set "
+            f"federation.aggregation: {aggregator})"
+        )
     return ctx.broadcast[key]
 
 
@@ -107,7 +111,9 @@ class Scaffold(Objective):
         y = {k: v.detach() for k, v in ctx.model.state_dict().items() if k in self._c}
         x = {k: ctx.global_state[k] for k in self._c}
         # option II assumes plain SGD; with momentum beta the effective step is lr / (1 - beta)
-        new_c_i = scaffold_client_control(self._c_i, self._c, x, y, self._steps, ctx.lr / (1.0 - ctx.momentum))
+        new_c_i = scaffold_client_control(
+            self._c_i, self._c, x, y, self._steps, ctx.lr / (1.0 - ctx.momentum)
+        )
         delta = {k: new_c_i[k] - self._c_i[k] for k in new_c_i}
         ctx.state["c_i"] = new_c_i
         self._params = None
@@ -135,19 +141,27 @@ class ScaffoldAggregator(Aggregator):
 
     def broadcast(self, round, global_state):
         if self.c is None:
-            self.c = {k: torch.zeros_like(v) for k, v in global_state.items() if k.endswith(("weight", "bias"))
-                      and v.is_floating_point()}
+            self.c = {
+                k: torch.zeros_like(v)
+                for k, v in global_state.items()
+                if k.endswith(("weight", "bias")) and v.is_floating_point()
+            }
         return {"scaffold_c": self.c}
 
     def aggregate(self, round, global_state, updates, failures):
         avg = weighted_average([u.state for u in updates], [u.num_samples for u in updates])
         if self.params.global_lr != 1.0:
-            avg = {k: (global_state[k] + self.params.global_lr * (v - global_state[k])) if v.is_floating_point()
-                   else v for k, v in avg.items()}
+            avg = {
+                k: (global_state[k] + self.params.global_lr * (v - global_state[k]))
+                if v.is_floating_point()
+                else v
+                for k, v in avg.items()
+            }
         deltas = [u.payload["scaffold_delta_c"] for u in updates if "scaffold_delta_c" in u.payload]
         if len(deltas) != len(updates):
-            raise FedregError("the scaffold aggregation needs the scaffold objective (set training.objective: "
-                              "scaffold)")
+            raise FedregError(
+                "the scaffold aggregation needs the scaffold objective (set training.objective: scaffold)"
+            )
         self.c = scaffold_server_control(self.c, deltas, self.num_clients)
         return avg
 
@@ -179,13 +193,17 @@ class FedDyn(Objective):
 
     def loss(self, model, x, y, ctx):
         params = list(model.named_parameters())
-        return (F.cross_entropy(model(x), y) - feddyn_linear_term(params, self._g)
-                + self._alpha / 2 * proximal_term(params, ctx.global_state))
+        return (
+            F.cross_entropy(model(x), y)
+            - feddyn_linear_term(params, self._g)
+            + self._alpha / 2 * proximal_term(params, ctx.global_state)
+        )
 
     def finish(self, ctx):
         trained = dict(ctx.model.named_parameters())
-        ctx.state["grad"] = {n: g - self._alpha * (trained[n].detach() - ctx.global_state[n])
-                             for n, g in self._g.items()}
+        ctx.state["grad"] = {
+            n: g - self._alpha * (trained[n].detach() - ctx.global_state[n]) for n, g in self._g.items()
+        }
         return {}
 
 
@@ -214,8 +232,9 @@ class FedDynAggregator(Aggregator):
     def aggregate(self, round, global_state, updates, failures):
         if self.h is None:
             self.h = {k: torch.zeros_like(v) for k, v in _float_params(global_state).items()}
-        new, self.h = feddyn_server_update(self.h, global_state, [u.state for u in updates], self.params.alpha,
-                                           self.num_clients)
+        new, self.h = feddyn_server_update(
+            self.h, global_state, [u.state for u in updates], self.params.alpha, self.num_clients
+        )
         out = weighted_average([u.state for u in updates], [1.0] * len(updates))
         out.update(new)
         return out
@@ -236,7 +255,9 @@ def _last_linear(model: nn.Module) -> nn.Linear:
         if isinstance(m, nn.Linear):
             last = m
     if last is None:
-        raise FedregError("MOON needs a model whose classifier is an nn.Linear (its input is the representation)")
+        raise FedregError(
+            "MOON needs a model whose classifier is an nn.Linear (its input is the representation)"
+        )
     return last
 
 
@@ -275,7 +296,9 @@ class Moon(Objective):
             self._prev = ctx.build_model()
             self._prev.load_state_dict(prev_state)
             self._prev.eval()
-        self._reps = [_Representation(m) for m in {id(m): m for m in (ctx.model, self._global, self._prev)}.values()]
+        self._reps = [
+            _Representation(m) for m in {id(m): m for m in (ctx.model, self._global, self._prev)}.values()
+        ]
 
     def loss(self, model, x, y, ctx):
         rep_local = self._reps[0]
@@ -321,9 +344,10 @@ class FedNTD(Objective):
         logits = model(x)
         with torch.no_grad():
             g = self._teacher(x)
-        return F.cross_entropy(logits, y) + self.params.beta * not_true_distillation(logits, g, y, self.params.tau)
+        return F.cross_entropy(logits, y) + self.params.beta * not_true_distillation(
+            logits, g, y, self.params.tau
+        )
 
     def finish(self, ctx):
         self._teacher = None
         return {}
-

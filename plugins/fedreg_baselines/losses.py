@@ -38,16 +38,20 @@ def not_true_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits[keep].view(logits.shape[0], logits.shape[1] - 1)
 
 
-def not_true_distillation(local_logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor,
-                          tau: float) -> torch.Tensor:
+def not_true_distillation(
+    local_logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor, tau: float
+) -> torch.Tensor:
     """FedNTD: tau^2 * KL(softmax(g~/tau) || softmax(z~/tau)) on not-true classes, batch mean."""
     z = not_true_logits(local_logits, y)
     g = not_true_logits(global_logits.detach(), y)
-    return (tau ** 2) * F.kl_div(F.log_softmax(z / tau, 1), F.log_softmax(g / tau, 1), reduction="batchmean",
-                                 log_target=True)
+    return (tau**2) * F.kl_div(
+        F.log_softmax(z / tau, 1), F.log_softmax(g / tau, 1), reduction="batchmean", log_target=True
+    )
 
 
-def moon_contrastive(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tensor, tau: float) -> torch.Tensor:
+def moon_contrastive(
+    z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tensor, tau: float
+) -> torch.Tensor:
     """MOON: -log( e^{sim(z,zg)/tau} / (e^{sim(z,zg)/tau} + e^{sim(z,zp)/tau}) ), mean over the batch."""
     pos = F.cosine_similarity(z, z_global.detach(), dim=1)
     neg = F.cosine_similarity(z, z_prev.detach(), dim=1)
@@ -55,8 +59,9 @@ def moon_contrastive(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tens
     return F.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long))
 
 
-def scaffold_client_control(c_i: StateDict, c: StateDict, x: StateDict, y: StateDict, steps: int,
-                            lr: float) -> StateDict:
+def scaffold_client_control(
+    c_i: StateDict, c: StateDict, x: StateDict, y: StateDict, steps: int, lr: float
+) -> StateDict:
     """SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K * lr)."""
     scale = 1.0 / (max(steps, 1) * lr)
     return {k: c_i[k] - c[k] + (x[k] - y[k]) * scale for k in c_i}
@@ -80,8 +85,9 @@ def feddyn_linear_term(named_params, grad_state: StateDict) -> torch.Tensor:
     return total
 
 
-def feddyn_server_update(h: StateDict, prev: StateDict, client_states: Sequence[StateDict], alpha: float,
-                         num_clients: int) -> tuple[StateDict, StateDict]:
+def feddyn_server_update(
+    h: StateDict, prev: StateDict, client_states: Sequence[StateDict], alpha: float, num_clients: int
+) -> tuple[StateDict, StateDict]:
     """h <- h - (alpha/N) sum_{k in S} (theta_k - theta_prev); theta = mean_k theta_k - h / alpha.
     Returns (new global, new h) over the keys of ``h`` (the floating parameters)."""
     new_h = {}

@@ -20,7 +20,10 @@ def matches_prefix(key: str, prefixes: Sequence[str]) -> bool:
 def split_keys(keys: Iterable[str], prefixes: Sequence[str]) -> tuple[list[str], list[str]]:
     """(keys matching ``prefixes``, the other keys), each in the given order."""
     keys = list(keys)
-    return ([k for k in keys if matches_prefix(k, prefixes)], [k for k in keys if not matches_prefix(k, prefixes)])
+    return (
+        [k for k in keys if matches_prefix(k, prefixes)],
+        [k for k in keys if not matches_prefix(k, prefixes)],
+    )
 
 
 def select_state(state: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> StateDict:
@@ -41,15 +44,17 @@ def mix_states(v: Mapping[str, torch.Tensor], w: Mapping[str, torch.Tensor], alp
     return out
 
 
-def mixed_parameters(v: Mapping[str, torch.Tensor], w: Mapping[str, torch.Tensor],
-                     alpha: float) -> dict[str, torch.Tensor]:
+def mixed_parameters(
+    v: Mapping[str, torch.Tensor], w: Mapping[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """APFL's mixed parameters alpha * v + (1 - alpha) * w with ``w`` detached, so a loss of the mixed model
     differentiates with respect to ``v`` only (the update of v in Deng et al., Algorithm 1)."""
     return {k: alpha * v[k] + (1.0 - alpha) * w[k].detach() for k in v}
 
 
-def ditto_personal_loss(logits: torch.Tensor, y: torch.Tensor, named_params, global_state: StateDict,
-                        lam: float) -> torch.Tensor:
+def ditto_personal_loss(
+    logits: torch.Tensor, y: torch.Tensor, named_params, global_state: StateDict, lam: float
+) -> torch.Tensor:
     """Ditto's personal objective: CE(v(x), y) + lam/2 * ||v - w_global||^2 (w_global: the received weights).
     lam = 0 is plain cross-entropy."""
     loss = F.cross_entropy(logits, y)

@@ -51,11 +51,14 @@ def split_parameters(model: nn.Module, prefixes: Sequence[str], what: str) -> tu
     named = dict(model.named_parameters())
     head, body = split_keys(named, prefixes)
     if not head:
-        raise FedregError(f"{what} {list(prefixes)} match no parameter of the model; its parameters are "
-                          f"{sorted(named)}")
+        raise FedregError(
+            f"{what} {list(prefixes)} match no parameter of the model; its parameters are {sorted(named)}"
+        )
     if not body:
-        raise FedregError(f"{what} {list(prefixes)} match every parameter of the model, so nothing is shared "
-                          f"(use the 'local_only' objective for that)")
+        raise FedregError(
+            f"{what} {list(prefixes)} match every parameter of the model, so nothing is shared "
+            f"(use the 'local_only' objective for that)"
+        )
     return [named[k] for k in head], [named[k] for k in body]
 
 
@@ -74,8 +77,15 @@ class _PersonalObjective(Objective):
     def loss(self, model, x, y, ctx):
         return F.cross_entropy(model(x), y)
 
-    def run_epochs(self, ctx, model: nn.Module, params: Iterable[torch.Tensor], epochs: int,
-                   loss_method: str = "loss", lr: float | None = None) -> tuple[float, int]:
+    def run_epochs(
+        self,
+        ctx,
+        model: nn.Module,
+        params: Iterable[torch.Tensor],
+        epochs: int,
+        loss_method: str = "loss",
+        lr: float | None = None,
+    ) -> tuple[float, int]:
         """``epochs`` passes over ``ctx.batches()`` stepping only ``params`` on the hook ``loss_method``
         (called as the base loop calls ``loss``, so failures are named). Returns (sum of losses, steps)."""
         opt = ctx.make_optimizer(list(params))
@@ -90,8 +100,13 @@ class _PersonalObjective(Objective):
                 loss = self._hook(loss_method, ctx, model, x, y, ctx)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise ComponentFailure(self, loss_method, ctx.round, ctx.client_id,
-                                           NonFiniteLoss(f"loss is {value} at step {steps}"))
+                    raise ComponentFailure(
+                        self,
+                        loss_method,
+                        ctx.round,
+                        ctx.client_id,
+                        NonFiniteLoss(f"loss is {value} at step {steps}"),
+                    )
                 loss.backward()
                 opt.step()
                 total += value
@@ -112,8 +127,9 @@ class DittoParams(Params):
     # The paper selects lambda per dataset from a small grid (Li et al. 2021, Sec. 5 and App.); 0.1 lies inside
     # it and is the usual default of reimplementations. lambda = 0 makes v plain local training continued
     # across rounds; a large lambda pulls v onto the received global model.
-    lam: float = Field(default=0.1, ge=0, description="lambda: weight of lam/2 ||v - w_global||^2 on the "
-                                                      "personal model v")
+    lam: float = Field(
+        default=0.1, ge=0, description="lambda: weight of lam/2 ||v - w_global||^2 on the personal model v"
+    )
 
 
 class Ditto(_PersonalObjective):
@@ -156,7 +172,8 @@ def _layers_field(description: str):
 class FedPerParams(Params):
     personal_layers: list[str] = _layers_field(
         "module-name prefixes of the personal layers (a key k matches p when k == p or k starts with 'p.'); "
-        "'fc' is the classifier of the 'cnn' model")
+        "'fc' is the classifier of the 'cnn' model"
+    )
 
 
 class FedPer(_PersonalObjective):
@@ -184,7 +201,8 @@ class FedPer(_PersonalObjective):
 
 class FedRepParams(Params):
     personal_layers: list[str] = _layers_field(
-        "module-name prefixes of the personal head (matched as in fedper)")
+        "module-name prefixes of the personal head (matched as in fedper)"
+    )
     # FedRep's experiments train the head for 10 local epochs and the representation for 1 (Collins et al. 2021,
     # Sec. 5); the representation's epochs are training.local_epochs.
     head_epochs: int = Field(default=10, ge=0, description="epochs of head-only training before the body")
@@ -231,12 +249,15 @@ class FedRep(_PersonalObjective):
 
 class FedBABUParams(Params):
     head_layers: list[str] = _layers_field(
-        "module-name prefixes of the head, never trained during federation (matched as in fedper)")
+        "module-name prefixes of the head, never trained during federation (matched as in fedper)"
+    )
     # The paper evaluates personalisation after a few fine-tuning epochs; 1 keeps per-round evaluation cheap.
-    finetune_epochs: int = Field(default=1, ge=0, description="epochs of whole-model fine-tuning for "
-                                                              "evaluation")
-    finetune_lr: float | None = Field(default=None, gt=0, description="fine-tuning learning rate; None: the "
-                                                                      "round's learning rate")
+    finetune_epochs: int = Field(
+        default=1, ge=0, description="epochs of whole-model fine-tuning for evaluation"
+    )
+    finetune_lr: float | None = Field(
+        default=None, gt=0, description="fine-tuning learning rate; None: the round's learning rate"
+    )
 
 
 class FedBABU(_PersonalObjective):
@@ -273,8 +294,9 @@ class FedBABU(_PersonalObjective):
 class APFLParams(Params):
     # The paper runs fixed alpha in {0.25, 0.5, 0.75} as well as an adaptively learned alpha; this component
     # keeps alpha fixed.
-    alpha: float = Field(default=0.25, ge=0, le=1, description="mixing weight of the personal model v in "
-                                                               "alpha*v + (1-alpha)*w")
+    alpha: float = Field(
+        default=0.25, ge=0, le=1, description="mixing weight of the personal model v in alpha*v + (1-alpha)*w"
+    )
 
 
 class APFL(_PersonalObjective):
@@ -315,8 +337,13 @@ class APFL(_PersonalObjective):
                 loss_v = hook("mixed_loss", ctx, model, x, y, ctx)
                 for method, loss in (("loss", loss_w), ("mixed_loss", loss_v)):
                     if not math.isfinite(float(loss.detach())):
-                        raise ComponentFailure(self, method, ctx.round, ctx.client_id,
-                                               NonFiniteLoss(f"loss is {float(loss)} at step {steps}"))
+                        raise ComponentFailure(
+                            self,
+                            method,
+                            ctx.round,
+                            ctx.client_id,
+                            NonFiniteLoss(f"loss is {float(loss)} at step {steps}"),
+                        )
                 (loss_w + loss_v).backward()  # w's gradient comes from loss_w only (w is detached in the mix)
                 opt_w.step()
                 opt_v.step()
@@ -331,7 +358,9 @@ class APFL(_PersonalObjective):
         return {}
 
     def eval_model(self, ctx):
-        return self.model_from(ctx, mix_states(ctx.state["personal"], ctx.model.state_dict(), self.params.alpha))
+        return self.model_from(
+            ctx, mix_states(ctx.state["personal"], ctx.model.state_dict(), self.params.alpha)
+        )
 
 
 # --- local only ----------------------------------------------------------------------------------------------

@@ -59,16 +59,18 @@ def trimmed_mean(states: Sequence[StateDict], beta: float) -> StateDict:
     _check_states(states)
     n = len(states)
     if not 0 <= beta < 0.5:  # below 0.5, n - 2 floor(beta n) >= 1 for every n: something is left
-        raise ValueError(f"trimmed_mean needs 0 <= beta < 0.5, got beta={beta}: it drops the floor(beta * n) "
-                         f"largest and smallest of the n={n} client values per coordinate, and beta >= 0.5 "
-                         f"leaves none (beta < 0 or NaN is meaningless); lower beta")
+        raise ValueError(
+            f"trimmed_mean needs 0 <= beta < 0.5, got beta={beta}: it drops the floor(beta * n) "
+            f"largest and smallest of the n={n} client values per coordinate, and beta >= 0.5 "
+            f"leaves none (beta < 0 or NaN is meaningless); lower beta"
+        )
     k = math.floor(beta * n)
     out: StateDict = {}
     for key, ref in states[0].items():
         if not ref.is_floating_point():
             out[key] = ref.clone()
             continue
-        out[key] = _sorted_stack(states, key)[k:n - k].mean(dim=0).to(ref.dtype)
+        out[key] = _sorted_stack(states, key)[k : n - k].mean(dim=0).to(ref.dtype)
     return out
 
 
@@ -95,7 +97,7 @@ def krum_scores(states: Sequence[StateDict], f: int) -> torch.Tensor:
     nearest = n - f - 2
     scores = torch.empty(n, dtype=torch.float64)
     for i in range(n):
-        others = torch.cat([dist[i, :i], dist[i, i + 1:]])
+        others = torch.cat([dist[i, :i], dist[i, i + 1 :]])
         scores[i] = others.sort().values[:nearest].sum()
     return scores
 
@@ -142,9 +144,13 @@ class CoordinateMedian(Aggregator):
 
 
 class TrimmedMeanParams(Params):
-    beta: float = Field(default=0.1, ge=0, lt=0.5,
-                        description="fraction of clients trimmed at each end, per coordinate: the "
-                                    "floor(beta * n) largest and smallest values are dropped")
+    beta: float = Field(
+        default=0.1,
+        ge=0,
+        lt=0.5,
+        description="fraction of clients trimmed at each end, per coordinate: the "
+        "floor(beta * n) largest and smallest values are dropped",
+    )
 
 
 class TrimmedMean(Aggregator):
@@ -161,9 +167,12 @@ class TrimmedMean(Aggregator):
     def start_run(self, run: RunInfo) -> None:
         beta, n = self.params.beta, run.clients_per_round
         if beta > 0 and math.floor(beta * n) == 0:
-            warnings.warn(f"trimmed_mean with beta={beta} and {n} clients per round trims nothing "
-                          f"(floor(beta * n) = 0) and is the plain mean; raise beta to at least {1 / n:.3g} "
-                          f"or select more clients per round", stacklevel=2)
+            warnings.warn(
+                f"trimmed_mean with beta={beta} and {n} clients per round trims nothing "
+                f"(floor(beta * n) = 0) and is the plain mean; raise beta to at least {1 / n:.3g} "
+                f"or select more clients per round",
+                stacklevel=2,
+            )
 
     def aggregate(self, round, global_state, updates, failures):
         return trimmed_mean([u.state for u in updates], self.params.beta)
@@ -174,22 +183,33 @@ def krum_problems(f: int, m: int, n: int, num_clients: int) -> list[str]:
     out = []
     need = 2 * f + 3
     if n < need:
-        lower = (f"lower f to {(n - 3) // 2} or less" if n >= 3
-                 else "no f works with fewer than 3 clients per round")
-        out.append(f"krum with f={f} needs at least 2f+3 = {need} clients per round (Blanchard et al.), but "
-                   f"federation.clients_per_round is {n}; raise federation.clients_per_round to {need} or more "
-                   f"(data.num_clients is {num_clients}), or {lower}")
+        lower = (
+            f"lower f to {(n - 3) // 2} or less"
+            if n >= 3
+            else "no f works with fewer than 3 clients per round"
+        )
+        out.append(
+            f"krum with f={f} needs at least 2f+3 = {need} clients per round (Blanchard et al.), but "
+            f"federation.clients_per_round is {n}; raise federation.clients_per_round to {need} or more "
+            f"(data.num_clients is {num_clients}), or {lower}"
+        )
     if m > n:
-        out.append(f"krum with m={m} averages more clients than are selected per round "
-                   f"(federation.clients_per_round is {n}); lower m to {n} or less")
+        out.append(
+            f"krum with m={m} averages more clients than are selected per round "
+            f"(federation.clients_per_round is {n}); lower m to {n} or less"
+        )
     return out
 
 
 class KrumParams(Params):
-    f: int = Field(default=1, ge=0, description="number of Byzantine clients per round assumed; "
-                                                "Krum needs clients_per_round >= 2f + 3")
-    m: int = Field(default=1, ge=1, description="number of lowest-score clients averaged (1: Krum, "
-                                                "more: Multi-Krum)")
+    f: int = Field(
+        default=1,
+        ge=0,
+        description="number of Byzantine clients per round assumed; Krum needs clients_per_round >= 2f + 3",
+    )
+    m: int = Field(
+        default=1, ge=1, description="number of lowest-score clients averaged (1: Krum, more: Multi-Krum)"
+    )
 
 
 class Krum(Aggregator):

@@ -27,8 +27,9 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float64)
 
 
-def server_momentum_step(prev: StateDict, avg: StateDict, velocity: StateDict, server_lr: float,
-                         momentum: float) -> tuple[StateDict, StateDict]:
+def server_momentum_step(
+    prev: StateDict, avg: StateDict, velocity: StateDict, server_lr: float, momentum: float
+) -> tuple[StateDict, StateDict]:
     """FedAvgM: ``delta = prev - avg``; ``v <- momentum * v + delta``; ``new = prev - server_lr * v``.
 
     ``velocity`` may lack keys (zero then). Computed in float64; returns (new weights in the dtypes of
@@ -48,8 +49,16 @@ def server_momentum_step(prev: StateDict, avg: StateDict, velocity: StateDict, s
     return new, vel
 
 
-def server_adam_step(prev: StateDict, avg: StateDict, m: StateDict, v: StateDict, server_lr: float,
-                     beta1: float, beta2: float, tau: float) -> tuple[StateDict, StateDict, StateDict]:
+def server_adam_step(
+    prev: StateDict,
+    avg: StateDict,
+    m: StateDict,
+    v: StateDict,
+    server_lr: float,
+    beta1: float,
+    beta2: float,
+    tau: float,
+) -> tuple[StateDict, StateDict, StateDict]:
     """FedAdam (Reddi et al., Algorithm 2, no bias correction): ``d = avg - prev``;
     ``m <- beta1 m + (1 - beta1) d``; ``v <- beta2 v + (1 - beta2) d^2``;
     ``new = prev + server_lr * m / (sqrt(v) + tau)``.
@@ -86,8 +95,9 @@ def _client_average(updates) -> StateDict:
 
 
 def _copy_tensors(d: Any, what: str) -> StateDict:
-    if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
-                                          for k, t in d.items()):
+    if not isinstance(d, dict) or not all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in d.items()
+    ):
         raise ValueError(f"{what} must be a dict of parameter name -> tensor")
     return {k: t.detach().clone() for k, t in d.items()}
 
@@ -102,23 +112,29 @@ class _ServerOptimizer(Aggregator):
         self.steps = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, **{s: {k: t.clone() for k, t in self._state[s].items()}
-                                         for s in self.slots}}
+        return {
+            "steps": self.steps,
+            **{s: {k: t.clone() for k, t in self._state[s].items()} for s in self.slots},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unknown = sorted(set(state) - {"steps", *self.slots})
         if unknown:
-            raise ValueError(f"aggregation '{self.name}' got unknown state keys {unknown}; "
-                             f"expected {['steps', *self.slots]}")
+            raise ValueError(
+                f"aggregation '{self.name}' got unknown state keys {unknown}; "
+                f"expected {['steps', *self.slots]}"
+            )
         self.steps = int(state.get("steps", 0))
-        self._state = {s: _copy_tensors(state.get(s, {}), f"aggregation '{self.name}' state '{s}'")
-                       for s in self.slots}
+        self._state = {
+            s: _copy_tensors(state.get(s, {}), f"aggregation '{self.name}' state '{s}'") for s in self.slots
+        }
 
 
 class FedAvgMParams(Params):
     server_lr: float = Field(default=1.0, gt=0, description="server learning rate")
-    momentum: float = Field(default=0.9, ge=0, lt=1, description="server momentum (0: FedAvg when "
-                                                                 "server_lr is 1)")
+    momentum: float = Field(
+        default=0.9, ge=0, lt=1, description="server momentum (0: FedAvg when server_lr is 1)"
+    )
 
 
 class FedAvgM(_ServerOptimizer):
@@ -135,8 +151,12 @@ class FedAvgM(_ServerOptimizer):
 
     def aggregate(self, round, global_state, updates, failures):
         new, self._state["velocity"] = server_momentum_step(
-            global_state, _client_average(updates), self._state["velocity"], self.params.server_lr,
-            self.params.momentum)
+            global_state,
+            _client_average(updates),
+            self._state["velocity"],
+            self.params.server_lr,
+            self.params.momentum,
+        )
         self.steps += 1
         return new
 
@@ -167,7 +187,14 @@ class FedAdam(_ServerOptimizer):
     def aggregate(self, round, global_state, updates, failures):
         p = self.params
         new, self._state["m"], self._state["v"] = server_adam_step(
-            global_state, _client_average(updates), self._state["m"], self._state["v"], p.server_lr,
-            p.beta1, p.beta2, p.tau)
+            global_state,
+            _client_average(updates),
+            self._state["m"],
+            self._state["v"],
+            p.server_lr,
+            p.beta1,
+            p.beta2,
+            p.tau,
+        )
         self.steps += 1
         return new

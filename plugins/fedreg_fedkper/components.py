@@ -42,8 +42,9 @@ class AdaptiveKD(Objective):
 
     def functional_loss(self, forward, params, x, y, weight, fctx):
         g = forward(fctx.global_params, x)  # the frozen teacher: the received parameters
-        loss, _ = weighted_adaptive_kd_loss(forward(params, x), g, y, weight, self.params.tau,
-                                            self.params.lambda_max)
+        loss, _ = weighted_adaptive_kd_loss(
+            forward(params, x), g, y, weight, self.params.tau, self.params.lambda_max
+        )
         return loss
 
 
@@ -65,16 +66,20 @@ class ReliabilityDiversity(Aggregator):
         correct = 0
         with torch.inference_mode():
             for s in range(0, ctx.num_samples, self.params.eval_batch_size):
-                x = ctx.train_x[s:s + self.params.eval_batch_size]
-                correct += int((model(x).argmax(1) == ctx.train_y[s:s + self.params.eval_batch_size]).sum())
+                x = ctx.train_x[s : s + self.params.eval_batch_size]
+                correct += int((model(x).argmax(1) == ctx.train_y[s : s + self.params.eval_batch_size]).sum())
         model.train(was)
         acc = correct / max(ctx.num_samples, 1)
         counts = torch.bincount(ctx.train_y, minlength=ctx.num_classes).numpy()
         entropy = normalized_label_entropy(counts, ctx.num_classes)
-        return {"train_acc": acc, "label_entropy": entropy,
-                "score": reliability_score(acc, entropy, self.params.eps)}
+        return {
+            "train_acc": acc,
+            "label_entropy": entropy,
+            "score": reliability_score(acc, entropy, self.params.eps),
+        }
 
     def aggregate(self, round, global_state, updates, failures):
-        weights, _ = reliability_weights([u.report.get("score", float("nan")) for u in updates],
-                                         [u.num_samples for u in updates])
+        weights, _ = reliability_weights(
+            [u.report.get("score", float("nan")) for u in updates], [u.num_samples for u in updates]
+        )
         return weighted_average([u.state for u in updates], weights)

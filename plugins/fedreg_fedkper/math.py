@@ -24,11 +24,14 @@ def distillation_kl(local_logits: torch.Tensor, global_logits: torch.Tensor, tau
     return F.kl_div(log_p_local, log_p_global, reduction="batchmean", log_target=True)
 
 
-def adaptive_kd_loss(local_logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor, tau: float,
-                     lambda_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+def adaptive_kd_loss(
+    local_logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor, tau: float, lambda_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L = CE(z, y) + beta * tau^2 * KL(softmax(g/tau) || softmax(z/tau)); returns (L, beta)."""
     beta = adaptive_beta(global_logits, y, lambda_max)
-    loss = F.cross_entropy(local_logits, y) + beta * (tau ** 2) * distillation_kl(local_logits, global_logits, tau)
+    loss = F.cross_entropy(local_logits, y) + beta * (tau**2) * distillation_kl(
+        local_logits, global_logits, tau
+    )
     return loss, beta
 
 
@@ -37,15 +40,17 @@ def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (values * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
-def weighted_adaptive_beta(global_logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                           lambda_max: float) -> torch.Tensor:
+def weighted_adaptive_beta(
+    global_logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, lambda_max: float
+) -> torch.Tensor:
     """:func:`adaptive_beta` on the samples with weight 1 of a padded batch (padding rows have weight 0)."""
     ce_g = _weighted_mean(F.cross_entropy(global_logits.detach(), y, reduction="none"), weight)
     return torch.clamp(1.0 / (ce_g + 1e-8), max=lambda_max).detach()
 
 
-def weighted_distillation_kl(local_logits: torch.Tensor, global_logits: torch.Tensor, weight: torch.Tensor,
-                             tau: float) -> torch.Tensor:
+def weighted_distillation_kl(
+    local_logits: torch.Tensor, global_logits: torch.Tensor, weight: torch.Tensor, tau: float
+) -> torch.Tensor:
     """:func:`distillation_kl` (batch mean of the per-sample KL) over the samples with weight 1."""
     log_p_local = F.log_softmax(local_logits / tau, dim=1)
     log_p_global = F.log_softmax(global_logits.detach() / tau, dim=1)
@@ -53,13 +58,19 @@ def weighted_distillation_kl(local_logits: torch.Tensor, global_logits: torch.Te
     return _weighted_mean(per_sample, weight)
 
 
-def weighted_adaptive_kd_loss(local_logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor,
-                              weight: torch.Tensor, tau: float, lambda_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_adaptive_kd_loss(
+    local_logits: torch.Tensor,
+    global_logits: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    tau: float,
+    lambda_max: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`adaptive_kd_loss` over the real samples of a padded batch (``weight`` 1 real, 0 padding): the
     CE, beta and KL are all means over the real samples. Pure and vmap-compatible. Returns (L, beta)."""
     beta = weighted_adaptive_beta(global_logits, y, weight, lambda_max)
     ce = _weighted_mean(F.cross_entropy(local_logits, y, reduction="none"), weight)
-    loss = ce + beta * (tau ** 2) * weighted_distillation_kl(local_logits, global_logits, weight, tau)
+    loss = ce + beta * (tau**2) * weighted_distillation_kl(local_logits, global_logits, weight, tau)
     return loss, beta
 
 

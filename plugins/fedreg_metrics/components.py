@@ -16,9 +16,13 @@ class GlobalAccuracy(Metric):
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
         p = ev.global_test
-        return MetricResult({"global_acc": p.accuracy(),
-                             "global_bacc": balanced_accuracy(p.labels.numpy(), p.preds.numpy()),
-                             "global_loss": float(p.loss.mean())})
+        return MetricResult(
+            {
+                "global_acc": p.accuracy(),
+                "global_bacc": balanced_accuracy(p.labels.numpy(), p.preds.numpy()),
+                "global_loss": float(p.loss.mean()),
+            }
+        )
 
 
 class LocalAccuracy(Metric):
@@ -38,10 +42,18 @@ class LocalAccuracy(Metric):
         bacc = {c: balanced_accuracy(p.labels.numpy(), p.preds.numpy()) for c, p in ev.local.items()}
         mean, worst, _ = mean_and_worst(acc)
         bmean, bworst, _ = mean_and_worst(bacc)
-        out = MetricResult({"local_acc_mean": mean, "local_acc_worst": worst,
-                            "local_bacc_mean": bmean, "local_bacc_worst": bworst})
-        out.per_client = {c: {f"local_acc[{ev.local_model_role}]": acc[c],
-                              f"local_bacc[{ev.local_model_role}]": bacc[c]} for c in acc}
+        out = MetricResult(
+            {
+                "local_acc_mean": mean,
+                "local_acc_worst": worst,
+                "local_bacc_mean": bmean,
+                "local_bacc_worst": bworst,
+            }
+        )
+        out.per_client = {
+            c: {f"local_acc[{ev.local_model_role}]": acc[c], f"local_bacc[{ev.local_model_role}]": bacc[c]}
+            for c in acc
+        }
         return out
 
 
@@ -54,8 +66,10 @@ class GlobalOnLocalAccuracy(Metric):
     def update(self, ev: RoundEvaluation) -> MetricResult:
         acc = {c: p.accuracy() for c, p in ev.global_on_local.items() if len(p.labels)}
         mean, worst, _ = mean_and_worst(acc)
-        return MetricResult({"global_on_local_acc_mean": mean, "global_on_local_acc_worst": worst},
-                            {c: {"global_on_local_acc": v} for c, v in acc.items()})
+        return MetricResult(
+            {"global_on_local_acc_mean": mean, "global_on_local_acc_worst": worst},
+            {c: {"global_on_local_acc": v} for c, v in acc.items()},
+        )
 
 
 class Flips(Metric):
@@ -76,8 +90,9 @@ class Flips(Metric):
         now = ev.global_test.correct
         if self.prev_global is not None:
             r = flip_rates(self.prev_global.numpy(), now.numpy())
-            out.scalars.update({"global_nfr": r["nfr"], "global_pfr": r["pfr"],
-                                "global_consistency": r["consistency"]})
+            out.scalars.update(
+                {"global_nfr": r["nfr"], "global_pfr": r["pfr"], "global_consistency": r["consistency"]}
+            )
         self.prev_global = now.clone()
         local_rates = {}
         for c, p in ev.local.items():
@@ -86,7 +101,9 @@ class Flips(Metric):
             self.prev_local[c] = p.correct.clone()
         if local_rates:
             for key in ("nfr", "pfr", "consistency"):
-                out.scalars[f"local_{key}"] = float(sum(v[key] for v in local_rates.values()) / len(local_rates))
+                out.scalars[f"local_{key}"] = float(
+                    sum(v[key] for v in local_rates.values()) / len(local_rates)
+                )
             out.per_client = {c: {f"local_{k}": v for k, v in r.items()} for c, r in local_rates.items()}
         return out
 

@@ -48,8 +48,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def load_medmnist(flag: str, root: str | None, download: bool, size: int,
-                  expected_md5: str | None = None) -> DatasetTensors:
+def load_medmnist(
+    flag: str, root: str | None, download: bool, size: int, expected_md5: str | None = None
+) -> DatasetTensors:
     info = INFO[flag]
     suffix = "" if size == 28 else f"_{size}"
     folder = resolve_root(root)
@@ -62,7 +63,8 @@ def load_medmnist(flag: str, root: str | None, download: bool, size: int,
             raise DataError(
                 f"dataset file '{path}' not found. Put {flag}{suffix}.npz (from {url}, MD5 {official_md5}) in "
                 f"'{folder}', point data.root or FEDREG_DATA_DIR at the folder that holds it, or set "
-                f"data.download: true to fetch it")
+                f"data.download: true to fetch it"
+            )
         try:
             folder.mkdir(parents=True, exist_ok=True)
             cls = getattr(medmnist, info["python_class"])
@@ -73,15 +75,18 @@ def load_medmnist(flag: str, root: str | None, download: bool, size: int,
     if actual != md5:
         raise DataError(
             f"'{path}' has MD5 {actual}, expected {md5}: the file is corrupt, truncated or another version. "
-            f"Replace it with the file from {url}")
+            f"Replace it with the file from {url}"
+        )
     cls = getattr(medmnist, info["python_class"])
     try:
         train = cls(split="train", root=str(folder), size=size, download=False)
         test = cls(split="test", root=str(folder), size=size, download=False)
         arrays = (train.imgs, train.labels, test.imgs, test.labels)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, RuntimeError) as exc:
-        raise DataError(f"cannot read '{path}' as a MedMNIST file ({type(exc).__name__}: {exc}); "
-                        f"replace it with the file from {url}") from None
+        raise DataError(
+            f"cannot read '{path}' as a MedMNIST file ({type(exc).__name__}: {exc}); "
+            f"replace it with the file from {url}"
+        ) from None
     tr_x, tr_y, te_x, te_y = arrays
     return DatasetTensors(
         name=flag,
@@ -119,6 +124,7 @@ def _make(flag: str) -> type[Dataset]:
 
 #: every 2D single-label (multi-class or binary) MedMNIST dataset
 MEDMNIST_DATASETS: list[type[Dataset]] = [
-    _make(flag) for flag, info in INFO.items()
+    _make(flag)
+    for flag, info in INFO.items()
     if not flag.endswith("3d") and info["task"] in ("multi-class", "binary-class")
 ]

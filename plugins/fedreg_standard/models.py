@@ -14,12 +14,16 @@ class CNN(nn.Module):
     ``padding`` pads both convolutions (0: each shrinks the image by 4; 2: sizes are kept). The classifier
     head is the module ``fc`` (personalised methods name it)."""
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: int = 28, hidden: int = 512,
-                 padding: int = 0):
+    def __init__(
+        self, in_channels: int, num_classes: int, image_size: int = 28, hidden: int = 512, padding: int = 0
+    ):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 32, 5, padding=padding), nn.ReLU(inplace=True),
-                                   nn.MaxPool2d(2))
-        self.conv2 = nn.Sequential(nn.Conv2d(32, 64, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+        )
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(32, 64, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+        )
         side = cnn_side(image_size, padding)
         self.fc1 = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, hidden), nn.ReLU(inplace=True))
         self.fc = nn.Linear(hidden, num_classes)  # the classifier head

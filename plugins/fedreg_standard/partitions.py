@@ -9,8 +9,16 @@ from fedreg.components import Params, Partition
 from fedreg.errors import DataError
 
 
-def dirichlet_split(labels: np.ndarray, num_clients: int, alpha: float, rng, min_samples: int = 10,
-                    max_tries: int = 1000, cap: bool = False, keep_order: bool = False) -> list[np.ndarray]:
+def dirichlet_split(
+    labels: np.ndarray,
+    num_clients: int,
+    alpha: float,
+    rng,
+    min_samples: int = 10,
+    max_tries: int = 1000,
+    cap: bool = False,
+    keep_order: bool = False,
+) -> list[np.ndarray]:
     """Dirichlet label skew: class by class, client shares are drawn from Dir(alpha) and the class's
     (shuffled) samples are dealt out accordingly. Smaller alpha gives more skewed clients.
 
@@ -28,7 +36,8 @@ def dirichlet_split(labels: np.ndarray, num_clients: int, alpha: float, rng, min
     if num_clients * min_samples > n:
         raise DataError(
             f"{num_clients} clients with at least {min_samples} samples each need {num_clients * min_samples} "
-            f"samples, but the training set has {n}; lower data.num_clients or the partition's min_samples")
+            f"samples, but the training set has {n}; lower data.num_clients or the partition's min_samples"
+        )
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for _ in range(max_tries):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
@@ -52,7 +61,8 @@ def dirichlet_split(labels: np.ndarray, num_clients: int, alpha: float, rng, min
             return out
     raise DataError(
         f"Dirichlet partition (alpha={alpha}) left a client with fewer than {min_samples} samples in "
-        f"{max_tries} draws; raise alpha, lower data.num_clients or lower min_samples")
+        f"{max_tries} draws; raise alpha, lower data.num_clients or lower min_samples"
+    )
 
 
 def iid_split(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -62,15 +72,18 @@ def iid_split(n: int, num_clients: int, rng: np.random.Generator) -> list[np.nda
     return [np.sort(p) for p in np.array_split(rng.permutation(n), num_clients)]
 
 
-def shard_split(labels: np.ndarray, num_clients: int, classes_per_client: int,
-                rng: np.random.Generator) -> list[np.ndarray]:
+def shard_split(
+    labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Pathological k-classes-per-client split: samples sorted by label are cut into
     ``num_clients * classes_per_client`` shards and each client gets ``classes_per_client`` shards."""
     labels = np.asarray(labels)
     num_shards = num_clients * classes_per_client
     if num_shards > len(labels):
-        raise DataError(f"{num_shards} shards but only {len(labels)} samples; lower data.num_clients "
-                        f"or classes_per_client")
+        raise DataError(
+            f"{num_shards} shards but only {len(labels)} samples; lower data.num_clients "
+            f"or classes_per_client"
+        )
     order = np.argsort(labels, kind="stable")
     # shuffle within classes so shards are random samples of their class
     order = np.concatenate([rng.permutation(order[labels[order] == c]) for c in np.unique(labels)])
@@ -82,8 +95,11 @@ def shard_split(labels: np.ndarray, num_clients: int, classes_per_client: int,
 class DirichletParams(Params):
     alpha: float = Field(default=0.5, gt=0, description="concentration; smaller is more skewed")
     min_samples: int = Field(default=10, ge=1, description="redraw until every client has this many")
-    cap: bool = Field(default=False, description="no further classes for a client holding N/num_clients samples "
-                                                 "(the FedKPer authors' partition)")
+    cap: bool = Field(
+        default=False,
+        description="no further classes for a client holding N/num_clients samples "
+        "(the FedKPer authors' partition)",
+    )
 
 
 class DirichletPartition(Partition):

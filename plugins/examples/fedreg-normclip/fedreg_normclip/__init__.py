@@ -47,8 +47,9 @@ class NormClip(Aggregator):
     Params = NormClipParams
 
     def aggregate(self, round, global_state, updates, failures):
-        new, self.last_norms = norm_clipped_mean(global_state, [u.state for u in updates],
-                                                 [u.num_samples for u in updates], self.params.max_norm)
+        new, self.last_norms = norm_clipped_mean(
+            global_state, [u.state for u in updates], [u.num_samples for u in updates], self.params.max_norm
+        )
         return new
 
 
