@@ -55,6 +55,7 @@ def test_evaluation_share_of_a_round(method, data_dir, benchmark, monkeypatch):
     benchmark.extra_info.update({"eval_s": clock.total, "round_s": total / ROUNDS, "share": share})
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     print(
-        f"\n{method}: {total / ROUNDS:.2f} s/round, evaluation {clock.total / ROUNDS:.2f} s/round = {share:.1%}"
+        f"\n{method}: {total / ROUNDS:.2f} s/round, "
+        f"evaluation {clock.total / ROUNDS:.2f} s/round = {share:.1%}"
     )
     assert share <= 0.25

@@ -28,7 +28,8 @@ def measure(benchmark, overrides: list[str], label: str) -> None:
         {"fedreg_round_s": per_round, "plain_round_s": best["plain"] / ROUNDS, "ratio": ratio}
     )
     print(
-        f"\n{label}: fedreg {per_round:.2f} s/round, plain {best['plain'] / ROUNDS:.2f} s/round, ratio {ratio:.3f}"
+        f"\n{label}: fedreg {per_round:.2f} s/round, "
+        f"plain {best['plain'] / ROUNDS:.2f} s/round, ratio {ratio:.3f}"
     )
     return ratio
 

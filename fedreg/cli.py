@@ -29,7 +29,8 @@ def cmd_validate(args) -> int:
         comps = ", ".join(f"{k}={c.name}" for k, c in rs.components.items())
         print(
             f"ok: {rs.key or s.name}: {comps}; metrics={','.join(m.name for m in rs.metrics)}; "
-            f"{s.federation.rounds} rounds, {s.federation.clients_per_round}/{s.data.num_clients} clients per round"
+            f"{s.federation.rounds} rounds, "
+            f"{s.federation.clients_per_round}/{s.data.num_clients} clients per round"
         )
     return 0
 

@@ -71,8 +71,8 @@ class Component:
 
     @classmethod
     def check_spec(cls, params: Params, spec: Any) -> list[str]:
-        """Cross-field checks against the whole run spec (a :class:`fedreg.spec.RunSpec`), run when the spec is
-        validated, before any data is loaded: return one message per problem (name the fix), or ``[]``.
+        """Cross-field checks against the whole run spec (a :class:`fedreg.spec.RunSpec`), run when the spec
+        is validated, before any data is loaded: return one message per problem (name the fix), or ``[]``.
         Example: an aggregator that needs a minimum number of clients per round."""
         return []
 

@@ -257,7 +257,8 @@ def call_train(objective: Objective, ctx: LocalContext) -> TrainOutput:
 
 
 class Backend:
-    """Where a round's clients train. ``start`` once per run, ``train`` once per round, ``close`` at the end."""
+    """Where a round's clients train. ``start`` once per run, ``train`` once per round, ``close`` at the
+    end."""
 
     name = "local"
 

@@ -256,7 +256,8 @@ def _search_all(client, experiment_ids: list[str], filter_string: str = "") -> l
 
 def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None) -> tuple[list, list]:
     """The parent runs and their child runs: of the given parent run ids, or of every child run of
-    ``experiment``. Raises FedregError for an unknown id, a run that is not a parent, an unknown experiment."""
+    ``experiment``. Raises FedregError for an unknown id, a run that is not a parent, an unknown
+    experiment."""
     from mlflow.exceptions import MlflowException
 
     if bool(run_ids) == bool(experiment):
@@ -682,7 +683,8 @@ def worst_of(rd: RunData) -> WorstClient | None:
 
 @dataclass(frozen=True)
 class WindowMeans:
-    """A per-round metric's mean over all evaluated rounds with a value and over the last ``window`` of them."""
+    """A per-round metric's mean over all evaluated rounds with a value and over the last ``window`` of
+    them."""
 
     all_mean: float
     all_n: int
@@ -733,7 +735,8 @@ def _counts(runs: Iterable[RunData], key: str) -> list[int]:
 def run_values(rd: RunData) -> dict[str, float]:
     """A run's summary metrics plus derived values: ``worst_client_local_acc`` (:func:`worst_client`), for
     each forgetting metric ``all_<key>`` (mean over all rounds with a value) and ``last10_<key>`` (when the
-    run did not log it), and ``balance_global_local_acc`` (mean of the global and mean local last-10 means)."""
+    run did not log it), and ``balance_global_local_acc`` (mean of the global and mean local last-10
+    means)."""
     out = dict(rd.summary)
     w = worst_of(rd)
     out[WORST_KEY] = w.value if w else math.nan
@@ -884,7 +887,8 @@ def ranked_others(
 # The paper's claims
 # ---------------------------------------------------------------------------------------------------------
 
-#: the variants the claims are about (FedKPer, Fowler and AlRegib, ICIP 2026); the claims section needs 'method'
+#: the variants the claims are about (FedKPer, Fowler and AlRegib, ICIP 2026);
+#: the claims section needs 'method'
 CLAIM_VARIANTS = {"method": "fedkper", "fedavg": "fedavg", "kd": "kd-only", "agg": "agg-only"}
 #: the paper's global-accuracy lead over the next best method, in points, per dataset
 CLAIMED_GAP = {"bloodmnist": 9.8}
@@ -945,8 +949,8 @@ def compare_pair(
     decimals: int = 1,
     scale: float = 100.0,
 ) -> Comparison:
-    """``a`` minus ``b`` per seed (times ``scale``: points), its t-interval and the verdict: against the claimed
-    gap when ``claimed`` is given, else on the direction."""
+    """``a`` minus ``b`` per seed (times ``scale``: points), its t-interval and the verdict: against the
+    claimed gap when ``claimed`` is given, else on the direction."""
     diffs = {s: d * scale for s, d in paired_differences(values.get(a, {}), values.get(b, {})).items()}
     iv = t_interval(diffs.values())
     status, verdict = (
@@ -1191,7 +1195,8 @@ def _component(params: dict[str, str], prefix: str) -> str:
 def protocol_of(params: dict[str, str]) -> dict[str, str]:
     """The protocol a run used, from its params (the flattened resolved spec): dataset, partition with its
     params, local-test rule (``data.local_test.{rule,fraction,...}``; runs from before it have
-    ``data.local_test_fraction``, whose rule is 'stratified'), model and client selection with their params."""
+    ``data.local_test_fraction``, whose rule is 'stratified'), model and client selection with their
+    params."""
     lt = {k[len("data.local_test.") :]: v for k, v in params.items() if k.startswith("data.local_test.")}
     if lt:
         rule = lt.pop("rule", "?")
@@ -1504,14 +1509,14 @@ def make_plots(
     plot_curves(by_method, out / "curves.png", smooth=WINDOW)
     plots["curves.png"] = (
         f"Global accuracy, the local accuracy of each round's worst participant (the worse of that round's "
-        f"sampled clients: not the worst client, see the worst-client section) and global NFR per round, each "
-        f"smoothed by a trailing {WINDOW}-round mean within each seed; line: mean over seeds, shaded band: min-max "
-        f"over seeds."
+        f"sampled clients: not the worst client, see the worst-client section) and global NFR per round, "
+        f"each smoothed by a trailing {WINDOW}-round mean within each seed; line: mean over seeds, "
+        f"shaded band: min-max over seeds."
     )
     plot_small_multiples(by_method, out / "curves_by_method.png")
     plots["curves_by_method.png"] = (
-        f"Global accuracy per method (trailing {WINDOW}-round mean within each seed): mean over seeds with the "
-        "min-max band over seeds; the grey lines are the other methods' means."
+        f"Global accuracy per method (trailing {WINDOW}-round mean within each seed): mean over seeds "
+        "with the min-max band over seeds; the grey lines are the other methods' means."
     )
     plot_curves(by_method, out / "curves_raw.png", smooth=None)
     plots["curves_raw.png"] = (
@@ -1522,14 +1527,15 @@ def make_plots(
         plot_clients(by_method, out / "clients.png")
         plots["clients.png"] = (
             "Client level: each client's local accuracy at its last participation (its last round in "
-            "metrics/per_client.csv), per method. Top: every client of every seed; bottom: one heatmap per seed "
+            "metrics/per_client.csv), per method. Top: every client of every seed; "
+            "bottom: one heatmap per seed "
             "(the variants of a seed share its partition, so a column is the same client across methods)."
         )
     tm = {m: by_method[m] for m in (time_methods or by_method)}
     plot_time(tm, out / "accuracy_vs_time.png", budget)
     plots["accuracy_vs_time.png"] = (
-        f"Global accuracy (trailing {WINDOW}-round mean, mean over seeds) against wall-clock time since the run "
-        f"started (elapsed_s, mean over seeds); dotted line: the matched budget T."
+        f"Global accuracy (trailing {WINDOW}-round mean, mean over seeds) against wall-clock time since "
+        "the run started (elapsed_s, mean over seeds); dotted line: the matched budget T."
     )
     return plots
 
@@ -1538,7 +1544,8 @@ def make_plots(
 # Layout and rendering
 # ---------------------------------------------------------------------------------------------------------
 
-# blocks: ("h", level, text) | ("p", text) | ("ul", [text]) | ("table", headers, rows) | ("img", file, caption)
+# blocks: ("h", level, text) | ("p", text) | ("ul", [text]) | ("table", headers, rows)
+#       | ("img", file, caption)
 
 
 def _seeds_text(seeds: Sequence[int | None]) -> str:
@@ -1650,8 +1657,8 @@ def worst_client_blocks(by_method: dict[str, list[RunData]]) -> list[tuple]:
             (
                 "p",
                 f"Note: in {few} of {total} runs the worst client's local test holds fewer than "
-                f"{SMALL_LOCAL_TEST} samples (marked 'few'): its value is coarse, and the worst-client figure "
-                "of those runs is decided by a handful of test images.",
+                f"{SMALL_LOCAL_TEST} samples (marked 'few'): its value is coarse, "
+                "and the worst-client figure of those runs is decided by a handful of test images.",
             )
         )
     return B

@@ -591,12 +591,13 @@ def run_experiment(
         spool = tracker.close()
         if spool is not None:
             echo(
-                f"warning: {tracker.pending} tracking calls could not be delivered to {tracker.uri}; they are kept "
-                f"in '{spool}'. Send them when the server is back with: fedreg replay {spool}"
+                f"warning: {tracker.pending} tracking calls could not be delivered to {tracker.uri}; "
+                f"they are kept in '{spool}'. Send them when the server is back with: fedreg replay {spool}"
             )
         elif tracker.outages:
             echo(
-                f"the tracking server was unreachable {tracker.outages} time(s); everything was delivered later"
+                f"the tracking server was unreachable {tracker.outages} time(s); "
+                "everything was delivered later"
             )
 
 

@@ -443,8 +443,9 @@ def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> li
             "execution.backend",
             (
                 f"objective '{objective.name}' cannot run on the vectorized backend: it does not define "
-                f"functional_loss (its loss as a pure function that torch.func batches over clients). Objectives that "
-                f"can: {', '.join(able) or '(none installed)'}; execution.backend: local or ray runs any objective"
+                "functional_loss (its loss as a pure function that torch.func batches over clients). "
+                f"Objectives that can: {', '.join(able) or '(none installed)'}; "
+                "execution.backend: local or ray runs any objective"
             ),
         )
     ]

@@ -1,7 +1,9 @@
 """Helpers for testing plugins: a tiny in-memory federation, no files, no MLflow.
 
     from fedreg.testing import tiny_federation
-    result = tiny_federation({"federation.aggregation": "my_aggregator"}, plugins=[("mine", my_plugin_module)])
+    result = tiny_federation(
+        {"federation.aggregation": "my_aggregator"}, plugins=[("mine", my_plugin_module)]
+    )
     assert result.final["final_global_acc"] > 0.5
 
 The synthetic dataset is learnable: each class lights up its own block of the image.

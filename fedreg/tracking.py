@@ -229,7 +229,7 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call("end_run", run_id, status)
 
-    # -- the MLflow requests behind them ----------------------------------------------------------------------
+    # -- the MLflow requests behind them ---------------------------------------------------------------------
     def _log_params(self, run_id, params):
         items = [Param(k[:250], v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):

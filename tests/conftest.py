@@ -42,7 +42,10 @@ def data_dir() -> Path:
     d = os.environ.get("FEDREG_DATA_DIR")
     path = Path(d) / "bloodmnist.npz" if d else None
     if path is None or not path.exists():
-        msg = f"real BloodMNIST not found (FEDREG_DATA_DIR={d!r}); set FEDREG_DATA_DIR to ../shared/data/medmnist"
+        msg = (
+            f"real BloodMNIST not found (FEDREG_DATA_DIR={d!r}); "
+            "set FEDREG_DATA_DIR to ../shared/data/medmnist"
+        )
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)

@@ -157,7 +157,8 @@ CASES = [
         "tracking-unreachable",
         set_("tracking.uri", lambda tmp: f"http://127.0.0.1:{free_port()}"),
         [],
-        "the server cannot be reached. Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running one",
+        "the server cannot be reached. "
+        "Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running one",
     ),
     ("resume-nothing", None, ["--resume"], "nothing to resume: no unfinished run of spec 't'"),
     ("missing-spec-file", "MISSING", [], "does not exist"),

@@ -137,7 +137,7 @@ def test_resume_of_another_spec_is_refused(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-# --- a real tracking server that goes away ---------------------------------------------------------------------
+# --- a real tracking server that goes away ------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -270,7 +270,7 @@ def test_undelivered_calls_are_spooled_and_replayed(tmp_path, server):
     assert "model" in {a.path for a in c.list_artifacts(run.info.run_id)}
 
 
-# --- failing and diverging clients -------------------------------------------------------------------------------
+# --- failing and diverging clients --------------------------------------------------------------------------
 
 
 class Flaky(CrossEntropy):

@@ -754,8 +754,10 @@ def test_report_of_the_paper_methods_has_worst_clients_windows_claims_and_protoc
     assert "### Global accuracy 9.8 points above the next best method (bloodmnist)" in claims
     # fedkper - kd-only: +4 and +6 points; t_{0.975,1} = 12.706, s = sqrt(2): +5.0 ± 12.7 -> [-7.7, +17.7]
     assert (
-        "| fedkper − kd-only | next best by mean over seeds | 1: +4.0 (rank 1 of 4), 2: +6.0 (rank 1 of 4) | "
-        "+5.0 [-7.7, +17.7] | consistent with the claim: the interval [-7.7, +17.7] contains the claimed +9.8 "
+        "| fedkper − kd-only | next best by mean over seeds | "
+        "1: +4.0 (rank 1 of 4), 2: +6.0 (rank 1 of 4) | "
+        "+5.0 [-7.7, +17.7] | consistent with the claim: "
+        "the interval [-7.7, +17.7] contains the claimed +9.8 "
         "(it also contains 0: FedKPer is not shown ahead at all) |" in claims
     )
     with (out / "claims.csv").open() as f:

@@ -252,7 +252,8 @@ def poison(s):
         ),
         (
             reshape,
-            "broke the rule 'keep shapes and dtypes' in aggregate: 'fc.bias' is (3,) torch.float32, expected (4,)",
+            "broke the rule 'keep shapes and dtypes' in aggregate: "
+            "'fc.bias' is (3,) torch.float32, expected (4,)",
         ),
         (
             retype,

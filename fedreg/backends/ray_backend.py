@@ -112,9 +112,10 @@ def init_ray(address: str | None) -> bool:
             ray.init(address=address, **_QUIET)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
             raise FedregError(
-                f"could not join the Ray cluster at '{address}' ({type(exc).__name__}: {exc}). Start the cluster "
-                f"first (head node: 'ray start --head'; other nodes: 'ray start --address=HEAD_IP:6379'), or fix "
-                f"execution.address / $RAY_ADDRESS; unset both to start Ray on this machine"
+                f"could not join the Ray cluster at '{address}' ({type(exc).__name__}: {exc}). "
+                "Start the cluster first (head node: 'ray start --head'; "
+                "other nodes: 'ray start --address=HEAD_IP:6379'), or fix "
+                "execution.address / $RAY_ADDRESS; unset both to start Ray on this machine"
             ) from exc
         return False
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **_QUIET)

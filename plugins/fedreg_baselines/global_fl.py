@@ -45,7 +45,7 @@ def _needs(ctx, key: str, objective: str, aggregator: str):
     return ctx.broadcast[key]
 
 
-# --- FedProx -------------------------------------------------------------------------------------------------
+# --- FedProx ------------------------------------------------------------------------------------------------
 
 
 class FedProxParams(Params):
@@ -72,7 +72,7 @@ class FedProx(Objective):
         return loss
 
 
-# --- SCAFFOLD ------------------------------------------------------------------------------------------------
+# --- SCAFFOLD -----------------------------------------------------------------------------------------------
 
 
 class Scaffold(Objective):
@@ -172,7 +172,7 @@ class ScaffoldAggregator(Aggregator):
         self.c = state.get("c")
 
 
-# --- FedDyn --------------------------------------------------------------------------------------------------
+# --- FedDyn -------------------------------------------------------------------------------------------------
 
 
 class FedDyn(Objective):
@@ -246,7 +246,7 @@ class FedDynAggregator(Aggregator):
         self.h = state.get("h")
 
 
-# --- MOON ----------------------------------------------------------------------------------------------------
+# --- MOON ---------------------------------------------------------------------------------------------------
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
@@ -282,7 +282,8 @@ class MoonParams(Params):
 
 class Moon(Objective):
     """MOON: CE + mu * model-contrastive loss pulling the representation toward the global model's and away
-    from the client's previous local model's (Li et al., "Model-Contrastive Federated Learning", CVPR 2021)."""
+    from the client's previous local model's (Li et al., "Model-Contrastive Federated Learning",
+    CVPR 2021)."""
 
     name = "moon"
     Params = MoonParams
@@ -322,7 +323,7 @@ class Moon(Objective):
         return {}
 
 
-# --- FedNTD --------------------------------------------------------------------------------------------------
+# --- FedNTD -------------------------------------------------------------------------------------------------
 
 
 class FedNTDParams(Params):

@@ -27,13 +27,13 @@ from fedreg_baselines.personal_math import (
     split_keys,
 )
 
-# --- shared pieces -------------------------------------------------------------------------------------------
+# --- shared pieces ------------------------------------------------------------------------------------------
 
 
 @contextmanager
 def frozen(params: Iterable[nn.Parameter]):
-    """Turn off ``requires_grad`` for ``params`` inside the block and restore each flag afterwards (``ctx.model``
-    is shared by every client, so a frozen flag must never outlive the client)."""
+    """Turn off ``requires_grad`` for ``params`` inside the block and restore each flag afterwards
+    (``ctx.model`` is shared by every client, so a frozen flag must never outlive the client)."""
     params = list(params)
     flags = [p.requires_grad for p in params]
     try:
@@ -120,13 +120,13 @@ class _PersonalObjective(Objective):
         return m
 
 
-# --- Ditto ---------------------------------------------------------------------------------------------------
+# --- Ditto --------------------------------------------------------------------------------------------------
 
 
 class DittoParams(Params):
-    # The paper selects lambda per dataset from a small grid (Li et al. 2021, Sec. 5 and App.); 0.1 lies inside
-    # it and is the usual default of reimplementations. lambda = 0 makes v plain local training continued
-    # across rounds; a large lambda pulls v onto the received global model.
+    # The paper selects lambda per dataset from a small grid (Li et al. 2021, Sec. 5 and App.); 0.1 lies
+    # inside it and is the usual default of reimplementations. lambda = 0 makes v plain local training
+    # continued across rounds; a large lambda pulls v onto the received global model.
     lam: float = Field(
         default=0.1, ge=0, description="lambda: weight of lam/2 ||v - w_global||^2 on the personal model v"
     )
@@ -162,7 +162,7 @@ class Ditto(_PersonalObjective):
         return self.model_from(ctx, ctx.state["personal"])
 
 
-# --- FedPer / FedRep -----------------------------------------------------------------------------------------
+# --- FedPer / FedRep ----------------------------------------------------------------------------------------
 
 
 def _layers_field(description: str):
@@ -203,8 +203,8 @@ class FedRepParams(Params):
     personal_layers: list[str] = _layers_field(
         "module-name prefixes of the personal head (matched as in fedper)"
     )
-    # FedRep's experiments train the head for 10 local epochs and the representation for 1 (Collins et al. 2021,
-    # Sec. 5); the representation's epochs are training.local_epochs.
+    # FedRep's experiments train the head for 10 local epochs and the representation for 1 (Collins et al.
+    # 2021, Sec. 5); the representation's epochs are training.local_epochs.
     head_epochs: int = Field(default=10, ge=0, description="epochs of head-only training before the body")
 
 
@@ -244,7 +244,7 @@ class FedRep(_PersonalObjective):
         return {}
 
 
-# --- FedBABU -------------------------------------------------------------------------------------------------
+# --- FedBABU ------------------------------------------------------------------------------------------------
 
 
 class FedBABUParams(Params):
@@ -288,7 +288,7 @@ class FedBABU(_PersonalObjective):
         return m
 
 
-# --- APFL ----------------------------------------------------------------------------------------------------
+# --- APFL ---------------------------------------------------------------------------------------------------
 
 
 class APFLParams(Params):
@@ -363,7 +363,7 @@ class APFL(_PersonalObjective):
         )
 
 
-# --- local only ----------------------------------------------------------------------------------------------
+# --- local only ---------------------------------------------------------------------------------------------
 
 
 class LocalOnly(_PersonalObjective):

@@ -213,8 +213,8 @@ class KrumParams(Params):
 
 
 class Krum(Aggregator):
-    """Krum / Multi-Krum: average of the m clients closest to their n-f-2 nearest neighbours (Blanchard et al.,
-    NeurIPS 2017).
+    """Krum / Multi-Krum: average of the m clients closest to their n-f-2 nearest neighbours (Blanchard et
+    al., NeurIPS 2017).
 
     Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries: Byzantine Tolerant Gradient
     Descent", NeurIPS 2017. A client's score is the sum of squared Euclidean distances (float64, over all

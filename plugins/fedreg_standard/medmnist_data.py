@@ -61,7 +61,8 @@ def load_medmnist(
     if not path.exists():
         if not download:
             raise DataError(
-                f"dataset file '{path}' not found. Put {flag}{suffix}.npz (from {url}, MD5 {official_md5}) in "
+                f"dataset file '{path}' not found. "
+                f"Put {flag}{suffix}.npz (from {url}, MD5 {official_md5}) in "
                 f"'{folder}', point data.root or FEDREG_DATA_DIR at the folder that holds it, or set "
                 f"data.download: true to fetch it"
             )

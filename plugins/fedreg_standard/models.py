@@ -9,7 +9,8 @@ from fedreg.components import Model, Params
 
 
 class CNN(nn.Module):
-    """conv 5x5 32 -> ReLU -> max-pool 2 -> conv 5x5 64 -> ReLU -> max-pool 2 -> fc hidden -> ReLU -> fc classes.
+    """conv 5x5 32 -> ReLU -> max-pool 2 -> conv 5x5 64 -> ReLU -> max-pool 2 -> fc hidden -> ReLU ->
+    fc classes.
 
     ``padding`` pads both convolutions (0: each shrinks the image by 4; 2: sizes are kept). The classifier
     head is the module ``fc`` (personalised methods name it)."""
@@ -44,7 +45,8 @@ class CNNParams(Params):
 
 
 class SmallCNN(Model):
-    """Two 5x5 convolutions without padding, fc 512, fc classes (582,600 parameters at 28x28x3 and 8 classes)."""
+    """Two 5x5 convolutions without padding, fc 512, fc classes (582,600 parameters at 28x28x3 and
+    8 classes)."""
 
     name = "cnn"
     Params = CNNParams

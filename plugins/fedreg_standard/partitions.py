@@ -35,8 +35,9 @@ def dirichlet_split(
     n = len(labels)
     if num_clients * min_samples > n:
         raise DataError(
-            f"{num_clients} clients with at least {min_samples} samples each need {num_clients * min_samples} "
-            f"samples, but the training set has {n}; lower data.num_clients or the partition's min_samples"
+            f"{num_clients} clients with at least {min_samples} samples each need "
+            f"{num_clients * min_samples} samples, but the training set has {n}; "
+            "lower data.num_clients or the partition's min_samples"
         )
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for _ in range(max_tries):
