@@ -50,7 +50,10 @@ def differences(stored: dict[str, str], current: dict[str, str], limit: int = 6)
 
 def rng_states() -> dict[str, Any]:
     """Global RNG states, for plugins that draw from them (fedreg's own streams are derived from the seed)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # legacy=True is numpy's default, spelled out: the legacy tuple (the global RandomState is MT19937)
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple), "the global RandomState is an MT19937, whose legacy state is a tuple"
+    kind, keys, pos, has_gauss, gauss = state
     return {
         "torch": torch.get_rng_state(),
         "numpy": {

@@ -103,8 +103,8 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
                 for m in client.get_metric_history(ch.info.run_id, key):
                     per_round.setdefault(m.step, {"round": m.step})[key] = m.value
             histories[name] = [per_round[s] for s in sorted(per_round)]
-        with tempfile.TemporaryDirectory() as d:
-            d = Path(d)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
             (d / "table.md").write_text(text)
             write_csv(d / "table.csv", rows, list(rows[0]))
             plot_curves(histories, d / "curves.png", CURVE_KEYS)

@@ -34,6 +34,11 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: :class:`Params` under a name that the ``Component.Params`` class attribute does not hide: inside a
+#: component's class body, ``Params`` in an annotation means that attribute, which is not a type.
+_BaseParams = Params
+
+
 class Component:
     """Base of every component. Subclasses set ``name`` and may override ``Params``."""
 
@@ -47,7 +52,7 @@ class Component:
     #: Set by the registry on instances: "plugin 'p', distribution version" (for error messages).
     origin: str = ""
 
-    def __init__(self, params: Params | None = None):
+    def __init__(self, params: _BaseParams | None = None):
         self.params = params if params is not None else self.Params()
 
     @classmethod
@@ -70,7 +75,7 @@ class Component:
         return found
 
     @classmethod
-    def check_spec(cls, params: Params, spec: Any) -> list[str]:
+    def check_spec(cls, params: _BaseParams, spec: Any) -> list[str]:
         """Cross-field checks against the whole run spec (a :class:`fedreg.spec.RunSpec`), run when the spec
         is validated, before any data is loaded: return one message per problem (name the fix), or ``[]``.
         Example: an aggregator that needs a minimum number of clients per round."""

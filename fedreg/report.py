@@ -77,6 +77,8 @@ TABLE: list[tuple[str, str, float, int]] = [
     ("global consistency (last-10 mean)", "last10_global_consistency", 100.0, 2),
     ("wall time s", "wall_time_s", 1.0, 0),
 ]
+#: the metric keys of TABLE, in its order
+TABLE_KEYS: tuple[str, ...] = tuple(k for _, k, _, _ in TABLE)
 #: run parameters that describe the setting; shown in the header, and flagged when runs differ in them
 SETTING_KEYS = (
     "data.dataset.name",
@@ -510,7 +512,7 @@ def group(runs: Iterable[RunData], methods: Sequence[str] | None = None) -> dict
 def aggregate(
     runs: Iterable[RunData],
     methods: Sequence[str] | None = None,
-    keys: Sequence[str] = tuple(k for _, k, _, _ in TABLE),
+    keys: Sequence[str] = TABLE_KEYS,
 ) -> list[MethodSummary]:
     """Per method: mean ± sample std over its runs (seeds) of each summary metric (and derived value, see
     :func:`run_values`)."""
@@ -607,7 +609,7 @@ def matched_budget(
     for m, rs in by_method.items():
         cut = [within_budget(rd.curves.get("elapsed_s", []), rd.curves.get(key, []), budget) for rd in rs]
         full = [
-            np.mean([v for _, v in rd.curves.get(key, [])][-WINDOW:]) if rd.curves.get(key) else None
+            float(np.mean([v for _, v in rd.curves.get(key, [])][-WINDOW:])) if rd.curves.get(key) else None
             for rd in rs
         ]
         rows.append(
@@ -809,7 +811,7 @@ def gap_verdict(iv: Interval, claimed: float, decimals: int = 1) -> tuple[str, s
     below it, else 'consistent'."""
     if iv.n == 0:
         return "not judged", "not judged: no seed has both methods"
-    if iv.lo is None:
+    if iv.lo is None or iv.hi is None:
         return "not judged", (
             f"one seed: no interval (the difference is {iv.mean:+.{decimals}f} points, the claim "
             f"{claimed:+.{decimals}f}); more seeds are needed to judge it"
@@ -840,7 +842,7 @@ def direction_verdict(iv: Interval, higher_is_better: bool = True, decimals: int
     on the worse side, else 'not shown'."""
     if iv.n == 0:
         return "not judged", "not judged: no seed has both methods"
-    if iv.lo is None:
+    if iv.lo is None or iv.hi is None:
         return "not judged", (
             f"one seed: no interval (the difference is {iv.mean:+.{decimals}f}); more seeds "
             "are needed to judge it"
@@ -2141,9 +2143,9 @@ def write_tables(
     by_method = group(col.finished, col.methods)
     rows = []
     for s in summaries:
-        vals = [run_values(rd) for rd in by_method.get(s.method, [])]
+        run_vals = [run_values(rd) for rd in by_method.get(s.method, [])]
         for k in keys:
-            st = s.stats[k] if k in s.stats else Stat.of(v.get(k) for v in vals)
+            st = s.stats[k] if k in s.stats else Stat.of(v.get(k) for v in run_vals)
             if k in s.stats or st.n:
                 rows.append([s.method, k, num(st.mean), num(st.std), st.n, ""])
     for b in budget_rows:

@@ -50,7 +50,7 @@ from fedreg.execution import (
     backend_class,
 )
 from fedreg.spec import ResolvedSpec
-from fedreg.tracking import Tracker, flatten, git_commit
+from fedreg.tracking import RunTracker, Tracker, flatten, git_commit
 
 #: per-round metrics that measure time, not learning: they differ between identical runs
 TIMING_KEYS = ("round_time_s", "elapsed_s")
@@ -154,7 +154,7 @@ class FederatedRun:
         self,
         rs: ResolvedSpec,
         fed: FederatedData,
-        tracker: Tracker,
+        tracker: RunTracker,
         run_id: str,
         progress: bool = True,
         label: str | None = None,
@@ -227,7 +227,7 @@ class FederatedRun:
         return t.optimizer.lr * t.lr_schedule.gamma ** ((r - 1) // t.lr_schedule.step_rounds)
 
     # -- one round ---------------------------------------------------------------------------------------
-    def run_round(self, st: RunState, backend: Backend, eval_model) -> dict[str, float] | None:
+    def run_round(self, st: RunState, backend: Backend, eval_model) -> dict[str, float]:
         r = st.round + 1  # rounds are numbered from 1, as MLflow steps
         spec = self.spec
         chosen = _select(self.selector, r, self.infos, spec.federation.clients_per_round, spec.seed)
@@ -242,17 +242,19 @@ class FederatedRun:
             if res.failure is not None:
                 failures.append(self.handle_failure(res.failure, r, cid))
                 continue
+            update = res.update
+            assert update is not None, "a result without a failure carries its update"
             if res.state:
                 st.client_states[cid] = res.state
             else:
                 st.client_states.pop(cid, None)  # keep state only for clients that have it
-            updates.append(res.update)
+            updates.append(update)
             if res.local_eval is not None:
                 local_preds[cid] = res.local_eval
             self.per_client_rows.append(
-                {"round": r, "client": cid, "metric": "train_loss", "value": res.update.train_loss}
+                {"round": r, "client": cid, "metric": "train_loss", "value": update.train_loss}
             )
-            for k, v in res.update.report.items():
+            for k, v in update.report.items():
                 self.per_client_rows.append({"round": r, "client": cid, "metric": f"report.{k}", "value": v})
         if len(updates) < spec.faults.min_clients:
             detail = "; ".join(f"client {f.client_id}: {f.error}" for f in failures)
@@ -312,7 +314,7 @@ class FederatedRun:
             local=local_preds,
             local_model_role=self.objective.local_model_role,
         )
-        if self.eval_x is None:
+        if self.eval_x is None or self.eval_y is None:
             return ev
         allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
         if not self.runner.on_cpu:
@@ -340,6 +342,7 @@ class FederatedRun:
         }
 
     def save_checkpoint(self, st: RunState, elapsed: float) -> None:
+        assert self.checkpoint_file is not None, "checkpoints are saved only when checkpointing is on"
         checkpoint.save(
             self.checkpoint_file,
             {
@@ -424,7 +427,9 @@ class FederatedRun:
                 if every and (st.round % every == 0 or st.round == spec.federation.rounds):
                     self.save_checkpoint(st, time.perf_counter() - t0)
                 bar.update(1)
-                shown = {k: f"{scalars[k]:.4f}" for k in ("global_acc", "local_acc_mean") if k in scalars}
+                shown: dict[str, str] = {
+                    k: f"{scalars[k]:.4f}" for k in ("global_acc", "local_acc_mean") if k in scalars
+                }
                 if shown:
                     bar.set_postfix(shown)
         finally:
@@ -441,8 +446,8 @@ class FederatedRun:
         )
 
     def log_outputs(self, st: RunState) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            d = Path(d)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
             tables = (
                 ("per_client.csv", self.per_client_rows, ["round", "client", "metric", "value"]),
                 ("failures.csv", self.failure_rows, ["round", "client", "stage", "error"]),
@@ -560,7 +565,7 @@ def run_experiment(
     torch.set_flush_denormal(True)
     meta = resume.read() if resume else None
     checkpoints = {}
-    if meta is not None:
+    if resume is not None and meta is not None:
         for rs in specs:
             f = resume.run_file(rs.key)
             if f.exists():
@@ -726,8 +731,8 @@ def _run_variants(
 
 def log_partition(tracker: Tracker, run_id: str, fed: FederatedData) -> None:
     stats = fed.stats()
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
         (d / "stats.json").write_text(json.dumps(stats, indent=1))
         with (d / "label_counts.csv").open("w", newline="") as f:
             w = csv.writer(f)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedreg.components import Component, Objective
 from fedreg.errors import SpecError, SpecIssue
 from fedreg.registry import Registry
 
@@ -433,11 +434,17 @@ def _field_default(path: tuple[str, ...]) -> Any:
     return value.model_dump() if isinstance(value, BaseModel) else value
 
 
+def _vectorizable(cls: type[Component]) -> bool:
+    """Whether an objective class defines ``functional_loss`` (the registry holds only Objective
+    subclasses under the kind 'objective')."""
+    return issubclass(cls, Objective) and cls.vectorizable()
+
+
 def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> list[SpecIssue]:
     """The vectorized backend trains only objectives that define ``functional_loss``."""
-    if objective.info.cls.vectorizable():
+    if _vectorizable(objective.info.cls):
         return []
-    able = sorted({i.name for i in registry.all() if i.kind == "objective" and i.cls.vectorizable()})
+    able = sorted({i.name for i in registry.all() if i.kind == "objective" and _vectorizable(i.cls)})
     return [
         SpecIssue(
             "execution.backend",
@@ -510,10 +517,10 @@ def validate_one(
         # each component's own cross-field checks
         located = [(".".join(path), components.get(kind)) for path, kind in COMPONENT_PATHS.items()]
         located += [(f"metrics.{i}", m) for i, m in enumerate(metrics)]
-        for path, comp in located:
+        for where, comp in located:
             if comp is not None:
                 for msg in comp.info.cls.check_spec(comp.params, spec):
-                    issues.append(SpecIssue(path, msg))
+                    issues.append(SpecIssue(where, msg))
         if spec.execution.backend == "vectorized" and "objective" in components:
             issues.extend(_vectorizable_issues(components["objective"], registry))
     if prefix:
@@ -523,13 +530,14 @@ def validate_one(
     return ResolvedSpec(spec, components, metrics, variant, raw), issues
 
 
-def expand_variants(raw: dict[str, Any]) -> list[tuple[str | None, dict[str, Any], str]]:
-    """(variant name, raw dict, path prefix for errors) for every variant, or the base spec alone."""
+def expand_variants(raw: dict[str, Any]) -> list[tuple[str | None, dict[str, Any] | None, str]]:
+    """(variant name, raw dict, path prefix for errors) for every variant, or the base spec alone; the raw
+    dict is None for a variant that is not a mapping."""
     base = {k: v for k, v in raw.items() if k != "variants"}
     variants = raw.get("variants") or {}
     if not isinstance(variants, dict) or not variants:
         return [(None, base, "")]
-    out = []
+    out: list[tuple[str | None, dict[str, Any] | None, str]] = []
     for name, override in variants.items():
         if override is None:
             override = {}

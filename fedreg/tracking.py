@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -69,6 +69,15 @@ def _is_outage(exc: BaseException) -> bool:
             "RemoteDisconnected",
         )
     )
+
+
+class RunTracker(Protocol):
+    """What a :class:`~fedreg.runtime.FederatedRun` logs to: a :class:`Tracker`, or a stand-in such as
+    :class:`fedreg.testing.NullTracker`."""
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None: ...
 
 
 class Tracker:
@@ -163,12 +172,12 @@ class Tracker:
         (folder / "files").mkdir(parents=True, exist_ok=True)
         with (folder / "calls.jsonl").open("w") as f:
             for op, args in self.queue:
-                args = list(args)
+                saved = list(args)
                 if op == "log_file":
-                    dest = folder / "files" / Path(args[1]).name
-                    shutil.copy2(args[1], dest)
-                    args[1] = str(dest.resolve())
-                f.write(json.dumps({"op": op, "args": args}) + "\n")
+                    dest = folder / "files" / Path(saved[1]).name
+                    shutil.copy2(saved[1], dest)
+                    saved[1] = str(dest.resolve())
+                f.write(json.dumps({"op": op, "args": saved}) + "\n")
         (folder / "target.json").write_text(json.dumps({"tracking_uri": self.uri}))
         return folder
 

@@ -41,6 +41,7 @@ import math
 import os
 import socket
 from collections import deque
+from typing import Any, cast
 
 import torch
 
@@ -52,12 +53,14 @@ try:
     import ray
     from ray.exceptions import RayActorError, RayError, RayTaskError
 except ImportError:  # pragma: no cover - exercised only without the extra
-    ray = None
+    HAVE_RAY = False
+else:
+    HAVE_RAY = True
 
 #: seconds ``start`` waits for every worker to come up (placement, import, receiving the data)
 STARTUP_TIMEOUT_S = 300.0
 
-_QUIET = {"log_to_driver": False, "logging_level": logging.ERROR}
+_QUIET: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
 
 
 class WorkerDied(RuntimeError):
@@ -99,7 +102,7 @@ class ClientWorker:
 
 def init_ray(address: str | None) -> bool:
     """Connect to Ray unless already connected; True when this call started a local Ray."""
-    if ray is None:
+    if not HAVE_RAY:
         raise FedregError(
             "execution.backend is 'ray' but Ray is not installed; install it with: pip install 'fedreg[ray]'"
         )
@@ -136,7 +139,7 @@ def _probe(address: str, timeout: float = 10.0) -> None:
 
 
 def _shutdown() -> None:
-    if ray is not None and ray.is_initialized():
+    if HAVE_RAY and ray.is_initialized():
         ray.shutdown()
 
 
@@ -149,8 +152,8 @@ class RayBackend(Backend):
         super().__init__(execution, runner, clients_per_round)
         self.actors: list = []
         self.pids: list[int] = []
-        self._runner_ref = None
-        self._actor_class = None
+        self._runner_ref: ray.ObjectRef[ClientRunner] | None = None
+        self._actor_class: ray.actor.ActorClass[ClientWorker] | None = None
         self._sizes: dict[int, int] = {}
 
     # -- workers -----------------------------------------------------------------------------------------
@@ -182,7 +185,8 @@ class RayBackend(Backend):
             )
         return max(1, min(self.clients_per_round, fit))
 
-    def _spawn(self):
+    def _spawn(self) -> ray.actor.ActorProxy[ClientWorker]:
+        assert self._actor_class is not None, "workers are spawned only after start"
         return self._actor_class.remote(
             self._runner_ref,
             max(1, int(self.execution.cpus_per_client)),
@@ -272,7 +276,7 @@ class RayBackend(Backend):
                 free.append(slot)
         if errors:
             raise errors[min(errors)]  # the first in job order, as the local backend would raise
-        return results
+        return cast(list[ClientResult], results)  # without errors, every job has its result
 
 
 def _first_line(exc: BaseException) -> str:

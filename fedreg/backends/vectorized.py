@@ -54,6 +54,7 @@ def sgd_step_(
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
         if momentum != 0:
+            assert bufs is not None, "momentum buffers are given whenever momentum is not 0"
             buf = bufs[name]
             buf.mul_(momentum).add_(g)
             g = g.add(buf, alpha=momentum) if nesterov else buf
