@@ -42,7 +42,11 @@ _BaseParams = Params
 class Component:
     """Base of every component. Subclasses set ``name`` and may override ``Params``."""
 
+    #: The kind of component, its registration hook and where a spec names it: declared once, on the kind's
+    #: base class below; the registry, the spec paths and ``KIND_BASES`` derive from these.
     kind: ClassVar[str] = ""
+    hook: ClassVar[str] = ""
+    spec_path: ClassVar[tuple[str, ...]] = ()  # () for metrics, which a spec lists under ``metrics``
     name: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
     #: Highest fedreg plugin-contract version this component was written against (see HOOK_API_VERSION).
@@ -146,6 +150,8 @@ class Dataset(Component):
     """A dataset: loads the official train and test splits as tensors."""
 
     kind = "dataset"
+    hook = "fedreg_register_datasets"
+    spec_path = ("data", "dataset")
     contract = ("check_spec", "load")
 
     def load(self, root: str | None, download: bool, size: int) -> DatasetTensors:
@@ -156,6 +162,8 @@ class Partition(Component):
     """Splits training labels into one index array per client."""
 
     kind = "partition"
+    hook = "fedreg_register_partitions"
+    spec_path = ("data", "partition")
     contract = ("check_spec", "split", "random_streams")
 
     def split(
@@ -178,6 +186,8 @@ class Model(Component):
     """A model factory."""
 
     kind = "model"
+    hook = "fedreg_register_models"
+    spec_path = ("model",)
     contract = ("check_spec", "build")
 
     def build(self, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -193,6 +203,8 @@ class Selector(Component):
     """Picks the clients of a round."""
 
     kind = "selection"
+    hook = "fedreg_register_selectors"
+    spec_path = ("federation", "selection")
     contract = ("check_spec", "start_run", "select")
 
     def select(
@@ -297,6 +309,8 @@ class Objective(Component):
     """
 
     kind = "objective"
+    hook = "fedreg_register_objectives"
+    spec_path = ("training", "objective")
     contract = (
         "check_spec",
         "start_run",
@@ -422,6 +436,8 @@ class Aggregator(Component):
     """Server-side aggregation, with optional server state and client-side reporting."""
 
     kind = "aggregation"
+    hook = "fedreg_register_aggregators"
+    spec_path = ("federation", "aggregation")
     contract = (
         "check_spec",
         "start_run",
@@ -504,6 +520,8 @@ class Metric(Component):
     """A per-round metric. Declares which predictions it needs in ``requires``."""
 
     kind = "metric"
+    hook = "fedreg_register_metrics"
+    spec_path = ()
     contract = ("check_spec", "start_run", "update", "state_dict", "load_state_dict")
     requires: ClassVar[frozenset[str]] = frozenset({GLOBAL_TEST})
 
@@ -511,6 +529,7 @@ class Metric(Component):
         raise NotImplementedError
 
 
+#: every component kind, by name: the one list of kinds (registry hooks and spec paths derive from it)
 KIND_BASES: dict[str, type[Component]] = {
     c.kind: c for c in (Dataset, Partition, Model, Selector, Objective, Aggregator, Metric)
 }

@@ -23,16 +23,8 @@ from fedreg.errors import PluginError
 
 ENTRY_POINT_GROUP = "fedreg"
 
-#: registration hook name -> component kind it registers
-HOOK_KINDS: dict[str, str] = {
-    "fedreg_register_datasets": "dataset",
-    "fedreg_register_partitions": "partition",
-    "fedreg_register_models": "model",
-    "fedreg_register_selectors": "selection",
-    "fedreg_register_objectives": "objective",
-    "fedreg_register_aggregators": "aggregation",
-    "fedreg_register_metrics": "metric",
-}
+#: registration hook name -> component kind it registers (declared on each kind's base class)
+HOOK_KINDS: dict[str, str] = {base.hook: kind for kind, base in KIND_BASES.items()}
 KINDS: tuple[str, ...] = tuple(HOOK_KINDS.values())
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedreg.components import Component, Objective
+from fedreg.components import KIND_BASES, Component, Objective
 from fedreg.errors import SpecError, SpecIssue
 from fedreg.registry import Registry
 
@@ -183,14 +183,10 @@ class RunSpec(Strict):
         return value
 
 
-#: where component references live in a spec: path -> kind
+#: where component references live in a spec: path -> kind (declared on each kind's base class; metrics
+#: are the ``metrics`` list)
 COMPONENT_PATHS: dict[tuple[str, ...], str] = {
-    ("data", "dataset"): "dataset",
-    ("data", "partition"): "partition",
-    ("model",): "model",
-    ("training", "objective"): "objective",
-    ("federation", "selection"): "selection",
-    ("federation", "aggregation"): "aggregation",
+    base.spec_path: kind for kind, base in KIND_BASES.items() if base.spec_path
 }
 
 

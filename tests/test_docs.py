@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 
 import pytest
 
 from fedreg import hookspecs
+from fedreg.components import KIND_BASES
 from testhelpers import REPO
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("fedreg_")]
@@ -28,3 +30,17 @@ def test_hook_documented(hook):
 def test_hook_docstring_says_when_and_none(hook):
     doc = inspect.getdoc(getattr(hookspecs, hook))
     assert "Called" in doc and ":param register:" in doc and "None" in doc
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_BASES))
+def test_contract_in_the_guide_matches_the_code(kind):
+    """The plugin guide shows each kind's base class with its contract tuple, as the code defines it."""
+    doc = (REPO / "docs" / "plugins.md").read_text()
+    base = KIND_BASES[kind]
+    block = re.search(rf"class {base.__name__}\(Component\):\n(.*?)```", doc, re.S)
+    assert block, f"docs/plugins.md shows no class {base.__name__}(Component)"
+    assert f'kind = "{kind}"' in block.group(1)
+    shown = re.search(r"contract = (\(.*?\))", block.group(1), re.S)
+    assert shown and ast.literal_eval(shown.group(1)) == base.contract, (
+        f"the guide's contract of {base.__name__} differs from the code's {base.contract}"
+    )

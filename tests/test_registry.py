@@ -156,3 +156,22 @@ def test_implemented_hooks_listed():
 
     assert AdaptiveKD.implemented_hooks() == ["setup", "loss", "finish", "functional_loss"]
     assert ReliabilityDiversity.implemented_hooks() == ["client_report", "aggregate"]
+
+
+def test_component_kinds_are_declared_once():
+    """Each kind's base class declares its kind, registration hook and spec path; the hook specifications,
+    the registry's hook table and the spec's component paths all agree with those declarations."""
+    import inspect
+
+    from fedreg import hookspecs
+    from fedreg.components import KIND_BASES
+    from fedreg.registry import HOOK_KINDS
+    from fedreg.spec import COMPONENT_PATHS
+
+    specs = {
+        n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("fedreg_register_")
+    }
+    assert specs == {base.hook for base in KIND_BASES.values()} == set(HOOK_KINDS)
+    assert set(COMPONENT_PATHS.values()) | {"metric"} == set(KIND_BASES)
+    for kind, base in KIND_BASES.items():
+        assert base.kind == kind and HOOK_KINDS[base.hook] == kind
