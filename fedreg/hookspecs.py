@@ -137,3 +137,21 @@ def fedreg_register_metrics(register):
     :param register: ``register(cls)`` adds one ``Metric`` class.
     :return: ignored; None means the plugin registered nothing more.
     """
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Before the run: method presets
+# ---------------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fedreg_register_methods(register):
+    """Register method presets (subclasses of :class:`fedreg.components.Method`).
+
+    Called once per plugin while the registry is built. When a spec names a preset (``method: NAME``), the
+    preset's ``parts()`` are written into the spec before it is validated, except at paths the spec sets
+    itself; the components it names then run as if the spec had named them.
+
+    :param register: ``register(cls)`` adds one ``Method`` class.
+    :return: ignored; None means the plugin registered nothing more.
+    """

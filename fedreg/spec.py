@@ -163,6 +163,8 @@ class RunSpec(Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     # a sweep: every variant runs once per seed (each run's 'seed' is set from this list)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(default=None, min_length=1)
+    # a method preset: expands into the components of a method (see fedreg.components.Method)
+    method: ComponentRef | None = None
     data: DataSpec
     model: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cnn"))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -248,6 +250,8 @@ class ResolvedSpec:
         """The spec with every default filled in and every component's params validated."""
         d = self.spec.model_dump(mode="json", exclude={"variants", "seeds"})
         for path, kind in COMPONENT_PATHS.items():
+            if kind not in self.components:  # an optional reference the spec left out (method)
+                continue
             ref = self.components[kind]
             target = d
             for p in path[:-1]:
@@ -460,6 +464,7 @@ def validate_one(
     """Validate one (variant of a) spec; returns the resolved spec or the issues found."""
     issues: list[SpecIssue] = []
     spec = None
+    raw = expand_method(raw, registry, issues)
     try:
         spec = RunSpec.model_validate(raw)
     except ValidationError as exc:
@@ -526,6 +531,68 @@ def validate_one(
     return ResolvedSpec(spec, components, metrics, variant, raw), issues
 
 
+def _preset_parts(ref: Any, registry: Registry, issues: list[SpecIssue]) -> tuple[str, dict[str, Any]] | None:
+    """(preset name, its parts) for a ``method`` reference, or None when it does not resolve (the reference
+    itself is reported when ``method`` is resolved as a component)."""
+    resolved = _resolve_ref(registry, "method", ref, "method", [])
+    if resolved is None:
+        return None
+    try:
+        return resolved.name, dict(resolved.instantiate().parts())
+    except Exception as exc:  # noqa: BLE001 - a plugin bug, reported at the spec path
+        issues.append(SpecIssue("method", f"method preset '{resolved.name}' failed to expand: {exc!r}"))
+        return None
+
+
+def expand_method(raw: Any, registry: Registry, issues: list[SpecIssue]) -> Any:
+    """The spec with its method preset's parts written in, at every path the spec does not set itself."""
+    if not isinstance(raw, dict) or raw.get("method") is None:
+        return raw
+    found = _preset_parts(raw["method"], registry, issues)
+    if found is None:
+        return raw
+    name, parts = found
+    out = copy.deepcopy(raw)
+    for path, value in parts.items():
+        current = _raw_get(out, tuple(path.split(".")))
+        try:
+            if current is None:
+                set_path(out, path, copy.deepcopy(value))
+            elif isinstance(current, dict) and "name" not in current and isinstance(value, dict):
+                # the spec sets some params of the preset's component: keep the preset's name and the rest
+                set_path(out, path, merge_variant(value, current))
+        except (ValueError, IndexError, TypeError, AttributeError) as exc:
+            issues.append(SpecIssue(path, f"method preset '{name}' cannot set this path: {exc}"))
+    return out
+
+
+def _preset_shadowed(
+    base: dict[str, Any], override: dict[str, Any], registry: Registry, prefix: str
+) -> list[SpecIssue]:
+    """A variant that names a method preset while the base spec sets one of the preset's parts would
+    silently run the base's part: report it (a part the variant sets itself is an intended swap)."""
+    if "method" not in override:
+        return []
+    found = _preset_parts(override["method"], registry, [])
+    if found is None:
+        return []
+    name, parts = found
+    own = merge_variant({}, {k: v for k, v in override.items() if k != "method"})
+    out = []
+    for path in parts:
+        keys = tuple(path.split("."))
+        if _raw_get(base, keys) is not None and _raw_get(own, keys) is None:
+            out.append(
+                SpecIssue(
+                    f"{prefix}.method",
+                    f"the base spec sets {path}, which would replace this variant's preset '{name}' part; "
+                    f"remove {path} from the base spec (name a method preset there instead) or set it in "
+                    f"this variant",
+                )
+            )
+    return out
+
+
 def expand_variants(raw: dict[str, Any]) -> list[tuple[str | None, dict[str, Any] | None, str]]:
     """(variant name, raw dict, path prefix for errors) for every variant, or the base spec alone; the raw
     dict is None for a variant that is not a mapping."""
@@ -567,6 +634,10 @@ def resolve(
         if data is None:
             issues.append(SpecIssue(prefix, "a variant must be a mapping of overrides"))
             continue
+        if name is not None:
+            override = (raw.get("variants") or {}).get(name) or {}
+            base = {k: v for k, v in raw.items() if k != "variants"}
+            issues.extend(_preset_shadowed(base, override, registry, prefix))
         res, found = validate_one(data, registry, variant=name)
         if name is not None and found and base_keys is None:
             _, base_issues = validate_one({k: v for k, v in raw.items() if k != "variants"}, registry)

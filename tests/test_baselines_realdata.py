@@ -1,7 +1,8 @@
 """Every method of the zoo trains on real BloodMNIST at small scale and improves on its start.
 
 The federation runs in memory (fedreg.testing) on a class-balanced-at-random subset of the real training
-split; the variants of specs/baselines/all-methods.yaml give the components of each method."""
+split; the variants of specs/baselines/all-methods.yaml (method presets) give the components of each
+method."""
 
 from __future__ import annotations
 
@@ -9,14 +10,28 @@ import pytest
 import torch
 
 from fedreg.components import DatasetTensors
-from fedreg.spec import load_yaml
+from fedreg.registry import build_registry
+from fedreg.spec import load_spec
 from fedreg.testing import initial_accuracy, tiny_federation
 from fedreg_standard.medmnist_data import load_medmnist
 from testhelpers import REPO
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-VARIANTS = load_yaml(REPO / "specs" / "baselines" / "all-methods.yaml")["variants"]
+
+def _method_parts() -> dict[str, dict]:
+    """Each variant's objective and aggregation, as the spec's presets expand them."""
+    out = {}
+    for rs in load_spec(REPO / "specs" / "baselines" / "all-methods.yaml", build_registry()):
+        d = rs.resolved_dict()
+        out[rs.variant] = {
+            "training.objective": d["training"]["objective"],
+            "federation.aggregation": d["federation"]["aggregation"],
+        }
+    return out
+
+
+VARIANTS = _method_parts()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +90,10 @@ def test_method_improves_on_its_start(variant, blood_subset, registry):
         # (its papers assume honest clients of one distribution), so it is checked on IID clients
         over["data.partition"] = "iid"
     if variant == "fedrep":
-        over["training.objective"] = {"name": "fedrep", "params": {"head_epochs": 2}}
+        over["training.objective"] = {
+            "name": "fedrep",
+            "params": {"personal_layers": ["fc"], "head_epochs": 2},
+        }
     start = initial_accuracy({"model": "cnn", "data.num_clients": 6}, dataset=blood_subset)
     res = tiny_federation(over, dataset=blood_subset)
     obj = res.history and tiny_objective_role(registry, over)

@@ -44,3 +44,17 @@ def test_contract_in_the_guide_matches_the_code(kind):
     assert shown and ast.literal_eval(shown.group(1)) == base.contract, (
         f"the guide's contract of {base.__name__} differs from the code's {base.contract}"
     )
+
+
+def test_the_readme_spec_is_valid(registry):
+    """The spec shown in README.md's "A spec" section validates, every variant included."""
+    import yaml
+
+    from fedreg.spec import resolve
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## A spec\n+```yaml\n(.*?)```", readme, re.S)
+    assert block, "README.md has no yaml block under '## A spec'"
+    resolved = resolve(yaml.safe_load(block.group(1)), registry)
+    assert [r.variant for r in resolved] == ["fedkper", "kd-only"]
+    assert [r.components["aggregation"].name for r in resolved] == ["reliability_diversity", "fedavg"]

@@ -6,6 +6,8 @@
 - Personalised FL (objectives; local metrics use the personal model): ``ditto``, ``fedper``, ``fedrep``,
   ``fedbabu``, ``apfl``, ``local_only``.
 - Robust aggregation: ``median``, ``trimmed_mean``, ``krum`` (Multi-Krum with m > 1).
+
+Each method is also a preset (``method: NAME`` in a spec) naming its objective and aggregation.
 """
 
 from fedreg import hookimpl
@@ -20,6 +22,7 @@ from fedreg_baselines.global_fl import (
     ScaffoldAggregator,
 )
 from fedreg_baselines.personalized import PERSONALIZED_OBJECTIVES
+from fedreg_baselines.presets import PRESETS
 from fedreg_baselines.robust import CoordinateMedian, Krum, TrimmedMean
 from fedreg_baselines.server_opt import FedAdam, FedAvgM
 
@@ -52,4 +55,10 @@ def fedreg_register_aggregators(register):
 @hookimpl
 def fedreg_register_selectors(register):
     for cls in SELECTORS:
+        register(cls)
+
+
+@hookimpl
+def fedreg_register_methods(register):
+    for cls in PRESETS:
         register(cls)

@@ -6,12 +6,12 @@ Learning via Knowledge Personalization", ICIP 2026, arXiv 2605.00698) as two com
 - ``reliability_diversity`` (aggregation): clients weighted by the accuracy of their trained model on their
   own data times the normalised entropy of their labels.
 
-FedKPer = ``adaptive_kd`` + ``reliability_diversity``; KD-only and Agg-only are spec variants that swap one
-of them for ``cross_entropy`` / ``fedavg``.
+FedKPer = ``adaptive_kd`` + ``reliability_diversity``, registered as the method preset ``fedkper``; KD-only
+and Agg-only are spec variants that swap one of them for ``cross_entropy`` / ``fedavg``.
 """
 
 from fedreg import hookimpl
-from fedreg_fedkper.components import AdaptiveKD, ReliabilityDiversity
+from fedreg_fedkper.components import AdaptiveKD, FedKPer, ReliabilityDiversity
 
 
 @hookimpl
@@ -22,3 +22,8 @@ def fedreg_register_objectives(register):
 @hookimpl
 def fedreg_register_aggregators(register):
     register(ReliabilityDiversity)
+
+
+@hookimpl
+def fedreg_register_methods(register):
+    register(FedKPer)

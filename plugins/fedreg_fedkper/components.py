@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from fedreg.aggregate import weighted_average
-from fedreg.components import Aggregator, Objective, Params
+from fedreg.components import Aggregator, Method, Objective, Params
 from fedreg_fedkper.math import (
     adaptive_kd_loss,
     normalized_label_entropy,
@@ -83,3 +83,28 @@ class ReliabilityDiversity(Aggregator):
             [u.report.get("score", float("nan")) for u in updates], [u.num_samples for u in updates]
         )
         return weighted_average([u.state for u in updates], weights)
+
+
+class FedKPerParams(Params):
+    tau: float = AdaptiveKDParams.model_fields["tau"]
+    lambda_max: float = AdaptiveKDParams.model_fields["lambda_max"]
+    eps: float = ReliabilityDiversityParams.model_fields["eps"]
+
+
+class FedKPer(Method):
+    """FedKPer: objective 'adaptive_kd' (tau, lambda_max) + aggregation 'reliability_diversity' (eps). Its
+    ablations swap one part: KD-only sets federation.aggregation: fedavg, Agg-only training.objective:
+    cross_entropy."""
+
+    name = "fedkper"
+    Params = FedKPerParams
+
+    def parts(self):
+        p = self.params
+        return {
+            "training.objective": {
+                "name": AdaptiveKD.name,
+                "params": {"tau": p.tau, "lambda_max": p.lambda_max},
+            },
+            "federation.aggregation": {"name": ReliabilityDiversity.name, "params": {"eps": p.eps}},
+        }

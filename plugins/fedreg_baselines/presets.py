@@ -1,0 +1,83 @@
+"""Method presets of the baselines: one name in a spec (``method: scaffold``) for a method's objective and
+aggregation, with the method's parameters (those of the component that has them)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from fedreg.components import Aggregator, Method, Objective
+from fedreg_baselines.components import CrossEntropy, FedAvg
+from fedreg_baselines.global_fl import (
+    FedDyn,
+    FedDynAggregator,
+    FedNTD,
+    FedProx,
+    Moon,
+    Scaffold,
+    ScaffoldAggregator,
+)
+from fedreg_baselines.personalized import APFL, FedBABU, FedPer, FedRep, LocalOnly
+from fedreg_baselines.personalized import Ditto as DittoObjective
+from fedreg_baselines.robust import CoordinateMedian, Krum, TrimmedMean
+from fedreg_baselines.server_opt import FedAdam, FedAvgM
+
+
+class ObjectiveAndAggregation(Method):
+    """A preset naming an objective and an aggregation; its parameters are those of ``params_of``."""
+
+    objective: ClassVar[type[Objective]] = CrossEntropy
+    aggregation: ClassVar[type[Aggregator]] = FedAvg
+    params_of: ClassVar[str] = ""  # "objective", "aggregation" or "" (no parameters)
+
+    def parts(self) -> dict[str, Any]:
+        params = self.params.model_dump(mode="json")
+        return {
+            "training.objective": {
+                "name": self.objective.name,
+                "params": params if self.params_of == "objective" else {},
+            },
+            "federation.aggregation": {
+                "name": self.aggregation.name,
+                "params": params if self.params_of == "aggregation" else {},
+            },
+        }
+
+
+def preset(name: str, objective: type[Objective], aggregation: type[Aggregator], params_of: str = ""):
+    """A preset class: ``objective`` + ``aggregation``, taking the parameters of ``params_of``."""
+    owner = {"objective": objective, "aggregation": aggregation}.get(params_of)
+    doc = f"{name}: objective '{objective.name}' + aggregation '{aggregation.name}'" + (
+        f" (parameters: the {params_of}'s)" if owner else ""
+    )
+    attrs = {
+        "__doc__": doc,
+        "__module__": __name__,
+        "name": name,
+        "objective": objective,
+        "aggregation": aggregation,
+        "params_of": params_of,
+    }
+    if owner is not None:
+        attrs["Params"] = owner.Params
+    return type(f"{name.title().replace('_', '')}Preset", (ObjectiveAndAggregation,), attrs)
+
+
+PRESETS = [
+    preset("fedavg", CrossEntropy, FedAvg),
+    preset("fedprox", FedProx, FedAvg, "objective"),
+    preset("scaffold", Scaffold, ScaffoldAggregator, "aggregation"),
+    preset("feddyn", FedDyn, FedDynAggregator, "aggregation"),
+    preset("moon", Moon, FedAvg, "objective"),
+    preset("fedntd", FedNTD, FedAvg, "objective"),
+    preset("fedavgm", CrossEntropy, FedAvgM, "aggregation"),
+    preset("fedadam", CrossEntropy, FedAdam, "aggregation"),
+    preset("ditto", DittoObjective, FedAvg, "objective"),
+    preset("fedper", FedPer, FedAvg, "objective"),
+    preset("fedrep", FedRep, FedAvg, "objective"),
+    preset("fedbabu", FedBABU, FedAvg, "objective"),
+    preset("apfl", APFL, FedAvg, "objective"),
+    preset("local_only", LocalOnly, FedAvg),
+    preset("median", CrossEntropy, CoordinateMedian),
+    preset("trimmed_mean", CrossEntropy, TrimmedMean, "aggregation"),
+    preset("krum", CrossEntropy, Krum, "aggregation"),
+]
