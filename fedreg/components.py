@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fedreg import seeding
-from fedreg.errors import ComponentFailure, FedregError
+from fedreg.errors import ComponentFailure, call_component
 
 StateDict = dict[str, torch.Tensor]
 
@@ -370,42 +370,58 @@ class Objective(Component):
         return cls.functional_loss is not Objective.functional_loss
 
     def train(self, ctx: LocalContext) -> TrainOutput:
-        """The local training loop: ``setup``, then per batch ``loss``, backward, ``before_step``, optimizer
-        step, then ``finish``. Override it only when the loop itself differs (e.g. two models, two phases)."""
-        hook = self._hook
-        model = ctx.model
+        """The local training loop: ``setup``, then ``run_epochs`` (per batch ``loss``, backward,
+        ``before_step``, optimizer step), then ``finish``. Override it only when the loop itself differs
+        (e.g. two models, two phases); reuse ``run_epochs`` and ``call`` there."""
+        ctx.model.train()
+        self.call("setup", ctx, ctx)
+        total, steps = self.run_epochs(ctx, ctx.model)
+        payload = self.call("finish", ctx, ctx) or {}
+        return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
+
+    def run_epochs(
+        self,
+        ctx: LocalContext,
+        model: nn.Module,
+        params: Iterable[torch.Tensor] | None = None,
+        epochs: int | None = None,
+        loss_method: str = "loss",
+        lr: float | None = None,
+    ) -> tuple[float, int]:
+        """The one local-training loop: ``epochs`` (default ``ctx.epochs``) passes over ``ctx.batches()``;
+        per batch the method ``loss_method`` (called as ``loss(model, x, y, ctx)``), backward,
+        ``before_step``, an optimizer step over ``params`` (default all of ``model``'s) at ``lr`` (default
+        the round's). A failure is named after the method that raised; a non-finite loss is a
+        ``NonFiniteLoss`` failure of ``loss_method``. Returns (sum of the batch losses, steps)."""
+        opt = ctx.make_optimizer(list(model.parameters() if params is None else params))
+        if lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
         model.train()
-        hook("setup", ctx, ctx)
-        opt = ctx.make_optimizer(model.parameters())
         total, steps = 0.0, 0
-        for _ in range(ctx.epochs):
+        for _ in range(ctx.epochs if epochs is None else epochs):
             for x, y in ctx.batches():
                 opt.zero_grad(set_to_none=True)
-                loss = hook("loss", ctx, model, x, y, ctx)
+                loss = self.call(loss_method, ctx, model, x, y, ctx)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise ComponentFailure(
                         self,
-                        "loss",
+                        loss_method,
                         ctx.round,
                         ctx.client_id,
                         NonFiniteLoss(f"loss is {value} at step {steps}"),
                     )
                 loss.backward()
-                hook("before_step", ctx, ctx)
+                self.call("before_step", ctx, ctx)
                 opt.step()
                 total += value
                 steps += 1
-        payload = hook("finish", ctx, ctx) or {}
-        return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
+        return total, steps
 
-    def _hook(self, method: str, ctx: LocalContext, *args):
-        try:
-            return getattr(self, method)(*args)
-        except (KeyboardInterrupt, ComponentFailure, FedregError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - named and re-raised
-            raise ComponentFailure(self, method, ctx.round, ctx.client_id, exc) from exc
+    def call(self, method: str, ctx: LocalContext, *args):
+        """Call one of this objective's methods during client training, naming it if it fails."""
+        return call_component(self, method, ctx.round, ctx.client_id, *args)
 
 
 # ---------------------------------------------------------------------------------------------------------

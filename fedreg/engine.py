@@ -10,16 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedreg.components import Component, Predictions, StateDict
-from fedreg.errors import ComponentFailure, FedregError, PluginError
+from fedreg.errors import PluginError, call_component
 
 
 def call(component: Component, method: str, round: int, client: int | None, *args, **kwargs) -> Any:
-    try:
-        return getattr(component, method)(*args, **kwargs)
-    except (KeyboardInterrupt, ComponentFailure, FedregError):
-        raise  # FedregError is a user-facing problem the component already explained
-    except Exception as exc:  # noqa: BLE001
-        raise ComponentFailure(component, method, round, client, exc) from exc
+    """A component call outside client training (see :func:`fedreg.errors.call_component`)."""
+    return call_component(component, method, round, client, *args, **kwargs)
 
 
 @torch.inference_mode()

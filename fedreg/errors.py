@@ -42,6 +42,19 @@ class DataError(FedregError):
     """A dataset file is missing, corrupt, or cannot be partitioned as asked."""
 
 
+def call_component(component, method: str, round: int, client: int | None, *args, **kwargs):
+    """Call ``component.method(*args, **kwargs)``; an exception it raises becomes a :class:`ComponentFailure`
+    naming the component, the method, the round and the client. The one wrapper of every component call:
+    a ``FedregError`` (a problem the component already explained to the user), a ``ComponentFailure`` from a
+    nested call and ``KeyboardInterrupt`` pass through unchanged."""
+    try:
+        return getattr(component, method)(*args, **kwargs)
+    except (KeyboardInterrupt, ComponentFailure, FedregError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - named and re-raised
+        raise ComponentFailure(component, method, round, client, exc) from exc
+
+
 def describe(component) -> str:
     """``aggregation 'krum' (plugin 'baselines', fedreg 0.1.0)``: a component with where it came from."""
     origin = getattr(component, "origin", "")

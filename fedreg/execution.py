@@ -34,7 +34,7 @@ from fedreg.components import (
     clone_state,
 )
 from fedreg.engine import call, non_finite_key, predict
-from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
+from fedreg.errors import ComponentFailure, PluginError, call_component, describe
 
 
 @dataclass
@@ -248,12 +248,7 @@ class ClientRunner:
 
 
 def call_train(objective: Objective, ctx: LocalContext) -> TrainOutput:
-    try:
-        return objective.train(ctx)
-    except (KeyboardInterrupt, ComponentFailure, FedregError):
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ComponentFailure(objective, "train", ctx.round, ctx.client_id, exc) from exc
+    return call_component(objective, "train", ctx.round, ctx.client_id, ctx)
 
 
 class Backend:

@@ -70,48 +70,12 @@ def restore_layers(model: nn.Module, stored: dict[str, torch.Tensor]) -> None:
 
 
 class _PersonalObjective(Objective):
-    """Cross-entropy objective with a helper loop for models other than ``ctx.model`` (not registered)."""
+    """Cross-entropy objective whose local metrics use the personal model (a base, not registered)."""
 
     local_model_role = "personal"
 
     def loss(self, model, x, y, ctx):
         return F.cross_entropy(model(x), y)
-
-    def run_epochs(
-        self,
-        ctx,
-        model: nn.Module,
-        params: Iterable[torch.Tensor],
-        epochs: int,
-        loss_method: str = "loss",
-        lr: float | None = None,
-    ) -> tuple[float, int]:
-        """``epochs`` passes over ``ctx.batches()`` stepping only ``params`` on the hook ``loss_method``
-        (called as the base loop calls ``loss``, so failures are named). Returns (sum of losses, steps)."""
-        opt = ctx.make_optimizer(list(params))
-        if lr is not None:
-            for group in opt.param_groups:
-                group["lr"] = lr
-        model.train()
-        total, steps = 0.0, 0
-        for _ in range(epochs):
-            for x, y in ctx.batches():
-                opt.zero_grad(set_to_none=True)
-                loss = self._hook(loss_method, ctx, model, x, y, ctx)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise ComponentFailure(
-                        self,
-                        loss_method,
-                        ctx.round,
-                        ctx.client_id,
-                        NonFiniteLoss(f"loss is {value} at step {steps}"),
-                    )
-                loss.backward()
-                opt.step()
-                total += value
-                steps += 1
-        return total, steps
 
     def model_from(self, ctx, state: dict[str, torch.Tensor]) -> nn.Module:
         m = ctx.build_model()
@@ -230,13 +194,13 @@ class FedRep(_PersonalObjective):
         model = ctx.model
         model.train()
         head, body = split_parameters(model, self.params.personal_layers, "personal_layers")
-        self._hook("setup", ctx, ctx)
+        self.call("setup", ctx, ctx)
         total, steps = 0.0, 0
         for trained, fixed, epochs in ((head, body, self.params.head_epochs), (body, head, ctx.epochs)):
             with frozen(fixed):
                 t, s = self.run_epochs(ctx, model, trained, epochs)
             total, steps = total + t, steps + s
-        payload = self._hook("finish", ctx, ctx) or {}
+        payload = self.call("finish", ctx, ctx) or {}
         return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
 
     def finish(self, ctx):
@@ -323,7 +287,7 @@ class APFL(_PersonalObjective):
         return F.cross_entropy(functional_call(model, mixed, (x,)), y)
 
     def train(self, ctx):
-        hook, model = self._hook, ctx.model
+        hook, model = self.call, ctx.model
         model.train()
         hook("setup", ctx, ctx)
         opt_w = ctx.make_optimizer(model.parameters())
