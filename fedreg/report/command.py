@@ -1,0 +1,88 @@
+"""`fedreg report`: :func:`report` reads the runs, computes the statistics, draws the figures, writes
+report.md, report.html and the CSV files, and logs them to the parent runs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedreg.errors import FedregError
+from fedreg.report.claims import judge_claims
+from fedreg.report.layout import build_blocks
+from fedreg.report.metrics import REPORT_FILES
+from fedreg.report.plots import make_plots
+from fedreg.report.render import render_html, render_markdown
+from fedreg.report.runs import collect, datasets_of
+from fedreg.report.store import open_store
+from fedreg.report.summary import aggregate, group, matched_budget
+from fedreg.report.tables import write_tables
+
+
+def default_out(run_ids: Sequence[str], experiment: str | None) -> Path:
+    """report-<first run id>, or report-<experiment name> (made safe for a folder name)."""
+    name = run_ids[0] if run_ids else re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment or "report")
+    return Path(f"report-{name}")
+
+
+def report(
+    run_ids: Sequence[str] = (),
+    experiment: str | None = None,
+    tracking: str | None = None,
+    out: str | os.PathLike | None = None,
+    log: bool = True,
+    time_methods: Sequence[str] | None = None,
+    progress: bool = True,
+    echo=print,
+) -> Path:
+    """Write the report of the runs to ``out``; log it to each parent run under ``report/`` if ``log``.
+    Returns the output folder."""
+    client = open_store(tracking)
+    col = collect(client, run_ids, experiment, progress)
+    by_method = group(col.finished, col.methods)
+    if time_methods:
+        unknown = [m for m in time_methods if m not in by_method]
+        if unknown:
+            raise FedregError(
+                f"--time-methods: no finished runs of {', '.join(unknown)}; the methods are: "
+                f"{', '.join(by_method)}"
+            )
+    out = Path(out) if out else default_out(run_ids, experiment)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FedregError(
+            f"cannot create the report folder '{out}': {exc.strerror}; pass --out DIR"
+        ) from None
+    summaries = aggregate(col.finished, col.methods)
+    tm = {m: by_method[m] for m in (time_methods or by_method)}
+    budget, budget_rows = matched_budget(tm)
+    plots = make_plots(by_method, out, time_methods, budget)
+    generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    datasets = datasets_of(col.finished)
+    claims = judge_claims(col.finished, col.methods, datasets[0] if len(datasets) == 1 else None)
+    blocks = build_blocks(col, summaries, budget, budget_rows, plots, time_methods, generated, claims)
+    (out / "report.md").write_text(render_markdown(blocks))
+    (out / "report.html").write_text(render_html(blocks, out, title=str(blocks[0][2])))
+    files = (
+        list(REPORT_FILES[:2]) + write_tables(out, col, summaries, budget, budget_rows, claims) + list(plots)
+    )
+    echo(render_markdown([b for b in blocks if b[0] == "table"][:1]).rstrip())
+    echo(f"wrote {', '.join(files)} to {out}/")
+    if col.incomplete:
+        echo(
+            f"left out {len(col.incomplete)} incomplete run(s): "
+            + ", ".join(
+                f"{rd.name or rd.run_id} ({rd.status}, round {rd.last_round or 0})" for rd in col.incomplete
+            )
+        )
+    if log:
+        targets = [p.info.run_id for p in col.parents]
+        for pid in targets:
+            for name in files:
+                client.log_artifact(pid, str(out / name), "report")
+        if targets:
+            echo(f"logged them under report/ to run(s) {', '.join(targets)}")
+    return out

@@ -1,0 +1,93 @@
+"""Which protocol a run used (:func:`protocol_of`, read from its params: the flattened resolved spec), the
+distinct protocols of a comparison with the methods and seeds that used each (:func:`protocols`), and the
+report's Protocol section (:func:`protocol_blocks`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fedreg.report.render import Block
+from fedreg.report.runs import RunData
+from fedreg.report.summary import group
+
+#: the fields of a protocol, in the order of the Protocol table
+PROTOCOL_FIELDS = ("dataset", "partition", "local test", "model", "selection")
+
+
+def _component(params: dict[str, str], prefix: str) -> str:
+    """'dirichlet (alpha=0.1, cap=true)': the component at ``prefix`` with its params."""
+    name = params.get(f"{prefix}.name", "?")
+    ps = sorted(
+        (k[len(prefix) + len(".params.") :], v)
+        for k, v in params.items()
+        if k.startswith(f"{prefix}.params.")
+    )
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in ps)})" if ps else "")
+
+
+def protocol_of(params: dict[str, str]) -> dict[str, str]:
+    """The protocol a run used, from its params (the flattened resolved spec): dataset, partition with its
+    params, local-test rule (``data.local_test.{rule,fraction,...}``; runs from before it have
+    ``data.local_test_fraction``, whose rule is 'stratified'), model and client selection with their
+    params."""
+    lt = {k[len("data.local_test.") :]: v for k, v in params.items() if k.startswith("data.local_test.")}
+    if lt:
+        rule = lt.pop("rule", "?")
+        local_test = rule + (f" ({', '.join(f'{k}={v}' for k, v in sorted(lt.items()))})" if lt else "")
+    elif "data.local_test_fraction" in params:
+        local_test = f"stratified (fraction={params['data.local_test_fraction']})"
+    else:
+        local_test = "?"
+    return {
+        "dataset": params.get("data.dataset.name", "?"),
+        "partition": _component(params, "data.partition"),
+        "local test": local_test,
+        "model": _component(params, "model"),
+        "selection": _component(params, "federation.selection"),
+    }
+
+
+def protocols(
+    runs: Sequence[RunData], methods: Sequence[str] | None = None
+) -> list[tuple[dict[str, str], dict[str, list[Any]]]]:
+    """Distinct protocols, each with the methods (and their seeds) that used it, in first-use order."""
+    out: dict[tuple, tuple[dict[str, str], dict[str, list[Any]]]] = {}
+    for m, rs in group(runs, methods).items():
+        for rd in rs:
+            p = protocol_of(rd.params)
+            key = tuple(p[f] for f in PROTOCOL_FIELDS)
+            out.setdefault(key, (p, {}))[1].setdefault(m, []).append(rd.seed)
+    return list(out.values())
+
+
+def protocol_blocks(runs: Sequence[RunData], methods: Sequence[str]) -> list[Block]:
+    """One row per distinct protocol with the methods and seeds that used it; a warning when several."""
+    protos = protocols(runs, methods)
+    B: list[Block] = [("h", 2, "Protocol")]
+    B.append(
+        (
+            "p",
+            "Read from each run's params (the resolved spec): the dataset, the partition and its params, "
+            "the local-test rule (runs logged before `data.local_test` existed have "
+            "`data.local_test_fraction`, whose rule is stratified), the model and the client selection. One "
+            "row per distinct protocol, with the methods and seeds that used it.",
+        )
+    )
+    rows = [
+        [p[f] for f in PROTOCOL_FIELDS]
+        + ["; ".join(f"{m} ({', '.join('?' if s is None else str(s) for s in ss)})" for m, ss in who.items())]
+        for p, who in protos
+    ]
+    B.append(("table", list(PROTOCOL_FIELDS) + ["methods (seeds)"], rows))
+    if len(protos) > 1:
+        fields = [f for f in PROTOCOL_FIELDS if len({p[f] for p, _ in protos}) > 1]
+        B.append(
+            (
+                "p",
+                f"Warning: the methods of this comparison used {len(protos)} different protocols (they "
+                f"differ in: {', '.join(fields)}). Differences between methods mix the method with the "
+                "protocol; compare only methods that share one.",
+            )
+        )
+    return B

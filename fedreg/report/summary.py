@@ -1,0 +1,151 @@
+"""Per-run values and per-method statistics over seeds, on :class:`~fedreg.report.runs.RunData`: a run's
+derived values (:func:`run_values`: its worst client, forgetting means over two windows, the balance of
+global and local accuracy), :func:`group` and :func:`aggregate` (mean ± std per method), the matched
+wall-clock budget (:func:`matched_budget`) and the round-to-round swing of global accuracy."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedreg.report.metrics import BALANCE_KEY, FORGETTING, TABLE_KEYS, WINDOW, WORST_KEY
+from fedreg.report.runs import RunData
+from fedreg.report.stats import Stat, WorstClient, window_means, within_budget, worst_client
+
+
+def worst_of(rd: RunData) -> WorstClient | None:
+    """The run's worst client (:func:`~fedreg.report.stats.worst_client`)."""
+    return worst_client(rd.clients, rd.local_test_sizes, rd.participants, rd.num_clients)
+
+
+def round_counts(runs: Iterable[RunData], key: str) -> list[int]:
+    """Per run that logged ``key``: its number of rounds with a value (for the window labels)."""
+    return [window_means(rd.curves.get(key, [])).all_n for rd in runs if rd.curves.get(key)]
+
+
+def run_values(rd: RunData) -> dict[str, float]:
+    """A run's summary metrics plus derived values: ``worst_client_local_acc`` (:func:`worst_client`), for
+    each forgetting metric ``all_<key>`` (mean over all rounds with a value) and ``last10_<key>`` (when the
+    run did not log it), and ``balance_global_local_acc`` (mean of the global and mean local last-10
+    means)."""
+    out = dict(rd.summary)
+    w = worst_of(rd)
+    out[WORST_KEY] = w.value if w else math.nan
+    for key, _, _ in FORGETTING:
+        wm = window_means(rd.curves.get(key, []))
+        out[f"all_{key}"] = wm.all_mean
+        if out.get(f"last{WINDOW}_{key}") is None:
+            out[f"last{WINDOW}_{key}"] = wm.last_mean
+    g, loc = out.get(f"last{WINDOW}_global_acc"), out.get(f"last{WINDOW}_local_acc_mean")
+    out[BALANCE_KEY] = (g + loc) / 2 if g is not None and loc is not None else math.nan
+    return out
+
+
+@dataclass
+class MethodSummary:
+    """One method's statistics over its seeds."""
+
+    method: str
+    seeds: list[int | None]
+    stats: dict[str, Stat]  # metric key -> Stat over seeds
+    rounds: list[int]
+    local_model_role: str
+
+
+def group(runs: Iterable[RunData], methods: Sequence[str] | None = None) -> dict[str, list[RunData]]:
+    """method -> its runs ordered by seed, methods in the order of ``methods`` (others after them)."""
+    out: dict[str, list[RunData]] = {m: [] for m in (methods or [])}
+    for rd in runs:
+        out.setdefault(rd.method, []).append(rd)
+    for rs in out.values():
+        rs.sort(key=lambda rd: (rd.seed is None, rd.seed if rd.seed is not None else 0, rd.run_id))
+    return {m: rs for m, rs in out.items() if rs}
+
+
+def aggregate(
+    runs: Iterable[RunData],
+    methods: Sequence[str] | None = None,
+    keys: Sequence[str] = TABLE_KEYS,
+) -> list[MethodSummary]:
+    """Per method: mean ± sample std over its runs (seeds) of each summary metric (and derived value, see
+    :func:`run_values`)."""
+    out = []
+    for m, rs in group(runs, methods).items():
+        roles = sorted({rd.tags.get("fedreg.local_model_role", "") for rd in rs} - {""})
+        vals = [run_values(rd) for rd in rs]
+        out.append(
+            MethodSummary(
+                m,
+                [rd.seed for rd in rs],
+                {k: Stat.of(v.get(k) for v in vals) for k in keys},
+                [rd.last_round for rd in rs if rd.last_round is not None],
+                "/".join(roles) or "?",
+            )
+        )
+    return out
+
+
+def total_time(rd: RunData) -> float | None:
+    """The run's wall time: elapsed_s at its last round, else its wall_time_s metric."""
+    el = rd.curves.get("elapsed_s")
+    if el:
+        return el[-1][1]
+    return rd.summary.get("wall_time_s")
+
+
+@dataclass
+class BudgetRow:
+    """One method cut at the matched wall-clock budget T (see :func:`matched_budget`)."""
+
+    method: str
+    total_time: Stat
+    rounds: Stat
+    at_budget: Stat
+    last10_at_budget: Stat
+    full_last10: Stat
+
+
+def matched_budget(
+    by_method: dict[str, list[RunData]], key: str = "global_acc", budget: float | None = None
+) -> tuple[float, list[BudgetRow]]:
+    """Every method cut at the same wall-clock time T (default: the shortest mean total wall time among the
+    methods): rounds reached, ``key`` at T and its mean over the last 10 rounds before T, over seeds."""
+    totals = {m: Stat.of(total_time(rd) for rd in rs) for m, rs in by_method.items()}
+    if budget is None:
+        finite = [s.mean for s in totals.values() if s.n]
+        if not finite:
+            return math.nan, []
+        budget = min(finite)
+    rows = []
+    for m, rs in by_method.items():
+        cut = [within_budget(rd.curves.get("elapsed_s", []), rd.curves.get(key, []), budget) for rd in rs]
+        full = [
+            float(np.mean([v for _, v in rd.curves.get(key, [])][-WINDOW:])) if rd.curves.get(key) else None
+            for rd in rs
+        ]
+        rows.append(
+            BudgetRow(
+                m,
+                totals[m],
+                Stat.of(c[0] for c in cut),
+                Stat.of(c[1] for c in cut),
+                Stat.of(c[2] for c in cut),
+                Stat.of(full),
+            )
+        )
+    return budget, rows
+
+
+def round_to_round_swing(runs: Iterable[RunData], key: str = "global_acc") -> tuple[float, float] | None:
+    """Median and 90th percentile of |change of ``key`` between consecutive evaluated rounds| in the second
+    half of each run (after most of the learning), over runs; None without two such rounds."""
+    diffs = []
+    for rd in runs:
+        vals = [v for _, v in rd.curves.get(key, [])]
+        diffs += list(np.abs(np.diff(vals[len(vals) // 2 :])))
+    if not diffs:
+        return None
+    return float(np.median(diffs)), float(np.percentile(diffs, 90))
