@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fedreg import seeding
-from fedreg.errors import ComponentFailure, call_component
+from fedreg.errors import ComponentFailure, FedregError, call_component
 
 StateDict = dict[str, torch.Tensor]
 
@@ -245,6 +245,7 @@ class LocalContext:
         0.0  # the optimizer's momentum (methods whose math assumes plain SGD may correct for it)
     )
     _global_model: nn.Module | None = None
+    _functional: FunctionalContext | None = None
 
     @property
     def num_samples(self) -> int:
@@ -260,6 +261,26 @@ class LocalContext:
                 p.requires_grad_(False)
             self._global_model = m
         return self._global_model
+
+    def functional(self) -> FunctionalContext:
+        """This client's :class:`FunctionalContext` for ``functional_loss`` in the local loop (built once):
+        the received parameters of ``model``, and the frozen :meth:`global_model` as the teacher."""
+        if self._functional is None:
+            teacher = self.global_model()
+
+            def run_teacher(x: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return teacher(x)
+
+            self._functional = FunctionalContext(
+                round=self.round,
+                num_classes=self.num_classes,
+                lr=self.lr,
+                global_params={n: self.global_state[n] for n, _ in self.model.named_parameters()},
+                broadcast=self.broadcast,
+                teacher=run_teacher,
+            )
+        return self._functional
 
     def epoch_order(self) -> torch.Tensor:
         """One epoch's shuffled order of the training samples (one draw from ``generator``)."""
@@ -289,23 +310,30 @@ class NonFiniteLoss(ArithmeticError):
 
 @dataclass(frozen=True)
 class FunctionalContext:
-    """What ``Objective.functional_loss`` may use besides the batch: the same for every client of a round."""
+    """What ``Objective.functional_loss`` may use besides the batch: the same for every client of a round
+    on the ``vectorized`` backend, one per client in the local loop (:meth:`LocalContext.functional`)."""
 
     round: int
     num_classes: int
     lr: float  # this round's learning rate
     global_params: dict[str, torch.Tensor]  # the received model's parameters by name (do not modify)
     broadcast: dict[str, Any]  # server-to-client extras from Aggregator.broadcast (read only)
+    #: ``teacher(x)``: the received (global) model's output for ``x``, without gradient
+    teacher: Callable[[torch.Tensor], torch.Tensor]
 
 
 class Objective(Component):
     """A local objective: how a client trains the model it received.
 
-    ``functional_loss`` (optional) is the same loss written as a pure function of the parameters, for the
-    ``vectorized`` backend, which trains a round's clients together with ``torch.func``; an objective is
-    vectorizable iff it overrides it. That backend calls only ``functional_loss`` (and ``eval_model``
-    after training): it never calls ``setup``, ``loss``, ``before_step``, ``finish`` or ``train``, so a
-    vectorizable objective must not rely on them, on attributes set on ``self`` or on ``ctx.state``.
+    Write its loss once, in one of two forms:
+
+    - ``functional_loss(forward, params, x, y, weight, fctx)``, a pure function of the parameters. It
+      serves every backend: the local loop calls it on the module's own parameters with ``weight=None``
+      (every sample real), the ``vectorized`` backend under ``torch.func`` with a padding mask. Such an
+      objective must not rely on ``setup``, ``before_step``, ``finish``, ``train``, attributes set on
+      ``self`` or ``ctx.state``: it is vectorizable iff it defines ``functional_loss`` and none of them.
+    - ``loss(model, x, y, ctx)``, imperative, with the hooks ``setup``, ``before_step``, ``finish`` (for
+      example a gradient correction): the ``local`` and ``ray`` backends only.
     """
 
     kind = "objective"
@@ -330,8 +358,21 @@ class Objective(Component):
         """Runs before the first batch (e.g. build the frozen global model, load client state)."""
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
-        """The scalar loss for one batch."""
-        raise NotImplementedError
+        """The scalar loss for one batch. By default ``functional_loss`` on ``model``'s own parameters
+        with ``weight=None``; override it only for an imperative objective."""
+        if type(self).functional_loss is Objective.functional_loss:
+            raise NotImplementedError(f"{type(self).__name__} defines neither loss nor functional_loss")
+        own = dict(model.named_parameters())
+
+        def forward(params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+            if params is not own:
+                raise FedregError(
+                    "in the local loop functional_loss's forward runs the client's own parameters only; "
+                    "use fctx.teacher(x) for the received model"
+                )
+            return model(inputs)
+
+        return self.functional_loss(forward, own, x, y, None, ctx.functional())
 
     def before_step(self, ctx: LocalContext) -> None:
         """Runs after ``backward`` and before the optimizer step (e.g. gradient corrections)."""
@@ -346,28 +387,31 @@ class Objective(Component):
 
     def functional_loss(
         self,
-        forward: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
-        params: dict[str, torch.Tensor],
+        forward: Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor],
+        params: Mapping[str, torch.Tensor],
         x: torch.Tensor,
         y: torch.Tensor,
-        weight: torch.Tensor,
+        weight: torch.Tensor | None,
         fctx: FunctionalContext,
     ) -> torch.Tensor:
-        """The scalar loss for one padded batch as a pure function of ``params``, for the ``vectorized``
-        backend (optional; see the class docstring).
+        """The scalar loss for one batch as a pure function of ``params`` (see the class docstring).
 
-        ``forward(params, x)`` runs the model with the given parameters (``torch.func.functional_call``);
-        ``params`` are one client's current parameters by name; ``x, y`` a batch padded to the batch size;
-        ``weight`` a float per-sample mask, 1 for real samples and 0 for padding. Return the loss
-        ``loss`` would give on the real samples alone: per-sample terms as a ``weight``-weighted mean, so
-        padding changes nothing. It runs under ``torch.func.vmap`` and ``grad``: no Python control flow on
-        tensor values, no ``.item()``/``float()`` of tensors, no in-place changes of the inputs."""
+        ``forward(params, x)`` runs the model with the given parameters; ``params`` are the client's current
+        parameters by name; ``x, y`` the batch; ``weight`` a float per-sample mask (1 a real sample, 0
+        padding of a short batch) on the ``vectorized`` backend, or None in the local loop. Reduce
+        per-sample terms with :func:`fedreg.losses.sample_mean` (or :func:`fedreg.losses.cross_entropy`),
+        so padding changes nothing; ``fctx.teacher(x)`` is the received model's output. It runs under
+        ``torch.func.vmap`` and ``grad``: no Python control flow on tensor values, no ``.item()`` or
+        ``float()`` of tensors, no in-place changes of the inputs."""
         raise NotImplementedError
 
     @classmethod
     def vectorizable(cls) -> bool:
-        """Whether the ``vectorized`` backend can train this objective (it overrides ``functional_loss``)."""
-        return cls.functional_loss is not Objective.functional_loss
+        """Whether the ``vectorized`` backend can train this objective: it defines ``functional_loss`` and
+        none of the imperative methods (``loss``, ``setup``, ``before_step``, ``finish``, ``train``)."""
+        if cls.functional_loss is Objective.functional_loss:
+            return False
+        return all(getattr(cls, m) is getattr(Objective, m) for m in IMPERATIVE_METHODS)
 
     def train(self, ctx: LocalContext) -> TrainOutput:
         """The local training loop: ``setup``, then ``run_epochs`` (per batch ``loss``, backward,
@@ -422,6 +466,10 @@ class Objective(Component):
     def call(self, method: str, ctx: LocalContext, *args):
         """Call one of this objective's methods during client training, naming it if it fails."""
         return call_component(self, method, ctx.round, ctx.client_id, *args)
+
+
+#: the methods of the imperative form of an objective; one of them makes it non-vectorizable
+IMPERATIVE_METHODS = ("loss", "setup", "before_step", "finish", "train")
 
 
 # ---------------------------------------------------------------------------------------------------------

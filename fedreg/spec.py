@@ -435,13 +435,13 @@ def _field_default(path: tuple[str, ...]) -> Any:
 
 
 def _vectorizable(cls: type[Component]) -> bool:
-    """Whether an objective class defines ``functional_loss`` (the registry holds only Objective
-    subclasses under the kind 'objective')."""
+    """Whether the vectorized backend can train an objective class (see ``Objective.vectorizable``; the
+    registry holds only Objective subclasses under the kind 'objective')."""
     return issubclass(cls, Objective) and cls.vectorizable()
 
 
 def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> list[SpecIssue]:
-    """The vectorized backend trains only objectives that define ``functional_loss``."""
+    """The vectorized backend trains only objectives whose loss is a ``functional_loss`` alone."""
     if _vectorizable(objective.info.cls):
         return []
     able = sorted({i.name for i in registry.all() if i.kind == "objective" and _vectorizable(i.cls)})
@@ -449,8 +449,9 @@ def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> li
         SpecIssue(
             "execution.backend",
             (
-                f"objective '{objective.name}' cannot run on the vectorized backend: it does not define "
-                "functional_loss (its loss as a pure function that torch.func batches over clients). "
+                f"objective '{objective.name}' cannot run on the vectorized backend: its loss is not a "
+                "functional_loss alone (a pure function that torch.func batches over clients, with no "
+                "imperative hook such as setup, before_step or finish). "
                 f"Objectives that can: {', '.join(able) or '(none installed)'}; "
                 "execution.backend: local or ray runs any objective"
             ),

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 import fedreg
+from fedreg.clients import ClientJob, ClientRunner, RoundInput, TrainingConfig
 from fedreg.components import ClientUpdate, LocalContext, clone_state
-from fedreg.execution import ClientJob, ClientRunner, RoundInput, TrainingConfig
 from fedreg.registry import build_registry
-from fedreg.runtime import FederatedRun
+from fedreg.rounds import FederatedRun
 from fedreg.testing import initial_accuracy, synthetic_dataset, tiny_federation
 from fedreg_baselines.components import FedAvg
+from fedreg_baselines.losses import proximal_loss
 from fedreg_baselines.personal_math import (
-    ditto_personal_loss,
     matches_prefix,
     mix_states,
     mixed_parameters,
@@ -175,8 +175,8 @@ def test_ditto_loss_hand_computed():
     p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     ref = {"p": torch.zeros(2)}
     ce = F.cross_entropy(logits, y)
-    assert torch.equal(ditto_personal_loss(logits, y, [("p", p)], ref, 0.0), ce)
-    assert float(ditto_personal_loss(logits, y, [("p", p)], ref, 0.5).detach()) == pytest.approx(
+    assert torch.equal(proximal_loss(logits, y, [("p", p)], ref, 0.0), ce)
+    assert float(proximal_loss(logits, y, [("p", p)], ref, 0.5).detach()) == pytest.approx(
         float(ce) + 0.25 * 25
     )  # lam/2 * ||p||^2
 

@@ -42,6 +42,6 @@ def test_plugins_lists_components_with_provider():
     data = json.loads(r.stdout)
     by = {(c["kind"], c["name"]): c for c in data["components"]}
     kd = by[("objective", "adaptive_kd")]
-    assert kd["distribution"] == "fedreg" and kd["hooks"] == ["setup", "loss", "finish", "functional_loss"]
+    assert kd["distribution"] == "fedreg" and kd["hooks"] == ["functional_loss"]
     assert kd["params"]["tau"]["default"] == 1.0 and kd["params"]["lambda_max"]["default"] == 10.0
     assert data["broken"] == []

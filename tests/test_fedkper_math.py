@@ -15,9 +15,6 @@ from fedreg_fedkper.math import (
     normalized_label_entropy,
     reliability_score,
     reliability_weights,
-    weighted_adaptive_beta,
-    weighted_adaptive_kd_loss,
-    weighted_distillation_kl,
 )
 
 
@@ -91,15 +88,11 @@ def test_weighted_kd_with_unit_weights_is_the_unweighted_loss():
     w = torch.ones(len(y))
     for tau, lam in ((1.0, 10.0), (3.0, 0.5)):
         loss, beta = adaptive_kd_loss(z, g, y, tau, lam)
-        wloss, wbeta = weighted_adaptive_kd_loss(z, g, y, w, tau, lam)
+        wloss, wbeta = adaptive_kd_loss(z, g, y, tau, lam, w)
         assert float(wbeta) == pytest.approx(float(beta), rel=1e-6)
         assert float(wloss) == pytest.approx(float(loss), rel=1e-6)
-    assert float(weighted_distillation_kl(z, g, w, 2.0)) == pytest.approx(
-        float(distillation_kl(z, g, 2.0)), rel=1e-6
-    )
-    assert float(weighted_adaptive_beta(g, y, w, 10.0)) == pytest.approx(
-        float(adaptive_beta(g, y, 10.0)), rel=1e-6
-    )
+    assert float(distillation_kl(z, g, 2.0, w)) == pytest.approx(float(distillation_kl(z, g, 2.0)), rel=1e-6)
+    assert float(adaptive_beta(g, y, 10.0, w)) == pytest.approx(float(adaptive_beta(g, y, 10.0)), rel=1e-6)
 
 
 def test_weighted_kd_padding_rows_change_nothing():
@@ -107,7 +100,7 @@ def test_weighted_kd_padding_rows_change_nothing():
     pz, pg, py = _kd_batch(n=4, seed=1)  # padding rows hold arbitrary values
     zz = torch.cat([z, pz * 10]).requires_grad_(True)
     w = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    wloss, wbeta = weighted_adaptive_kd_loss(zz, torch.cat([g, pg]), torch.cat([y, py]), w, 2.0, 10.0)
+    wloss, wbeta = adaptive_kd_loss(zz, torch.cat([g, pg]), torch.cat([y, py]), 2.0, 10.0, w)
     zr = z.clone().requires_grad_(True)
     loss, beta = adaptive_kd_loss(zr, g, y, 2.0, 10.0)
     assert float(wbeta) == pytest.approx(float(beta), rel=1e-6)
@@ -123,8 +116,8 @@ def test_weighted_beta_ignores_the_padding_and_is_clamped():
     g = torch.tensor([[0.0, 0.0], [-30.0, 30.0]])  # row 0: CE log 2; row 1 (padding): CE 60
     y = torch.tensor([0, 0])
     w = torch.tensor([1.0, 0.0])
-    assert float(weighted_adaptive_beta(g, y, w, 10.0)) == pytest.approx(1 / (math.log(2) + 1e-8), rel=1e-6)
-    assert float(weighted_adaptive_beta(g, y, w, 1.2)) == pytest.approx(1.2)
+    assert float(adaptive_beta(g, y, 10.0, w)) == pytest.approx(1 / (math.log(2) + 1e-8), rel=1e-6)
+    assert float(adaptive_beta(g, y, 1.2, w)) == pytest.approx(1.2)
 
 
 def test_entropy_normalisation():

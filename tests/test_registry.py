@@ -154,7 +154,7 @@ def test_component_needing_newer_contract_is_refused():
 def test_implemented_hooks_listed():
     from fedreg_fedkper.components import AdaptiveKD, ReliabilityDiversity
 
-    assert AdaptiveKD.implemented_hooks() == ["setup", "loss", "finish", "functional_loss"]
+    assert AdaptiveKD.implemented_hooks() == ["functional_loss"]
     assert ReliabilityDiversity.implemented_hooks() == ["client_report", "aggregate"]
 
 

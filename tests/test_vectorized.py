@@ -17,14 +17,14 @@ from torch import nn
 from torch.func import functional_call
 
 from fedreg.backends.vectorized import VectorizedBackend, batch_plan, mean_loss, sgd_step_
-from fedreg.components import FunctionalContext, LocalContext, NonFiniteLoss
+from fedreg.clients import ClientJob, ClientRunner, LocalBackend, ModelBuilder, RoundInput, TrainingConfig
+from fedreg.components import FunctionalContext, LocalContext, NonFiniteLoss, Objective
 from fedreg.errors import ComponentFailure, FedregError, SpecError
-from fedreg.execution import ClientJob, ClientRunner, LocalBackend, ModelBuilder, RoundInput, TrainingConfig
+from fedreg.losses import cross_entropy, sample_mean
 from fedreg.spec import resolve
 from fedreg.testing import TINY_SPEC, synthetic_dataset, tiny_federation
 from fedreg_baselines.components import CrossEntropy, FedAvg
 from fedreg_baselines.global_fl import FedProx, FedProxParams
-from fedreg_baselines.losses import weighted_cross_entropy, weighted_mean
 from fedreg_fedkper.components import AdaptiveKD
 from fedreg_standard.models import CNNParams, SmallCNN
 
@@ -109,15 +109,11 @@ def test_mean_loss_is_the_local_accounting():
 def test_weighted_cross_entropy():
     gen = torch.Generator().manual_seed(0)
     z, y = torch.randn(6, 5, generator=gen), torch.randint(0, 5, (6,), generator=gen)
-    assert float(weighted_cross_entropy(z, y, torch.ones(6))) == pytest.approx(
-        float(F.cross_entropy(z, y)), rel=1e-6
-    )
+    assert float(cross_entropy(z, y, torch.ones(6))) == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-6)
     w = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
     z_pad = torch.cat([z[:3], torch.full((3, 5), 1e4)])  # padding rows: extreme values, weight 0
-    assert float(weighted_cross_entropy(z_pad, y, w)) == pytest.approx(
-        float(F.cross_entropy(z[:3], y[:3])), rel=1e-6
-    )
-    assert float(weighted_mean(torch.tensor([3.0, 5.0]), torch.zeros(2))) == 0.0  # a batch of padding only
+    assert float(cross_entropy(z_pad, y, w)) == pytest.approx(float(F.cross_entropy(z[:3], y[:3])), rel=1e-6)
+    assert float(sample_mean(torch.tensor([3.0, 5.0]), torch.zeros(2))) == 0.0  # a batch of padding only
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,6 +155,7 @@ def test_functional_loss_is_the_loss_and_ignores_padding(name):
         lr=0.1,
         broadcast={},
         global_params={n: p.detach() for n, p in received.named_parameters()},
+        teacher=lambda inp: received(inp).detach(),
     )
     x_pad = torch.cat([x, ds.train_x[6:8] * 5])
     y_pad = torch.cat([y, ds.train_y[6:8]])
@@ -169,6 +166,68 @@ def test_functional_loss_is_the_loss_and_ignores_padding(name):
         grads = torch.autograd.grad(got, list(params.values()))
         for g, e in zip(grads, expected_grads, strict=True):
             assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)
+
+
+class OnlyFunctional(Objective):
+    name = "test_only_functional"
+
+    def functional_loss(self, forward, params, x, y, weight, fctx):
+        return cross_entropy(forward(params, x), y, weight)
+
+
+class FunctionalWithHook(OnlyFunctional):
+    def before_step(self, ctx):
+        pass
+
+
+class Neither(Objective):
+    name = "test_neither"
+
+
+def test_one_functional_loss_serves_the_local_loop():
+    """An objective that writes only functional_loss trains in the local loop (weight None, the module's
+    own parameters) with exactly the loss a plain cross-entropy gives."""
+    torch.manual_seed(0)
+    build = ModelBuilder(SmallCNN(CNNParams(hidden=16)), 1, 4, 28)
+    model = build()
+    ds = synthetic_dataset(n_train=10, n_test=2, num_classes=4)
+    x, y = ds.train_x[:6], ds.train_y[:6]
+    ctx = _ctx(6, 8, 0, model=model, global_state=model.state_dict(), build_model=build, train_x=x, train_y=y)
+    assert torch.equal(OnlyFunctional().loss(model, x, y, ctx), F.cross_entropy(model(x), y))
+    assert OnlyFunctional.vectorizable()
+    assert not FunctionalWithHook.vectorizable()  # an imperative hook: the vectorized backend would skip it
+    with pytest.raises(NotImplementedError, match="neither loss nor functional_loss"):
+        Neither().loss(model, x, y, ctx)
+
+
+def test_local_forward_refuses_other_parameters():
+    class Foreign(OnlyFunctional):
+        def functional_loss(self, forward, params, x, y, weight, fctx):
+            return cross_entropy(forward(fctx.global_params, x), y, weight)
+
+    build = ModelBuilder(SmallCNN(CNNParams(hidden=16)), 1, 4, 28)
+    model = build()
+    ds = synthetic_dataset(n_train=10, n_test=2, num_classes=4)
+    x, y = ds.train_x[:6], ds.train_y[:6]
+    ctx = _ctx(6, 8, 0, model=model, global_state=model.state_dict(), build_model=build, train_x=x, train_y=y)
+    with pytest.raises(FedregError, match=r"fctx\.teacher"):
+        Foreign().loss(model, x, y, ctx)
+
+
+def test_the_local_teacher_is_the_received_model_without_gradient():
+    torch.manual_seed(0)
+    build = ModelBuilder(SmallCNN(CNNParams(hidden=16)), 1, 4, 28)
+    received, model = build(), build()
+    ds = synthetic_dataset(n_train=10, n_test=2, num_classes=4)
+    x, y = ds.train_x[:6], ds.train_y[:6]
+    ctx = _ctx(
+        6, 8, 0, model=model, global_state=received.state_dict(), build_model=build, train_x=x, train_y=y
+    )
+    fctx = ctx.functional()
+    out = fctx.teacher(x)
+    assert torch.equal(out, received(x).detach()) and not out.requires_grad
+    assert fctx is ctx.functional()  # built once per client
+    assert set(fctx.global_params) == {n for n, _ in model.named_parameters()}
 
 
 # ---------------------------------------------------------------------------------------------------------

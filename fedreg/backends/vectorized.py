@@ -2,7 +2,8 @@
 
 Every client keeps its own parameters and momentum buffers, stacked along a leading client dimension; one
 step computes every active client's loss and gradient at once (``vmap`` of ``grad_and_value`` of the
-objective's ``functional_loss`` over ``functional_call``) and applies ``torch.optim.SGD``'s update rule to
+objective's ``functional_loss`` over ``functional_call``; vectorizable objectives only, see
+``Objective.vectorizable``) and applies ``torch.optim.SGD``'s update rule to
 the stacks. Results equal the ``local`` backend's within float tolerance:
 
 - each client's context comes from :meth:`ClientRunner.context`, and its batches from its own shuffling
@@ -11,8 +12,8 @@ the stacks. Results equal the ``local`` backend's within float tolerance:
 - clients are sorted by their number of steps, longest first, so the clients still training at a step
   are a prefix of the stack: a client that has run all its steps drops out of the computation (its
   parameters and momentum buffers are left untouched: no weight decay, no momentum);
-- short last batches are padded to the batch size with weight 0 (``functional_loss`` takes a weighted
-  mean over the real samples);
+- short last batches are padded to the batch size with weight 0 (``functional_loss`` reduces over the
+  real samples with :func:`fedreg.losses.sample_mean`);
 - clients with different learning rates train in separate lock-step groups (one group in practice).
 
 After training each client's parameters are loaded into the runner's work model and
@@ -30,9 +31,9 @@ from collections.abc import Mapping
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from fedreg.clients import Backend, ClientJob, ClientResult, RoundInput
 from fedreg.components import FunctionalContext, LocalContext, NonFiniteLoss, TrainOutput
 from fedreg.errors import ComponentFailure, FedregError, describe
-from fedreg.execution import Backend, ClientJob, ClientResult, RoundInput
 
 
 def sgd_step_(
@@ -87,7 +88,7 @@ def mean_loss(values: list[float]) -> tuple[float, NonFiniteLoss | None]:
 
 
 class VectorizedBackend(Backend):
-    """The round's clients in lock-step with ``torch.func`` (objectives that define ``functional_loss``)."""
+    """The round's clients in lock-step with ``torch.func`` (vectorizable objectives only)."""
 
     name = "vectorized"
 
@@ -104,8 +105,8 @@ class VectorizedBackend(Backend):
         objective = rin.objective
         if not objective.vectorizable():
             raise FedregError(
-                f"{describe(objective)} does not define functional_loss, so the vectorized backend "
-                f"cannot train it; set execution.backend: local or ray"
+                f"{describe(objective)} is not vectorizable (its loss is not a functional_loss alone), "
+                f"so the vectorized backend cannot train it; set execution.backend: local or ray"
             )
         runner = self.runner
         model = runner.work_model
@@ -113,6 +114,10 @@ class VectorizedBackend(Backend):
         model.train()
         ctxs = [runner.context(job, rin, model) for job in jobs]
         global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+        def teacher(x):  # the received model: its parameters, no gradient (vmap-compatible)
+            return functional_call(model, global_params, (x,)).detach()
+
         results: dict[int, ClientResult] = {}
         for lr in dict.fromkeys(job.lr for job in jobs):
             group = [i for i, job in enumerate(jobs) if job.lr == lr]
@@ -122,6 +127,7 @@ class VectorizedBackend(Backend):
                 lr=lr,
                 global_params=global_params,
                 broadcast=rin.broadcast,
+                teacher=teacher,
             )
             trained = self._lockstep([ctxs[i] for i in group], fctx, objective)
             for i, out in zip(group, trained, strict=True):

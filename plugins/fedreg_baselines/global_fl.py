@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from fedreg.aggregate import weighted_average
 from fedreg.components import Aggregator, Objective, Params
 from fedreg.errors import FedregError
+from fedreg.losses import cross_entropy
 from fedreg_baselines.losses import (
     feddyn_linear_term,
     feddyn_server_update,
     moon_contrastive,
     not_true_distillation,
+    proximal_loss,
     proximal_term,
     scaffold_client_control,
     scaffold_server_control,
-    weighted_cross_entropy,
 )
 
 
@@ -57,19 +57,13 @@ class FedProx(Objective):
     Networks", MLSys 2020)."""
 
     name = "fedprox"
+    api_version = 3  # its loss is a functional_loss alone (the local loop needs contract 3)
     Params = FedProxParams
 
-    def loss(self, model, x, y, ctx):
-        loss = F.cross_entropy(model(x), y)
-        if self.params.mu > 0:  # mu = 0 is FedAvg exactly
-            loss = loss + self.params.mu / 2 * proximal_term(model.named_parameters(), ctx.global_state)
-        return loss
-
-    def functional_loss(self, forward, params, x, y, weight, fctx):
-        loss = weighted_cross_entropy(forward(params, x), y, weight)
-        if self.params.mu > 0:
-            loss = loss + self.params.mu / 2 * proximal_term(params.items(), fctx.global_params)
-        return loss
+    def functional_loss(self, forward, params, x, y, weight, fctx):  # mu = 0 is FedAvg exactly
+        return proximal_loss(
+            forward(params, x), y, params.items(), fctx.global_params, self.params.mu, weight
+        )
 
 
 # --- SCAFFOLD -----------------------------------------------------------------------------------------------
@@ -98,7 +92,7 @@ class Scaffold(Objective):
         self._steps = 0
 
     def loss(self, model, x, y, ctx):
-        return F.cross_entropy(model(x), y)
+        return cross_entropy(model(x), y)
 
     def before_step(self, ctx):
         self._steps += 1
@@ -194,7 +188,7 @@ class FedDyn(Objective):
     def loss(self, model, x, y, ctx):
         params = list(model.named_parameters())
         return (
-            F.cross_entropy(model(x), y)
+            cross_entropy(model(x), y)
             - feddyn_linear_term(params, self._g)
             + self._alpha / 2 * proximal_term(params, ctx.global_state)
         )
@@ -313,7 +307,7 @@ class Moon(Objective):
             else:
                 self._prev(x)
                 z_p = self._reps[2].value
-        return F.cross_entropy(logits, y) + self.params.mu * moon_contrastive(z, z_g, z_p, self.params.tau)
+        return cross_entropy(logits, y) + self.params.mu * moon_contrastive(z, z_g, z_p, self.params.tau)
 
     def finish(self, ctx):
         for r in self._reps:
@@ -345,7 +339,7 @@ class FedNTD(Objective):
         logits = model(x)
         with torch.no_grad():
             g = self._teacher(x)
-        return F.cross_entropy(logits, y) + self.params.beta * not_true_distillation(
+        return cross_entropy(logits, y) + self.params.beta * not_true_distillation(
             logits, g, y, self.params.tau
         )
 

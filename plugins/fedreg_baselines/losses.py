@@ -8,18 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fedreg.components import StateDict
-
-
-def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """sum_i w_i v_i / sum_i w_i over a batch (0 when every weight is 0): the mean over the real samples of
-    a padded batch whose padding rows have weight 0."""
-    return (values * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
-
-
-def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged over the samples with weight 1 (padding rows, weight 0, change nothing); with
-    every weight 1 it is ``F.cross_entropy(logits, y)``. Pure and vmap-compatible."""
-    return weighted_mean(F.cross_entropy(logits, y, reduction="none"), weight)
+from fedreg.losses import cross_entropy
 
 
 def proximal_term(named_params, ref: StateDict) -> torch.Tensor:
@@ -29,6 +18,23 @@ def proximal_term(named_params, ref: StateDict) -> torch.Tensor:
         d = (p - ref[name].detach()).pow(2).sum()
         total = d if total is None else total + d
     return total
+
+
+def proximal_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    named_params,
+    ref: StateDict,
+    mu: float,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CE(logits, y) + mu/2 * ||w - ref||^2: FedProx's local objective (ref the received global weights)
+    and Ditto's personal one (mu its lambda). mu = 0 is plain cross-entropy. ``weight``: see
+    :mod:`fedreg.losses`."""
+    loss = cross_entropy(logits, y, weight)
+    if mu > 0:
+        loss = loss + mu / 2 * proximal_term(named_params, ref)
+    return loss
 
 
 def not_true_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -56,7 +62,7 @@ def moon_contrastive(
     pos = F.cosine_similarity(z, z_global.detach(), dim=1)
     neg = F.cosine_similarity(z, z_prev.detach(), dim=1)
     logits = torch.stack([pos, neg], dim=1) / tau
-    return F.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long))
+    return cross_entropy(logits, torch.zeros(len(z), dtype=torch.long))
 
 
 def scaffold_client_control(

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from fedreg.components import StateDict
-from fedreg_baselines.losses import proximal_term
 
 
 def matches_prefix(key: str, prefixes: Sequence[str]) -> bool:
@@ -50,14 +48,3 @@ def mixed_parameters(
     """APFL's mixed parameters alpha * v + (1 - alpha) * w with ``w`` detached, so a loss of the mixed model
     differentiates with respect to ``v`` only (the update of v in Deng et al., Algorithm 1)."""
     return {k: alpha * v[k] + (1.0 - alpha) * w[k].detach() for k in v}
-
-
-def ditto_personal_loss(
-    logits: torch.Tensor, y: torch.Tensor, named_params, global_state: StateDict, lam: float
-) -> torch.Tensor:
-    """Ditto's personal objective: CE(v(x), y) + lam/2 * ||v - w_global||^2 (w_global: the received weights).
-    lam = 0 is plain cross-entropy."""
-    loss = F.cross_entropy(logits, y)
-    if lam > 0:
-        loss = loss + lam / 2 * proximal_term(named_params, global_state)
-    return loss

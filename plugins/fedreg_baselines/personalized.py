@@ -12,15 +12,15 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from fedreg.components import NonFiniteLoss, Objective, Params, TrainOutput, clone_state
 from fedreg.errors import ComponentFailure, FedregError
+from fedreg.losses import cross_entropy
+from fedreg_baselines.losses import proximal_loss
 from fedreg_baselines.personal_math import (
-    ditto_personal_loss,
     mix_states,
     mixed_parameters,
     select_state,
@@ -75,7 +75,7 @@ class _PersonalObjective(Objective):
     local_model_role = "personal"
 
     def loss(self, model, x, y, ctx):
-        return F.cross_entropy(model(x), y)
+        return cross_entropy(model(x), y)
 
     def model_from(self, ctx, state: dict[str, torch.Tensor]) -> nn.Module:
         m = ctx.build_model()
@@ -120,7 +120,7 @@ class Ditto(_PersonalObjective):
         return out
 
     def personal_loss(self, model, x, y, ctx):
-        return ditto_personal_loss(model(x), y, model.named_parameters(), ctx.global_state, self.params.lam)
+        return proximal_loss(model(x), y, model.named_parameters(), ctx.global_state, self.params.lam)
 
     def eval_model(self, ctx):
         return self.model_from(ctx, ctx.state["personal"])
@@ -284,7 +284,7 @@ class APFL(_PersonalObjective):
 
     def mixed_loss(self, model, x, y, ctx):
         mixed = mixed_parameters(self._v, dict(model.named_parameters()), self.params.alpha)
-        return F.cross_entropy(functional_call(model, mixed, (x,)), y)
+        return cross_entropy(functional_call(model, mixed, (x,)), y)
 
     def train(self, ctx):
         hook, model = self.call, ctx.model

@@ -12,7 +12,6 @@ from fedreg_fedkper.math import (
     normalized_label_entropy,
     reliability_score,
     reliability_weights,
-    weighted_adaptive_kd_loss,
 )
 
 
@@ -25,25 +24,12 @@ class AdaptiveKD(Objective):
     """FedKPer's adaptive distillation toward the frozen global model received this round."""
 
     name = "adaptive_kd"
+    api_version = 3  # its loss is a functional_loss alone (the local loop needs contract 3)
     Params = AdaptiveKDParams
 
-    def setup(self, ctx):
-        self._teacher = ctx.global_model()
-
-    def loss(self, model, x, y, ctx):
-        with torch.no_grad():
-            g = self._teacher(x)
-        loss, _ = adaptive_kd_loss(model(x), g, y, self.params.tau, self.params.lambda_max)
-        return loss
-
-    def finish(self, ctx):
-        self._teacher = None
-        return {}
-
     def functional_loss(self, forward, params, x, y, weight, fctx):
-        g = forward(fctx.global_params, x)  # the frozen teacher: the received parameters
-        loss, _ = weighted_adaptive_kd_loss(
-            forward(params, x), g, y, weight, self.params.tau, self.params.lambda_max
+        loss, _ = adaptive_kd_loss(
+            forward(params, x), fctx.teacher(x), y, self.params.tau, self.params.lambda_max, weight
         )
         return loss
 
