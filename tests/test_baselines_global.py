@@ -7,14 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from fedreg.testing import initial_accuracy, tiny_federation
-from fedreg_baselines.losses import (
-    feddyn_server_update,
-    moon_contrastive,
-    not_true_distillation,
-    not_true_logits,
-    scaffold_client_control,
-    scaffold_server_control,
-)
+from fedreg_baselines.feddyn import feddyn_server_update
+from fedreg_baselines.fedntd import not_true_distillation, not_true_logits
+from fedreg_baselines.moon import moon_contrastive
+from fedreg_baselines.scaffold import scaffold_client_control, scaffold_server_control
 
 
 def states_equal(a, b):

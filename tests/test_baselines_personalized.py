@@ -15,24 +15,16 @@ from fedreg.components import ClientUpdate, LocalContext, clone_state
 from fedreg.registry import build_registry
 from fedreg.rounds import FederatedRun
 from fedreg.testing import initial_accuracy, synthetic_dataset, tiny_federation
-from fedreg_baselines.components import FedAvg
+from fedreg_baselines import PERSONALIZED_OBJECTIVES
+from fedreg_baselines.apfl import APFL, mix_states, mixed_parameters
+from fedreg_baselines.ditto import Ditto
+from fedreg_baselines.fedavg import FedAvg
+from fedreg_baselines.fedbabu import FedBABU
+from fedreg_baselines.fedper import FedPer
+from fedreg_baselines.fedrep import FedRep
+from fedreg_baselines.local_only import LocalOnly
 from fedreg_baselines.losses import proximal_loss
-from fedreg_baselines.personal_math import (
-    matches_prefix,
-    mix_states,
-    mixed_parameters,
-    select_state,
-    split_keys,
-)
-from fedreg_baselines.personalized import (
-    APFL,
-    PERSONALIZED_OBJECTIVES,
-    Ditto,
-    FedBABU,
-    FedPer,
-    FedRep,
-    LocalOnly,
-)
+from fedreg_baselines.personal_math import matches_prefix, select_state, split_keys
 from fedreg_standard.models import CNN
 
 HEAD = ("fc.weight", "fc.bias")

@@ -14,17 +14,11 @@ import fedreg
 from fedreg.components import ClientInfo, ClientUpdate, RunInfo
 from fedreg.errors import FedregError, SpecError
 from fedreg.testing import initial_accuracy, tiny_federation
-from fedreg_baselines.robust import (
-    CoordinateMedian,
-    Krum,
-    TrimmedMean,
-    coordinate_median,
-    krum_scores,
-    krum_select,
-    multi_krum,
-    trimmed_mean,
-)
-from fedreg_baselines.server_opt import FedAdam, FedAvgM, server_adam_step, server_momentum_step
+from fedreg_baselines.fedadam import FedAdam, server_adam_step
+from fedreg_baselines.fedavgm import FedAvgM, server_momentum_step
+from fedreg_baselines.krum import Krum, krum_scores, krum_select, multi_krum
+from fedreg_baselines.median import CoordinateMedian, coordinate_median
+from fedreg_baselines.trimmed_mean import TrimmedMean, trimmed_mean
 
 CLASSES = (CoordinateMedian, TrimmedMean, Krum, FedAvgM, FedAdam)
 

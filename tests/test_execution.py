@@ -63,7 +63,7 @@ def test_a_cuda_device_without_one_is_refused(monkeypatch):
 
 def test_execution_threads_apply_during_the_run_only(monkeypatch):
     seen = []
-    from fedreg_baselines.components import CrossEntropy
+    from fedreg_baselines.fedavg import CrossEntropy
 
     original = CrossEntropy.loss
 

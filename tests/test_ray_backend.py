@@ -17,7 +17,7 @@ from fedreg.execution import ClientRunner
 from fedreg.runtime import TIMING_KEYS
 from fedreg.spec import ExecutionSpec
 from fedreg.testing import _tiny_run, tiny_federation
-from fedreg_baselines.components import CrossEntropy
+from fedreg_baselines.fedavg import CrossEntropy
 
 ray = pytest.importorskip("ray")  # the ray extra; without it these tests are skipped
 

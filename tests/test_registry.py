@@ -12,7 +12,7 @@ from fedreg import hookimpl
 from fedreg.components import Aggregator, Objective
 from fedreg.registry import build_registry
 from fedreg.spec import resolve
-from fedreg_baselines.components import FedAvg
+from fedreg_baselines.fedavg import FedAvg
 from testhelpers import base_spec
 
 

@@ -20,7 +20,7 @@ from fedreg import hookimpl
 from fedreg.errors import ComponentFailure, FedregError
 from fedreg.runtime import TIMING_KEYS
 from fedreg.testing import tiny_federation
-from fedreg_baselines.components import CrossEntropy
+from fedreg_baselines.fedavg import CrossEntropy
 from testhelpers import base_spec, make_medmnist_npz, write_spec
 
 pytestmark = pytest.mark.slow

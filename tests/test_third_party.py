@@ -19,7 +19,7 @@ from fedreg.components import Aggregator, Metric, Selector
 from fedreg.errors import ComponentFailure, PluginError, SpecError
 from fedreg.registry import build_registry
 from fedreg.testing import initial_accuracy, tiny_federation
-from fedreg_baselines.components import FedAvg
+from fedreg_baselines.fedavg import FedAvg
 from testhelpers import REPO
 
 EXAMPLE = REPO / "plugins" / "examples" / "fedreg-normclip"

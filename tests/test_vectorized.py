@@ -23,8 +23,8 @@ from fedreg.errors import ComponentFailure, FedregError, SpecError
 from fedreg.losses import cross_entropy, sample_mean
 from fedreg.spec import resolve
 from fedreg.testing import TINY_SPEC, synthetic_dataset, tiny_federation
-from fedreg_baselines.components import CrossEntropy, FedAvg
-from fedreg_baselines.global_fl import FedProx, FedProxParams
+from fedreg_baselines.fedavg import CrossEntropy, FedAvg
+from fedreg_baselines.fedprox import FedProx, FedProxParams
 from fedreg_fedkper.components import AdaptiveKD
 from fedreg_standard.models import CNNParams, SmallCNN
 

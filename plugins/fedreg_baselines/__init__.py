@@ -8,24 +8,34 @@
 - Robust aggregation: ``median``, ``trimmed_mean``, ``krum`` (Multi-Krum with m > 1).
 
 Each method is also a preset (``method: NAME`` in a spec) naming its objective and aggregation.
+
+Each method has its own module, named after it (``fedavg``, ``fedprox``, ``scaffold``, ..., ``krum``), holding
+its components and its math as plain functions. What several methods share: ``losses`` (the proximal term:
+FedProx, Ditto, FedDyn), ``personal_math`` (layer selection: FedPer, FedRep, FedBABU) and the private
+``_personal``, ``_pairing``, ``_server_optimizer`` and ``_robust``; ``presets`` holds the method presets.
 """
 
 from fedreg import hookimpl
-from fedreg_baselines.components import CrossEntropy, FedAvg, UniformSelection
-from fedreg_baselines.global_fl import (
-    FedDyn,
-    FedDynAggregator,
-    FedNTD,
-    FedProx,
-    Moon,
-    Scaffold,
-    ScaffoldAggregator,
-)
-from fedreg_baselines.personalized import PERSONALIZED_OBJECTIVES
+from fedreg_baselines.apfl import APFL
+from fedreg_baselines.ditto import Ditto
+from fedreg_baselines.fedadam import FedAdam
+from fedreg_baselines.fedavg import CrossEntropy, FedAvg, UniformSelection
+from fedreg_baselines.fedavgm import FedAvgM
+from fedreg_baselines.fedbabu import FedBABU
+from fedreg_baselines.feddyn import FedDyn, FedDynAggregator
+from fedreg_baselines.fedntd import FedNTD
+from fedreg_baselines.fedper import FedPer
+from fedreg_baselines.fedprox import FedProx
+from fedreg_baselines.fedrep import FedRep
+from fedreg_baselines.krum import Krum
+from fedreg_baselines.local_only import LocalOnly
+from fedreg_baselines.median import CoordinateMedian
+from fedreg_baselines.moon import Moon
 from fedreg_baselines.presets import PRESETS
-from fedreg_baselines.robust import CoordinateMedian, Krum, TrimmedMean
-from fedreg_baselines.server_opt import FedAdam, FedAvgM
+from fedreg_baselines.scaffold import Scaffold, ScaffoldAggregator
+from fedreg_baselines.trimmed_mean import TrimmedMean
 
+PERSONALIZED_OBJECTIVES = [Ditto, FedPer, FedRep, FedBABU, APFL, LocalOnly]
 OBJECTIVES = [CrossEntropy, FedProx, Scaffold, FedDyn, Moon, FedNTD, *PERSONALIZED_OBJECTIVES]
 AGGREGATORS = [
     FedAvg,

@@ -6,20 +6,23 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from fedreg.components import Aggregator, Method, Objective
-from fedreg_baselines.components import CrossEntropy, FedAvg
-from fedreg_baselines.global_fl import (
-    FedDyn,
-    FedDynAggregator,
-    FedNTD,
-    FedProx,
-    Moon,
-    Scaffold,
-    ScaffoldAggregator,
-)
-from fedreg_baselines.personalized import APFL, FedBABU, FedPer, FedRep, LocalOnly
-from fedreg_baselines.personalized import Ditto as DittoObjective
-from fedreg_baselines.robust import CoordinateMedian, Krum, TrimmedMean
-from fedreg_baselines.server_opt import FedAdam, FedAvgM
+from fedreg_baselines.apfl import APFL
+from fedreg_baselines.ditto import Ditto as DittoObjective
+from fedreg_baselines.fedadam import FedAdam
+from fedreg_baselines.fedavg import CrossEntropy, FedAvg
+from fedreg_baselines.fedavgm import FedAvgM
+from fedreg_baselines.fedbabu import FedBABU
+from fedreg_baselines.feddyn import FedDyn, FedDynAggregator
+from fedreg_baselines.fedntd import FedNTD
+from fedreg_baselines.fedper import FedPer
+from fedreg_baselines.fedprox import FedProx
+from fedreg_baselines.fedrep import FedRep
+from fedreg_baselines.krum import Krum
+from fedreg_baselines.local_only import LocalOnly
+from fedreg_baselines.median import CoordinateMedian
+from fedreg_baselines.moon import Moon
+from fedreg_baselines.scaffold import Scaffold, ScaffoldAggregator
+from fedreg_baselines.trimmed_mean import TrimmedMean
 
 
 class ObjectiveAndAggregation(Method):

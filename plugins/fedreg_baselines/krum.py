@@ -1,18 +1,8 @@
-"""Byzantine-robust aggregation: coordinate-wise median, coordinate-wise trimmed mean and (Multi-)Krum.
-
-The math is in plain functions over lists of client state dicts; the components call them. Floating tensors
-are aggregated; other tensors (counters such as ``num_batches_tracked``) are taken from the first state.
-
-All three rules are unweighted, as in their papers: a client's sample count is its own claim, and a
-Byzantine client could claim any count. They act on the client weights directly; each rule is
-translation-equivariant (median and trimmed mean per coordinate, Krum through distances), so this is the
-same as applying it to the updates ``w_k - w_global`` and adding the result to ``w_global``.
-"""
+"""Krum and Multi-Krum (Blanchard et al., NeurIPS 2017), a Byzantine-robust aggregation (see
+:mod:`fedreg_baselines._robust`); the scores and the selection as plain functions."""
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -21,63 +11,13 @@ from pydantic import Field
 from fedreg.aggregate import weighted_average
 from fedreg.components import Aggregator, Params, RunInfo, StateDict
 from fedreg.errors import FedregError
-
-# ---------------------------------------------------------------------------------------------------------
-# Math
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _check_states(states: Sequence[StateDict]) -> None:
-    if not states:
-        raise ValueError("no client states to aggregate")
-
-
-def _sorted_stack(states: Sequence[StateDict], key: str) -> torch.Tensor:
-    """The clients' values of ``key`` stacked on a new first axis, in float64, sorted along it."""
-    return torch.stack([s[key].detach().to(torch.float64) for s in states]).sort(dim=0).values
-
-
-def coordinate_median(states: Sequence[StateDict]) -> StateDict:
-    """Per coordinate, the median of the clients' values (the mean of the two middle values when the
-    number of clients is even). Floating tensors only; others from the first state."""
-    _check_states(states)
-    n = len(states)
-    out: StateDict = {}
-    for key, ref in states[0].items():
-        if not ref.is_floating_point():
-            out[key] = ref.clone()
-            continue
-        srt = _sorted_stack(states, key)
-        med = srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2
-        out[key] = med.to(ref.dtype)
-    return out
-
-
-def trimmed_mean(states: Sequence[StateDict], beta: float) -> StateDict:
-    """Per coordinate, drop the ``floor(beta * n)`` largest and the ``floor(beta * n)`` smallest of the
-    ``n`` clients' values and average the rest. Floating tensors only; others from the first state."""
-    _check_states(states)
-    n = len(states)
-    if not 0 <= beta < 0.5:  # below 0.5, n - 2 floor(beta n) >= 1 for every n: something is left
-        raise ValueError(
-            f"trimmed_mean needs 0 <= beta < 0.5, got beta={beta}: it drops the floor(beta * n) "
-            f"largest and smallest of the n={n} client values per coordinate, and beta >= 0.5 "
-            f"leaves none (beta < 0 or NaN is meaningless); lower beta"
-        )
-    k = math.floor(beta * n)
-    out: StateDict = {}
-    for key, ref in states[0].items():
-        if not ref.is_floating_point():
-            out[key] = ref.clone()
-            continue
-        out[key] = _sorted_stack(states, key)[k : n - k].mean(dim=0).to(ref.dtype)
-    return out
+from fedreg_baselines._robust import check_states
 
 
 def pairwise_sq_distances(states: Sequence[StateDict]) -> torch.Tensor:
     """``(n, n)`` float64 matrix of squared Euclidean distances between the clients' floating parameters
     (all floating tensors flattened and concatenated), accumulated one tensor at a time."""
-    _check_states(states)
+    check_states(states)
     n = len(states)
     dist = torch.zeros(n, n, dtype=torch.float64)
     for key, ref in states[0].items():
@@ -123,59 +63,6 @@ def multi_krum(states: Sequence[StateDict], f: int, m: int = 1) -> tuple[StateDi
     """Unweighted average of the ``m`` clients :func:`krum_select` picks; returns (state, picked indices)."""
     chosen = krum_select(states, f, m)
     return weighted_average([states[i] for i in chosen], [1.0] * len(chosen)), chosen
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Components
-# ---------------------------------------------------------------------------------------------------------
-
-
-class CoordinateMedian(Aggregator):
-    """Coordinate-wise median of client weights (Yin et al., ICML 2018).
-
-    Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
-    Rates", ICML 2018. Unweighted; with an even number of clients, the mean of the two middle values.
-    """
-
-    name = "median"
-
-    def aggregate(self, round, global_state, updates, failures):
-        return coordinate_median([u.state for u in updates])
-
-
-class TrimmedMeanParams(Params):
-    beta: float = Field(
-        default=0.1,
-        ge=0,
-        lt=0.5,
-        description="fraction of clients trimmed at each end, per coordinate: the "
-        "floor(beta * n) largest and smallest values are dropped",
-    )
-
-
-class TrimmedMean(Aggregator):
-    """Coordinate-wise trimmed mean of client weights (Yin et al., ICML 2018).
-
-    Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
-    Rates", ICML 2018. Unweighted. With ``floor(beta * clients_per_round) == 0`` nothing is trimmed and this
-    is the plain mean (warned at the start of the run).
-    """
-
-    name = "trimmed_mean"
-    Params = TrimmedMeanParams
-
-    def start_run(self, run: RunInfo) -> None:
-        beta, n = self.params.beta, run.clients_per_round
-        if beta > 0 and math.floor(beta * n) == 0:
-            warnings.warn(
-                f"trimmed_mean with beta={beta} and {n} clients per round trims nothing "
-                f"(floor(beta * n) = 0) and is the plain mean; raise beta to at least {1 / n:.3g} "
-                f"or select more clients per round",
-                stacklevel=2,
-            )
-
-    def aggregate(self, round, global_state, updates, failures):
-        return trimmed_mean([u.state for u in updates], self.params.beta)
 
 
 def krum_problems(f: int, m: int, n: int, num_clients: int) -> list[str]:

@@ -1,0 +1,79 @@
+"""What the personalised-FL objectives (Ditto, FedPer, FedRep, FedBABU, APFL, local-only) share: their base
+class and the helpers that freeze, split and restore layers of ``ctx.model``. All pair with the ``fedavg``
+aggregation.
+
+Each client's own weights live in ``ctx.state`` as plain state dicts (cloned tensors), never as modules:
+``ctx.model`` is one module reused by every client. Extra models are built with ``ctx.build_model()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fedreg.components import Objective
+from fedreg.errors import FedregError
+from fedreg.losses import cross_entropy
+from fedreg_baselines.personal_math import split_keys
+
+
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]):
+    """Turn off ``requires_grad`` for ``params`` inside the block and restore each flag afterwards
+    (``ctx.model`` is shared by every client, so a frozen flag must never outlive the client)."""
+    params = list(params)
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+
+
+def split_parameters(model: nn.Module, prefixes: Sequence[str], what: str) -> tuple[list, list]:
+    """(parameters under ``prefixes``, the others); raises if either side is empty (nothing personal, or
+    nothing shared)."""
+    named = dict(model.named_parameters())
+    head, body = split_keys(named, prefixes)
+    if not head:
+        raise FedregError(
+            f"{what} {list(prefixes)} match no parameter of the model; its parameters are {sorted(named)}"
+        )
+    if not body:
+        raise FedregError(
+            f"{what} {list(prefixes)} match every parameter of the model, so nothing is shared "
+            f"(use the 'local_only' objective for that)"
+        )
+    return [named[k] for k in head], [named[k] for k in body]
+
+
+def restore_layers(model: nn.Module, stored: dict[str, torch.Tensor]) -> None:
+    """Load a client's stored layers over the received global weights (the other keys keep their values)."""
+    result = model.load_state_dict(stored, strict=False)
+    if result.unexpected_keys:
+        raise FedregError(f"stored personal layers {result.unexpected_keys} are not in the model")
+
+
+class PersonalObjective(Objective):
+    """Cross-entropy objective whose local metrics use the personal model (a base, not registered)."""
+
+    local_model_role = "personal"
+
+    def loss(self, model, x, y, ctx):
+        return cross_entropy(model(x), y)
+
+    def model_from(self, ctx, state: dict[str, torch.Tensor]) -> nn.Module:
+        m = ctx.build_model()
+        m.load_state_dict(state)
+        m.eval()
+        return m
+
+
+def layers_field(description: str):
+    return Field(default_factory=lambda: ["fc"], min_length=1, description=description)
