@@ -1,0 +1,74 @@
+"""Evaluation and metrics: the metric kind (:class:`Metric`), the predictions it sees after a round
+(:class:`Predictions`, :class:`RoundEvaluation`, the ``requires`` constants) and what it returns
+(:class:`MetricResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from fedreg.components.base import Component
+
+
+@dataclass
+class Predictions:
+    """A model's predictions on one evaluation set."""
+
+    labels: torch.Tensor  # int64 (N,)
+    preds: torch.Tensor  # int64 (N,)
+    loss: torch.Tensor  # float32 (N,) per-sample cross-entropy
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.preds == self.labels
+
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean()) if len(self.labels) else float("nan")
+
+    def balanced_accuracy(self) -> float:
+        if not len(self.labels):
+            return float("nan")
+        recalls = [float(self.correct[self.labels == c].float().mean()) for c in torch.unique(self.labels)]
+        return float(np.mean(recalls))
+
+
+@dataclass
+class RoundEvaluation:
+    """What metrics see after a round. Fields a metric did not ``require`` may be empty."""
+
+    round: int
+    participants: list[int]
+    num_classes: int
+    global_test: Predictions | None = None
+    #: each participant's model (``Objective.eval_model``) on its own local test set
+    local: dict[int, Predictions] = field(default_factory=dict)
+    #: the new global model on every client's local test set
+    global_on_local: dict[int, Predictions] = field(default_factory=dict)
+    local_model_role: str = "local"
+
+
+@dataclass
+class MetricResult:
+    scalars: dict[str, float] = field(default_factory=dict)
+    per_client: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+GLOBAL_TEST = "global_test"
+LOCAL = "local"
+GLOBAL_ON_LOCAL = "global_on_local"
+
+
+class Metric(Component):
+    """A per-round metric. Declares which predictions it needs in ``requires``."""
+
+    kind = "metric"
+    hook = "fedreg_register_metrics"
+    spec_path = ()
+    contract = ("check_spec", "start_run", "update", "state_dict", "load_state_dict")
+    requires: ClassVar[frozenset[str]] = frozenset({GLOBAL_TEST})
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        raise NotImplementedError

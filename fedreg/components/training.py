@@ -1,0 +1,267 @@
+"""Local training: the objective kind (:class:`Objective`), what a client's training may use
+(:class:`LocalContext`, :class:`FunctionalContext`) and what it returns (:class:`TrainOutput`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fedreg.components.base import Component, StateDict
+from fedreg.errors import ComponentFailure, FedregError, call_component
+
+
+@dataclass
+class LocalContext:
+    """Everything a client's local training may use. Built by the runtime for each client and round."""
+
+    round: int
+    client_id: int
+    model: nn.Module  # loaded with the global weights; train it in place
+    global_state: StateDict  # the weights the client received (do not modify)
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    epochs: int
+    batch_size: int
+    lr: float  # this round's learning rate
+    make_optimizer: Callable[..., torch.optim.Optimizer]
+    generator: torch.Generator  # this client's and round's shuffling stream
+    state: dict[str, Any]  # this client's persistent state for the run (empty the first time)
+    broadcast: dict[str, Any]  # server-to-client extras from Aggregator.broadcast
+    build_model: Callable[[], nn.Module]
+    momentum: float = (
+        0.0  # the optimizer's momentum (methods whose math assumes plain SGD may correct for it)
+    )
+    _global_model: nn.Module | None = None
+    _functional: FunctionalContext | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.train_y.shape[0])
+
+    def global_model(self) -> nn.Module:
+        """A frozen copy of the model the client received (built on first use, in eval mode)."""
+        if self._global_model is None:
+            m = self.build_model()
+            m.load_state_dict(self.global_state)
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+            self._global_model = m
+        return self._global_model
+
+    def functional(self) -> FunctionalContext:
+        """This client's :class:`FunctionalContext` for ``functional_loss`` in the local loop (built once):
+        the received parameters of ``model``, and the frozen :meth:`global_model` as the teacher."""
+        if self._functional is None:
+            teacher = self.global_model()
+
+            def run_teacher(x: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return teacher(x)
+
+            self._functional = FunctionalContext(
+                round=self.round,
+                num_classes=self.num_classes,
+                lr=self.lr,
+                global_params={n: self.global_state[n] for n, _ in self.model.named_parameters()},
+                broadcast=self.broadcast,
+                teacher=run_teacher,
+            )
+        return self._functional
+
+    def epoch_order(self) -> torch.Tensor:
+        """One epoch's shuffled order of the training samples (one draw from ``generator``)."""
+        return torch.randperm(self.num_samples, generator=self.generator)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled mini-batches of the client's training data (last batch may be short)."""
+        n = self.num_samples
+        order = self.epoch_order()
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.train_x[idx], self.train_y[idx]
+
+
+@dataclass
+class TrainOutput:
+    """What an objective returns from ``train``."""
+
+    loss: float  # mean training loss over all batches
+    steps: int
+    payload: dict[str, Any] = field(default_factory=dict)  # extras for the aggregator (e.g. control deltas)
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A local objective produced a NaN or Inf loss."""
+
+
+@dataclass(frozen=True)
+class FunctionalContext:
+    """What ``Objective.functional_loss`` may use besides the batch: the same for every client of a round
+    on the ``vectorized`` backend, one per client in the local loop (:meth:`LocalContext.functional`)."""
+
+    round: int
+    num_classes: int
+    lr: float  # this round's learning rate
+    global_params: dict[str, torch.Tensor]  # the received model's parameters by name (do not modify)
+    broadcast: dict[str, Any]  # server-to-client extras from Aggregator.broadcast (read only)
+    #: ``teacher(x)``: the received (global) model's output for ``x``, without gradient
+    teacher: Callable[[torch.Tensor], torch.Tensor]
+
+
+class Objective(Component):
+    """A local objective: how a client trains the model it received.
+
+    Write its loss once, in one of two forms:
+
+    - ``functional_loss(forward, params, x, y, weight, fctx)``, a pure function of the parameters. It
+      serves every backend: the local loop calls it on the module's own parameters with ``weight=None``
+      (every sample real), the ``vectorized`` backend under ``torch.func`` with a padding mask. Such an
+      objective must not rely on ``setup``, ``before_step``, ``finish``, ``train``, attributes set on
+      ``self`` or ``ctx.state``: it is vectorizable iff it defines ``functional_loss`` and none of them.
+    - ``loss(model, x, y, ctx)``, imperative, with the hooks ``setup``, ``before_step``, ``finish`` (for
+      example a gradient correction): the ``local`` and ``ray`` backends only.
+    """
+
+    kind = "objective"
+    hook = "fedreg_register_objectives"
+    spec_path = ("training", "objective")
+    contract = (
+        "check_spec",
+        "start_run",
+        "setup",
+        "loss",
+        "before_step",
+        "finish",
+        "train",
+        "eval_model",
+        "functional_loss",
+    )
+    #: which model ``eval_model`` returns, recorded with local metrics: "local" (the trained copy of the
+    #: global model) or "personal" (a model of the client's own, e.g. Ditto, FedPer, APFL, local-only)
+    local_model_role: ClassVar[str] = "local"
+
+    def setup(self, ctx: LocalContext) -> None:
+        """Runs before the first batch (e.g. build the frozen global model, load client state)."""
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
+        """The scalar loss for one batch. By default ``functional_loss`` on ``model``'s own parameters
+        with ``weight=None``; override it only for an imperative objective."""
+        if type(self).functional_loss is Objective.functional_loss:
+            raise NotImplementedError(f"{type(self).__name__} defines neither loss nor functional_loss")
+        own = dict(model.named_parameters())
+
+        def forward(params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+            if params is not own:
+                raise FedregError(
+                    "in the local loop functional_loss's forward runs the client's own parameters only; "
+                    "use fctx.teacher(x) for the received model"
+                )
+            return model(inputs)
+
+        return self.functional_loss(forward, own, x, y, None, ctx.functional())
+
+    def before_step(self, ctx: LocalContext) -> None:
+        """Runs after ``backward`` and before the optimizer step (e.g. gradient corrections)."""
+
+    def finish(self, ctx: LocalContext) -> dict[str, Any]:
+        """Runs after the last step; returns the payload sent to the aggregator with the weights."""
+        return {}
+
+    def eval_model(self, ctx: LocalContext) -> nn.Module:
+        """The model whose local accuracy this client reports (personalised methods return their own)."""
+        return ctx.model
+
+    def functional_loss(
+        self,
+        forward: Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor],
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor | None,
+        fctx: FunctionalContext,
+    ) -> torch.Tensor:
+        """The scalar loss for one batch as a pure function of ``params`` (see the class docstring).
+
+        ``forward(params, x)`` runs the model with the given parameters; ``params`` are the client's current
+        parameters by name; ``x, y`` the batch; ``weight`` a float per-sample mask (1 a real sample, 0
+        padding of a short batch) on the ``vectorized`` backend, or None in the local loop. Reduce
+        per-sample terms with :func:`fedreg.losses.sample_mean` (or :func:`fedreg.losses.cross_entropy`),
+        so padding changes nothing; ``fctx.teacher(x)`` is the received model's output. It runs under
+        ``torch.func.vmap`` and ``grad``: no Python control flow on tensor values, no ``.item()`` or
+        ``float()`` of tensors, no in-place changes of the inputs."""
+        raise NotImplementedError
+
+    @classmethod
+    def vectorizable(cls) -> bool:
+        """Whether the ``vectorized`` backend can train this objective: it defines ``functional_loss`` and
+        none of the imperative methods (``loss``, ``setup``, ``before_step``, ``finish``, ``train``)."""
+        if cls.functional_loss is Objective.functional_loss:
+            return False
+        return all(getattr(cls, m) is getattr(Objective, m) for m in IMPERATIVE_METHODS)
+
+    def train(self, ctx: LocalContext) -> TrainOutput:
+        """The local training loop: ``setup``, then ``run_epochs`` (per batch ``loss``, backward,
+        ``before_step``, optimizer step), then ``finish``. Override it only when the loop itself differs
+        (e.g. two models, two phases); reuse ``run_epochs`` and ``call`` there."""
+        ctx.model.train()
+        self.call("setup", ctx, ctx)
+        total, steps = self.run_epochs(ctx, ctx.model)
+        payload = self.call("finish", ctx, ctx) or {}
+        return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
+
+    def run_epochs(
+        self,
+        ctx: LocalContext,
+        model: nn.Module,
+        params: Iterable[torch.Tensor] | None = None,
+        epochs: int | None = None,
+        loss_method: str = "loss",
+        lr: float | None = None,
+    ) -> tuple[float, int]:
+        """The one local-training loop: ``epochs`` (default ``ctx.epochs``) passes over ``ctx.batches()``;
+        per batch the method ``loss_method`` (called as ``loss(model, x, y, ctx)``), backward,
+        ``before_step``, an optimizer step over ``params`` (default all of ``model``'s) at ``lr`` (default
+        the round's). A failure is named after the method that raised; a non-finite loss is a
+        ``NonFiniteLoss`` failure of ``loss_method``. Returns (sum of the batch losses, steps)."""
+        opt = ctx.make_optimizer(list(model.parameters() if params is None else params))
+        if lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        model.train()
+        total, steps = 0.0, 0
+        for _ in range(ctx.epochs if epochs is None else epochs):
+            for x, y in ctx.batches():
+                opt.zero_grad(set_to_none=True)
+                loss = self.call(loss_method, ctx, model, x, y, ctx)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise ComponentFailure(
+                        self,
+                        loss_method,
+                        ctx.round,
+                        ctx.client_id,
+                        NonFiniteLoss(f"loss is {value} at step {steps}"),
+                    )
+                loss.backward()
+                self.call("before_step", ctx, ctx)
+                opt.step()
+                total += value
+                steps += 1
+        return total, steps
+
+    def call(self, method: str, ctx: LocalContext, *args):
+        """Call one of this objective's methods during client training, naming it if it fails."""
+        return call_component(self, method, ctx.round, ctx.client_id, *args)
+
+
+#: the methods of the imperative form of an objective; one of them makes it non-vectorizable
+IMPERATIVE_METHODS = ("loss", "setup", "before_step", "finish", "train")

@@ -1,0 +1,79 @@
+"""Component references resolved against the registry (:class:`ResolvedComponent`): the name looked up,
+the parameters validated by the component's own ``Params`` model, every problem kept as a
+:class:`~fedreg.errors.SpecIssue` at its spec path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from fedreg.errors import SpecIssue
+from fedreg.registry import Registry
+from fedreg.spec.schema import ComponentRef
+
+
+class ResolvedComponent:
+    """A component reference resolved against the registry, with validated parameters."""
+
+    def __init__(self, info, params):
+        self.info = info
+        self.params = params
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def instantiate(self):
+        obj = self.info.cls(self.params)
+        obj.origin = f"plugin '{self.info.plugin}', {self.info.provider}".rstrip(", ")
+        return obj
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[SpecIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        path = _loc(err["loc"])
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (remove it or check its spelling)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("model_type",):
+            msg = f"{msg} (got {err['input']!r})"
+        issues.append(SpecIssue(path, msg))
+    return issues
+
+
+def _raw_get(data: Any, path: tuple[str, ...]) -> Any:
+    for p in path:
+        if not isinstance(data, dict) or p not in data:
+            return None
+        data = data[p]
+    return data
+
+
+def _resolve_ref(
+    registry: Registry, kind: str, raw: Any, path: str, issues: list[SpecIssue]
+) -> ResolvedComponent | None:
+    try:
+        ref = ComponentRef.model_validate(raw)
+    except ValidationError:
+        return None  # already reported by the structural pass
+    try:
+        info = registry.lookup(kind, ref.name, ref.provider)
+    except LookupError as exc:
+        issues.append(SpecIssue(f"{path}.name" if isinstance(raw, dict) else path, str(exc)))
+        return None
+    try:
+        params = info.cls.Params.model_validate(ref.params)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc, f"{path}.params"))
+        return None
+    return ResolvedComponent(info, params)

@@ -1,0 +1,249 @@
+"""Validation of a whole spec: every variant (and every seed of a sweep) checked structurally, its component
+references resolved, then the cross-field checks, core and per component; all problems raised together as one
+:class:`~fedreg.errors.SpecError`. The result is one :class:`ResolvedSpec` per run."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from fedreg.components import Component, Objective
+from fedreg.errors import SpecError, SpecIssue
+from fedreg.registry import Registry
+from fedreg.spec.loading import expand_variants, load_raw
+from fedreg.spec.presets import _preset_shadowed, expand_method
+from fedreg.spec.references import ResolvedComponent, _pydantic_issues, _raw_get, _resolve_ref
+from fedreg.spec.schema import COMPONENT_PATHS, RunSpec
+
+
+class ResolvedSpec:
+    """A validated spec (one variant) with its components resolved."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        components: dict[str, ResolvedComponent],
+        metrics: list[ResolvedComponent],
+        variant: str | None,
+        raw: dict[str, Any],
+        swept: bool = False,
+    ):
+        self.spec = spec
+        self.components = components  # key: dataset/partition/model/objective/selection/aggregation
+        self.metrics = metrics
+        self.variant = variant
+        self.raw = raw  # the variant's raw dict (without 'variants')
+        self.swept = swept  # one run of a 'seeds' sweep: its seed is part of its name
+
+    @property
+    def key(self) -> str | None:
+        """The run's name within its invocation: the variant, with ``.seed<N>`` in a seed sweep."""
+        if not self.swept:
+            return self.variant
+        return f"{self.variant or self.spec.name}.seed{self.spec.seed}"
+
+    def with_seed(self, seed: int) -> ResolvedSpec:
+        spec = self.spec.model_copy(update={"seed": seed, "seeds": None})
+        return ResolvedSpec(
+            spec, self.components, self.metrics, self.variant, {**self.raw, "seed": seed}, swept=True
+        )
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The spec with every default filled in and every component's params validated."""
+        d = self.spec.model_dump(mode="json", exclude={"variants", "seeds"})
+        for path, kind in COMPONENT_PATHS.items():
+            if kind not in self.components:  # an optional reference the spec left out (method)
+                continue
+            ref = self.components[kind]
+            target = d
+            for p in path[:-1]:
+                target = target[p]
+            target[path[-1]] = {"name": ref.name, "params": ref.params.model_dump(mode="json")}
+        d["metrics"] = [{"name": m.name, "params": m.params.model_dump(mode="json")} for m in self.metrics]
+        if self.variant:
+            d["variant"] = self.variant
+        return d
+
+
+def _field_default(path: tuple[str, ...]) -> Any:
+    """The spec models' own default at ``path`` as raw data (None where the field is required)."""
+    model: Any = RunSpec
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[path[-1]]
+    if field.is_required():
+        return None
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def _vectorizable(cls: type[Component]) -> bool:
+    """Whether the vectorized backend can train an objective class (see ``Objective.vectorizable``; the
+    registry holds only Objective subclasses under the kind 'objective')."""
+    return issubclass(cls, Objective) and cls.vectorizable()
+
+
+def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> list[SpecIssue]:
+    """The vectorized backend trains only objectives whose loss is a ``functional_loss`` alone."""
+    if _vectorizable(objective.info.cls):
+        return []
+    able = sorted({i.name for i in registry.all() if i.kind == "objective" and _vectorizable(i.cls)})
+    return [
+        SpecIssue(
+            "execution.backend",
+            (
+                f"objective '{objective.name}' cannot run on the vectorized backend: its loss is not a "
+                "functional_loss alone (a pure function that torch.func batches over clients, with no "
+                "imperative hook such as setup, before_step or finish). "
+                f"Objectives that can: {', '.join(able) or '(none installed)'}; "
+                "execution.backend: local or ray runs any objective"
+            ),
+        )
+    ]
+
+
+def validate_one(
+    raw: dict[str, Any], registry: Registry, variant: str | None = None, prefix: str = ""
+) -> tuple[ResolvedSpec | None, list[SpecIssue]]:
+    """Validate one (variant of a) spec; returns the resolved spec or the issues found."""
+    issues: list[SpecIssue] = []
+    spec = None
+    raw = expand_method(raw, registry, issues)
+    try:
+        spec = RunSpec.model_validate(raw)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc))
+
+    components: dict[str, ResolvedComponent] = {}
+    for path, kind in COMPONENT_PATHS.items():
+        value = _raw_get(raw, path)
+        if value is None:
+            value = _field_default(path)
+            if value is None:
+                continue
+        res = _resolve_ref(registry, kind, value, ".".join(path), issues)
+        if res is not None:
+            components[kind] = res
+    metrics: list[ResolvedComponent] = []
+    raw_metrics = raw.get("metrics", _field_default(("metrics",))) if isinstance(raw, dict) else []
+    if isinstance(raw_metrics, list):
+        seen: dict[str, int] = {}
+        for i, m in enumerate(raw_metrics):
+            res = _resolve_ref(registry, "metric", m, f"metrics.{i}", issues)
+            if res is not None:
+                if res.name in seen:
+                    issues.append(
+                        SpecIssue(
+                            f"metrics.{i}",
+                            f"metric '{res.name}' is listed twice (also metrics.{seen[res.name]})",
+                        )
+                    )
+                seen[res.name] = i
+                metrics.append(res)
+
+    if spec is not None:
+        fed = spec.federation
+        if fed.clients_per_round > spec.data.num_clients:
+            issues.append(
+                SpecIssue(
+                    "federation.clients_per_round",
+                    f"{fed.clients_per_round} clients per round but only {spec.data.num_clients} clients "
+                    f"(data.num_clients); lower clients_per_round or raise num_clients",
+                )
+            )
+        if spec.faults.min_clients > fed.clients_per_round:
+            issues.append(
+                SpecIssue(
+                    "faults.min_clients",
+                    f"{spec.faults.min_clients} exceeds "
+                    f"federation.clients_per_round ({fed.clients_per_round}); lower it",
+                )
+            )
+        # each component's own cross-field checks
+        located = [(".".join(path), components.get(kind)) for path, kind in COMPONENT_PATHS.items()]
+        located += [(f"metrics.{i}", m) for i, m in enumerate(metrics)]
+        for where, comp in located:
+            if comp is not None:
+                for msg in comp.info.cls.check_spec(comp.params, spec):
+                    issues.append(SpecIssue(where, msg))
+        if spec.execution.backend == "vectorized" and "objective" in components:
+            issues.extend(_vectorizable_issues(components["objective"], registry))
+    if prefix:
+        issues = [SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message) for i in issues]
+    if issues or spec is None:
+        return None, issues
+    return ResolvedSpec(spec, components, metrics, variant, raw), issues
+
+
+def resolve(
+    raw: dict[str, Any], registry: Registry, only: list[str] | None = None, source: str | None = None
+) -> list[ResolvedSpec]:
+    """Validate a raw spec and all its variants; raise one SpecError with every problem."""
+    issues: list[SpecIssue] = []
+    resolved: list[ResolvedSpec] = []
+    expanded = expand_variants(raw)
+    names = [n for n, _, _ in expanded if n is not None]
+    if only:
+        unknown = [v for v in only if v not in names]
+        for v in unknown:
+            issues.append(
+                SpecIssue(
+                    "--variant",
+                    f"unknown variant '{v}'; the spec declares: {', '.join(names) or '(no variants)'}",
+                )
+            )
+        expanded = [e for e in expanded if e[0] in only]
+    base_keys: set[str] | None = None
+    for name, data, prefix in expanded:
+        if data is None:
+            issues.append(SpecIssue(prefix, "a variant must be a mapping of overrides"))
+            continue
+        if name is not None:
+            override = (raw.get("variants") or {}).get(name) or {}
+            base = {k: v for k, v in raw.items() if k != "variants"}
+            issues.extend(_preset_shadowed(base, override, registry, prefix))
+        res, found = validate_one(data, registry, variant=name)
+        if name is not None and found and base_keys is None:
+            _, base_issues = validate_one({k: v for k, v in raw.items() if k != "variants"}, registry)
+            base_keys = {str(i) for i in base_issues}
+        for i in found:
+            # a problem the variant shares with the base spec is reported once, at its own path
+            if name is None or str(i) in (base_keys or set()):
+                issues.append(i)
+            else:
+                issues.append(SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message))
+        if res is not None:
+            resolved.append(res)
+    # a seed sweep runs seed-major (every variant with the first seed, then the next seed), so a sweep cut
+    # short still holds complete comparisons
+    swept = [
+        (i, j, res.with_seed(sd))
+        for j, res in enumerate(resolved)
+        for i, sd in enumerate(res.spec.seeds or [])
+    ]
+    if swept:
+        resolved = [r for *_, r in sorted(swept, key=lambda t: t[:2])] + [
+            r for r in resolved if not r.spec.seeds
+        ]
+    if issues:
+        # de-duplicate while keeping order
+        seen, unique = set(), []
+        for i in issues:
+            if str(i) not in seen:
+                seen.add(str(i))
+                unique.append(i)
+        raise SpecError(unique, source=source)
+    return resolved
+
+
+def load_spec(
+    path: str | os.PathLike,
+    registry: Registry,
+    overrides: list[str] | None = None,
+    variants: list[str] | None = None,
+) -> list[ResolvedSpec]:
+    return resolve(load_raw(path, overrides), registry, only=variants, source=str(path))

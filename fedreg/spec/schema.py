@@ -1,0 +1,179 @@
+"""The structure of a run spec: one pydantic model per section (unknown keys rejected, types and ranges
+checked), :class:`ComponentRef` for a component chosen by name, and ``COMPONENT_PATHS``, where a spec names
+each kind of component."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedreg.components import KIND_BASES
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentRef(Strict):
+    """A component chosen by name, with its parameters. A plain string is shorthand for ``{name: ...}``."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    provider: str | None = None  # distribution (or plugin) to take it from when several register the name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _none_params(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class LocalTestSpec(Strict):
+    """How each client's local test set is carved from its own data (see :mod:`fedreg.data`).
+
+    ``stratified``: ``round(fraction * n_c)`` of each class c, mirroring the client's label mix.
+    ``per_class_equal``: ``int(fraction * n)`` samples split equally over the classes present, as the
+    FedKPer authors' code does (close to class-balanced; rare classes go mostly to the test set)."""
+
+    rule: Literal["stratified", "per_class_equal"] = "stratified"
+    fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
+class DataSpec(Strict):
+    dataset: ComponentRef
+    root: str | None = None  # default: $FEDREG_DATA_DIR, else medmnist's default folder
+    download: bool = False
+    size: Literal[28, 64, 128, 224] = 28
+    num_clients: int = Field(ge=1, le=100_000)
+    partition: ComponentRef = Field(default_factory=lambda: ComponentRef(name="dirichlet"))
+    local_test: LocalTestSpec = Field(default_factory=LocalTestSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_local_test_fraction(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "local_test_fraction" in value:
+            raise ValueError(
+                "data.local_test_fraction was replaced by data.local_test: write "
+                f"'local_test: {{rule: stratified, fraction: {value['local_test_fraction']}}}' for the same "
+                "split, or rule: per_class_equal for the FedKPer authors' class-balanced local test sets"
+            )
+        return value
+
+
+class OptimizerSpec(Strict):
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    nesterov: bool = False
+
+
+class LRScheduleSpec(Strict):
+    """Step decay applied per round: ``lr_r = lr * gamma ** (r // step_rounds)``."""
+
+    gamma: float = Field(default=1.0, gt=0, le=1)
+    step_rounds: int = Field(default=1, ge=1)
+
+
+class TrainingSpec(Strict):
+    objective: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cross_entropy"))
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
+    # bf16: local training and evaluation under bfloat16 autocast (faster on CPUs with bf16 support;
+    # changes numerics, so results differ from fp32 beyond rounding)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+class FederationSpec(Strict):
+    rounds: int = Field(ge=1, le=1_000_000)
+    clients_per_round: int = Field(ge=1)
+    selection: ComponentRef = Field(default_factory=lambda: ComponentRef(name="uniform"))
+    aggregation: ComponentRef = Field(default_factory=lambda: ComponentRef(name="fedavg"))
+
+
+class EvaluationSpec(Strict):
+    every: int = Field(default=1, ge=1)  # evaluate every N rounds (and always the last)
+    batch_size: int = Field(default=256, ge=1, le=65536)
+
+
+class ExecutionSpec(Strict):
+    """Where and how the round's clients train. Changes speed, not results (``vectorized``: within float
+    tolerance)."""
+
+    backend: Literal["local", "ray", "vectorized"] = "local"
+    threads: int | None = Field(
+        default=None, ge=1
+    )  # intra-op threads of the main process; None: torch's default
+    # ray: the cluster to join ("auto", "ray://host:10001", ...); None: $RAY_ADDRESS, else start Ray locally
+    address: str | None = None
+    workers: int | None = Field(default=None, ge=1)  # ray: client workers; None: as many as the CPUs allow
+    cpus_per_client: float = Field(default=1.0, gt=0)  # ray: CPUs per worker (also its torch threads)
+    gpus_per_client: float = Field(default=0.0, ge=0)  # ray: GPU fraction per worker
+    # where clients train and the global model is evaluated ("cpu", "cuda", "cuda:1"); Ray workers train on
+    # a GPU when gpus_per_client > 0
+    device: str = "cpu"
+
+
+class FaultsSpec(Strict):
+    """What happens when a client fails or diverges."""
+
+    client_failure: Literal["stop", "skip"] = (
+        "stop"  # a client whose training raises: stop the run, or skip it
+    )
+    divergence: Literal["reject", "stop"] = "reject"  # NaN/Inf loss or update: reject the update, or stop
+    min_clients: int = Field(default=1, ge=1)  # fewest successful clients a round may aggregate
+
+
+class CheckpointSpec(Strict):
+    every: int = Field(default=1, ge=0)  # write a checkpoint every N rounds (and at the end); 0: never
+    dir: str = ".fedreg/checkpoints"
+
+
+class TrackingSpec(Strict):
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else MLflow's default local store
+    experiment: str = "fedreg"
+    run_name: str | None = None
+    log_model: bool = True
+
+
+class RunSpec(Strict):
+    name: str = Field(default="run", min_length=1)
+    description: str = ""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    # a sweep: every variant runs once per seed (each run's 'seed' is set from this list)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(default=None, min_length=1)
+    # a method preset: expands into the components of a method (see fedreg.components.Method)
+    method: ComponentRef | None = None
+    data: DataSpec
+    model: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cnn"))
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    federation: FederationSpec
+    metrics: list[ComponentRef] = Field(default_factory=lambda: [ComponentRef(name="global_accuracy")])
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    faults: FaultsSpec = Field(default_factory=FaultsSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
+
+#: where component references live in a spec: path -> kind (declared on each kind's base class; metrics
+#: are the ``metrics`` list)
+COMPONENT_PATHS: dict[tuple[str, ...], str] = {
+    base.spec_path: kind for kind, base in KIND_BASES.items() if base.spec_path
+}
