@@ -68,6 +68,15 @@ class Registry:
             for name in sorted(self.components[kind]):
                 yield from self.components[kind][name]
 
+    def defaults(self, kind: str) -> list[ComponentInfo]:
+        """The components of ``kind`` whose class is marked ``default = True``, sorted by name."""
+        return [
+            info
+            for name in sorted(self.components[kind])
+            for info in self.components[kind][name]
+            if info.cls.is_default()
+        ]
+
     def lookup(self, kind: str, name: str, provider: str | None = None) -> ComponentInfo:
         """Resolve a component by kind and name; raises :class:`LookupError` with a helpful message."""
         found = self.components[kind].get(name, [])

@@ -213,3 +213,68 @@ def test_component_cross_field_check_at_validation(registry):
     found = problems(raw, registry)
     assert "needs at least 2f+3 = 5 clients per round" in found["federation.aggregation"]
     assert "raise federation.clients_per_round to 5" in found["federation.aggregation"]
+
+
+# --- defaults come from the plugins, never from the core ---------------------------------------------------
+
+
+def _objective_plugin(default: bool):
+    import types
+
+    import fedreg
+    from fedreg_baselines.fedavg import CrossEntropy
+
+    class Other(CrossEntropy):  # a subclass of the default objective is not a default itself
+        name = "test_other_objective"
+
+    if default:
+        Other.default = True
+
+    mod = types.SimpleNamespace()
+
+    @fedreg.hookimpl
+    def fedreg_register_objectives(register):
+        register(Other)
+
+    mod.fedreg_register_objectives = fedreg_register_objectives
+    return mod
+
+
+def _minimal():
+    return {
+        "name": "x",
+        "data": {"dataset": "bloodmnist", "num_clients": 4},
+        "federation": {"rounds": 2, "clients_per_round": 2},
+    }
+
+
+def test_missing_components_get_the_defaults_plugins_mark(registry):
+    rs = resolve(_minimal(), registry)[0]
+    assert rs.spec.training.objective.name == "cross_entropy"  # marked default by fedreg_baselines
+    assert [m.name for m in rs.spec.metrics] == ["global_accuracy"]  # the filled spec shows what runs
+    from fedreg.registry import build_registry
+
+    sub = build_registry(extra_plugins=[("sub", _objective_plugin(default=False))])
+    assert resolve(_minimal(), sub)[0].spec.training.objective.name == "cross_entropy"
+
+
+def test_two_defaults_for_one_kind_is_an_error_naming_both():
+    from fedreg.registry import build_registry
+
+    reg = build_registry(extra_plugins=[("other", _objective_plugin(default=True))])
+    with pytest.raises(SpecError) as e:
+        resolve(_minimal(), reg)
+    msg = str(e.value)
+    assert "training.objective: no objective is named here and several plugins mark a default" in msg
+    assert "'cross_entropy'" in msg and "'test_other_objective'" in msg and "Field required" not in msg
+    spec = _minimal()
+    spec["training"] = {"objective": "cross_entropy"}  # naming one settles it
+    assert resolve(spec, reg)[0].spec.training.objective.name == "cross_entropy"
+
+
+def test_no_default_installed_asks_for_a_name(monkeypatch, registry):
+    from fedreg_baselines.fedavg import FedAvg
+
+    monkeypatch.setattr(FedAvg, "default", False)
+    with pytest.raises(SpecError, match=r"federation\.aggregation: no aggregation is named here and no "):
+        resolve(_minimal(), registry)

@@ -39,6 +39,9 @@ class Component:
     api_version: ClassVar[int] = 1
     #: Methods of the kind's contract; ``fedreg plugins`` lists those a component overrides.
     contract: ClassVar[tuple[str, ...]] = ()
+    #: True: used where a spec names no component of this kind (for metrics: one of the default list).
+    #: Read from the class itself (``vars``): a subclass of a default component is not a default.
+    default: ClassVar[bool] = False
     #: Set by the registry on instances: "plugin 'p', distribution version" (for error messages).
     origin: str = ""
 
@@ -65,6 +68,11 @@ class Component:
                     found.append(method)
                     break
         return found
+
+    @classmethod
+    def is_default(cls) -> bool:
+        """Whether this class itself is marked ``default = True`` (not inherited)."""
+        return bool(vars(cls).get("default", False))
 
     @classmethod
     def check_spec(cls, params: _BaseParams, spec: Any) -> list[str]:

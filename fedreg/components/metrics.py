@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fedreg.components.base import Component
+from fedreg.figures import Figure
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Metric(Component):
     spec_path = ()
     contract = ("check_spec", "start_run", "update", "state_dict", "load_state_dict")
     requires: ClassVar[frozenset[str]] = frozenset({GLOBAL_TEST})
+    #: how the scalars it logs read (curves, table columns, progress line): see :mod:`fedreg.figures`
+    figures: ClassVar[tuple[Figure, ...]] = ()
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
         raise NotImplementedError

@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from fedreg.components import Component, Objective
 from fedreg.errors import SpecError, SpecIssue
 from fedreg.registry import Registry
+from fedreg.spec.defaults import fill_defaults
 from fedreg.spec.loading import expand_variants, load_raw
 from fedreg.spec.presets import _preset_shadowed, expand_method
 from fedreg.spec.references import ResolvedComponent, _pydantic_issues, _raw_get, _resolve_ref
@@ -67,20 +68,6 @@ class ResolvedSpec:
         return d
 
 
-def _field_default(path: tuple[str, ...]) -> Any:
-    """The spec models' own default at ``path`` as raw data (None where the field is required)."""
-    model: Any = RunSpec
-    for part in path[:-1]:
-        model = model.model_fields[part].annotation
-    field = model.model_fields[path[-1]]
-    if field.is_required():
-        return None
-    value = field.get_default(call_default_factory=True)
-    if isinstance(value, list):
-        return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
-    return value.model_dump() if isinstance(value, BaseModel) else value
-
-
 def _vectorizable(cls: type[Component]) -> bool:
     """Whether the vectorized backend can train an objective class (see ``Objective.vectorizable``; the
     registry holds only Objective subclasses under the kind 'objective')."""
@@ -113,23 +100,25 @@ def validate_one(
     issues: list[SpecIssue] = []
     spec = None
     raw = expand_method(raw, registry, issues)
+    before = len(issues)
+    raw = fill_defaults(raw, registry, issues)
+    undefaulted = {i.path for i in issues[before:]}
     try:
         spec = RunSpec.model_validate(raw)
     except ValidationError as exc:
-        issues.extend(_pydantic_issues(exc))
+        # a path fill_defaults could not fill is already reported with its reason
+        issues.extend(i for i in _pydantic_issues(exc) if i.path not in undefaulted)
 
     components: dict[str, ResolvedComponent] = {}
     for path, kind in COMPONENT_PATHS.items():
         value = _raw_get(raw, path)
-        if value is None:
-            value = _field_default(path)
-            if value is None:
-                continue
+        if value is None:  # required and missing, or a default that could not be filled: reported
+            continue
         res = _resolve_ref(registry, kind, value, ".".join(path), issues)
         if res is not None:
             components[kind] = res
     metrics: list[ResolvedComponent] = []
-    raw_metrics = raw.get("metrics", _field_default(("metrics",))) if isinstance(raw, dict) else []
+    raw_metrics = raw.get("metrics", []) if isinstance(raw, dict) else []
     if isinstance(raw_metrics, list):
         seen: dict[str, int] = {}
         for i, m in enumerate(raw_metrics):

@@ -52,7 +52,7 @@ class DataSpec(Strict):
     download: bool = False
     size: Literal[28, 64, 128, 224] = 28
     num_clients: int = Field(ge=1, le=100_000)
-    partition: ComponentRef = Field(default_factory=lambda: ComponentRef(name="dirichlet"))
+    partition: ComponentRef  # default: the partition a plugin marks ``default`` (see defaults.py)
     local_test: LocalTestSpec = Field(default_factory=LocalTestSpec)
 
     @model_validator(mode="before")
@@ -82,7 +82,7 @@ class LRScheduleSpec(Strict):
 
 
 class TrainingSpec(Strict):
-    objective: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cross_entropy"))
+    objective: ComponentRef  # default: the objective a plugin marks ``default``
     local_epochs: int = Field(default=1, ge=1, le=1000)
     batch_size: int = Field(default=32, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -95,8 +95,8 @@ class TrainingSpec(Strict):
 class FederationSpec(Strict):
     rounds: int = Field(ge=1, le=1_000_000)
     clients_per_round: int = Field(ge=1)
-    selection: ComponentRef = Field(default_factory=lambda: ComponentRef(name="uniform"))
-    aggregation: ComponentRef = Field(default_factory=lambda: ComponentRef(name="fedavg"))
+    selection: ComponentRef  # default: the selection a plugin marks ``default``
+    aggregation: ComponentRef  # default: the aggregation a plugin marks ``default``
 
 
 class EvaluationSpec(Strict):
@@ -153,10 +153,10 @@ class RunSpec(Strict):
     # a method preset: expands into the components of a method (see fedreg.components.Method)
     method: ComponentRef | None = None
     data: DataSpec
-    model: ComponentRef = Field(default_factory=lambda: ComponentRef(name="cnn"))
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    model: ComponentRef  # default: the model a plugin marks ``default``
+    training: TrainingSpec
     federation: FederationSpec
-    metrics: list[ComponentRef] = Field(default_factory=lambda: [ComponentRef(name="global_accuracy")])
+    metrics: list[ComponentRef]  # default: the metrics plugins mark ``default``
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     faults: FaultsSpec = Field(default_factory=FaultsSpec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedreg.components import GLOBAL_ON_LOCAL, GLOBAL_TEST, LOCAL, Metric, MetricResult, RoundEvaluation
+from fedreg.figures import Figure
 from fedreg_metrics.formulas import backward_transfer, balanced_accuracy, flip_rates, mean_and_worst
 
 
@@ -12,6 +13,12 @@ class GlobalAccuracy(Metric):
     """Global model on the official test split: accuracy, balanced accuracy and loss."""
 
     name = "global_accuracy"
+    default = True  # used where a spec names no component of this kind
+    figures = (
+        Figure("global_acc", "global acc", curve=True, column=True, final=True, progress=True, order=10),
+        Figure("global_bacc", "global balanced acc", order=11),
+        Figure("global_loss", "global loss", higher_is_better=False, order=12),
+    )
     requires = frozenset({GLOBAL_TEST})
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
@@ -35,6 +42,32 @@ class LocalAccuracy(Metric):
     means nothing, and per_client.csv already says which participant it was."""
 
     name = "local_accuracy"
+    figures = (
+        Figure(
+            "local_acc_mean",
+            "local acc mean",
+            curve=True,
+            column=True,
+            progress=True,
+            order=20,
+            note=(
+                "Local accuracy is each round's participating clients' trained models on their own local "
+                "test sets (personal models where the method has them); 'worst participant of the round' "
+                "is the worse of that round's sampled clients, not the worst client of the federation: "
+                "'fedreg report' gives the worst client (each client at its last participation, the "
+                "minimum over all clients)."
+            ),
+        ),
+        Figure(
+            "local_acc_worst",
+            "worst participant of the round, local acc",
+            curve=True,
+            column=True,
+            order=21,
+        ),
+        Figure("local_bacc_mean", "local balanced acc mean", order=22),
+        Figure("local_bacc_worst", "worst participant of the round, local balanced acc", order=23),
+    )
     requires = frozenset({LOCAL})
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
@@ -61,6 +94,10 @@ class GlobalOnLocalAccuracy(Metric):
     """The global model on every client's local test set: mean and worst client."""
 
     name = "global_on_local"
+    figures = (
+        Figure("global_on_local_acc_mean", "global model on local tests, mean", order=30),
+        Figure("global_on_local_acc_worst", "global model on local tests, worst client", order=31),
+    )
     requires = frozenset({GLOBAL_ON_LOCAL})
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
@@ -78,6 +115,14 @@ class Flips(Metric):
     with that client's previous local evaluation)."""
 
     name = "flips"
+    figures = (
+        Figure("global_nfr", "global NFR", higher_is_better=False, curve=True, column=True, order=40),
+        Figure("global_pfr", "global PFR", order=43),
+        Figure("global_consistency", "global consistency", column=True, order=42),
+        Figure("local_nfr", "local NFR", higher_is_better=False, order=44),
+        Figure("local_pfr", "local PFR", order=45),
+        Figure("local_consistency", "local consistency", order=46),
+    )
     requires = frozenset({GLOBAL_TEST, LOCAL})
 
     def __init__(self, params=None):
@@ -120,6 +165,7 @@ class BackwardTransfer(Metric):
     set now) minus (that accuracy right after the round in which the client was last sampled)."""
 
     name = "bwt"
+    figures = (Figure("bwt", "BwT", column=True, order=41),)
     requires = frozenset({GLOBAL_ON_LOCAL})
 
     def __init__(self, params=None):

@@ -49,6 +49,7 @@ class SmallCNN(Model):
     8 classes)."""
 
     name = "cnn"
+    default = True  # used where a spec names no component of this kind
     Params = CNNParams
 
     def build(self, in_channels, num_classes, image_size):

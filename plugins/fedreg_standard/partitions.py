@@ -107,6 +107,7 @@ class DirichletPartition(Partition):
     """Dirichlet label skew over classes (alpha), optionally with the balance cap."""
 
     name = "dirichlet"
+    default = True  # used where a spec names no component of this kind
     Params = DirichletParams
 
     def split(self, labels, num_clients, num_classes, rng):

@@ -1,0 +1,47 @@
+"""Metric components declare how their numbers read (fedreg.figures); the core's tables and curves come
+from those declarations, never from metric keys written in the core."""
+
+from __future__ import annotations
+
+from fedreg.figures import Figure, curve_keys, figures_of, installed_figures, progress_keys, table_columns
+from fedreg.testing import tiny_federation
+
+FIRST_PARTY_METRICS = ["global_accuracy", "local_accuracy", "global_on_local", "flips", "bwt"]
+
+
+def test_figures_are_sorted_by_order_and_a_key_keeps_its_first_declaration():
+    class A:
+        figures = (Figure("b", "B", order=2), Figure("a", "A", order=1))
+
+    class B:
+        figures = (Figure("a", "A again", order=0), Figure("c", "C", column=True, final=True, order=3))
+
+    figs = figures_of([A, B])
+    assert [f.key for f in figs] == ["a", "b", "c"] and figs[0].label == "A"
+    assert table_columns(figs) == [("C (final)", "final_c"), ("C (last-10 mean)", "last10_c")]
+
+
+def test_first_party_headline_figures(registry):
+    figs = installed_figures(registry)
+    assert curve_keys(figs) == ("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr")
+    assert progress_keys(figs) == ("global_acc", "local_acc_mean")
+    assert [k for _, k in table_columns(figs)] == [
+        "final_global_acc",
+        "last10_global_acc",
+        "last10_local_acc_mean",
+        "last10_local_acc_worst",
+        "last10_global_nfr",
+        "last10_bwt",
+        "last10_global_consistency",
+    ]
+    nfr = next(f for f in figs if f.key == "global_nfr")
+    assert not nfr.higher_is_better
+
+
+def test_every_scalar_a_first_party_metric_logs_is_declared(registry):
+    res = tiny_federation({"metrics": FIRST_PARTY_METRICS, "federation.rounds": 2}, registry=registry)
+    declared = {f.key for f in installed_figures(registry)}
+    metric_keys = set().union(*(row.keys() for row in res.history))
+    core_keys = {"round", "lr", "train_loss", "clients_ok", "clients_failed", "round_time_s", "elapsed_s"}
+    assert metric_keys - core_keys <= declared, metric_keys - core_keys - declared
+    assert declared <= metric_keys  # and nothing is declared that no metric logs
