@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from fedreg import seeding
-from fedreg.execution import backend_class
+from fedreg.clients import backend_class
+from fedreg.experiment import DataCache
 from fedreg.registry import get_registry
-from fedreg.runtime import DataCache, FederatedRun, RunState
+from fedreg.rounds import FederatedRun, RunState
 from fedreg.spec import load_spec
 from fedreg.testing import NullTracker
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from common import FEDAVG, FEDKPER, Rounds, make_run
 
-import fedreg.execution
+import fedreg.clients
 
 ROUNDS = 8
 
@@ -45,7 +45,7 @@ def test_evaluation_share_of_a_round(method, data_dir, benchmark, monkeypatch):
     monkeypatch.setattr(
         run, "evaluate", clock.wrap(run.evaluate)
     )  # global model: test split + local test sets
-    monkeypatch.setattr(fedreg.execution, "predict", clock.wrap(fedreg.execution.predict))  # participants
+    monkeypatch.setattr(fedreg.clients, "predict", clock.wrap(fedreg.clients.predict))  # participants
     for m in run.metrics:
         monkeypatch.setattr(m, "update", clock.wrap(m.update))
     t0 = time.perf_counter()

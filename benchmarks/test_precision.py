@@ -14,7 +14,7 @@ import time
 import torch
 from common import FEDAVG, alternate, make_run
 
-from fedreg.engine import predict
+from fedreg.evaluation import predict
 
 ROUNDS = 30
 

@@ -36,7 +36,7 @@ def cmd_validate(args) -> int:
 
 
 def _run(specs, raw, source, progress, resume=None) -> int:
-    from fedreg.runtime import run_experiment
+    from fedreg.experiment import run_experiment
 
     try:
         res = run_experiment(specs, source=source, progress=progress, original=raw, resume=resume)

@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedreg.errors import FedregError
-from fedreg.runtime import plot_curves, write_csv
+from fedreg.outputs import plot_curves, write_csv
 from fedreg.tracking import tracking_uri
 
 #: (column header, metric key in the child run)

@@ -19,9 +19,9 @@ import torch
 
 from fedreg.components import DatasetTensors
 from fedreg.data import build_federated_data
-from fedreg.engine import predict
+from fedreg.evaluation import predict
 from fedreg.registry import build_registry
-from fedreg.runtime import FederatedRun, RunResult
+from fedreg.rounds import FederatedRun, RunResult
 from fedreg.spec import merge_variant, resolve
 
 
@@ -119,7 +119,7 @@ def tiny_federation(
 ) -> RunResult:
     """Run a small federation in memory: ``TINY_SPEC`` with ``overrides`` merged in (dotted keys allowed,
     as in spec variants), components from the installed plugins plus ``plugins`` ((name, module) pairs).
-    Returns the :class:`fedreg.runtime.RunResult` (``final``, ``history``, ``global_state``)."""
+    Returns the :class:`fedreg.rounds.RunResult` (``final``, ``history``, ``global_state``)."""
     return _tiny_run(overrides, plugins, dataset, registry).run()
 
 

@@ -72,7 +72,7 @@ def _is_outage(exc: BaseException) -> bool:
 
 
 class RunTracker(Protocol):
-    """What a :class:`~fedreg.runtime.FederatedRun` logs to: a :class:`Tracker`, or a stand-in such as
+    """What a :class:`~fedreg.rounds.FederatedRun` logs to: a :class:`Tracker`, or a stand-in such as
     :class:`fedreg.testing.NullTracker`."""
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None: ...

@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from fedreg import hookimpl
 from fedreg.components import Objective
 from fedreg.errors import PluginError
+from fedreg.experiment import run_experiment
+from fedreg.outputs import TIMING_KEYS
 from fedreg.registry import build_registry
-from fedreg.runtime import TIMING_KEYS, run_experiment
 from fedreg.spec import resolve
 from testhelpers import REPO, base_spec, make_medmnist_npz, write_spec
 

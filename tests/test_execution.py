@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedreg.engine import predict
 from fedreg.errors import FedregError
+from fedreg.evaluation import predict
 from fedreg.testing import _tiny_run, tiny_federation
 
 METRICS = ["global_accuracy", "local_accuracy", "global_on_local"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedreg.errors import SpecError
-from fedreg.runtime import TIMING_KEYS
+from fedreg.outputs import TIMING_KEYS
 from fedreg.spec import load_yaml, resolve
 from fedreg.testing import tiny_federation
 from testhelpers import REPO, base_spec

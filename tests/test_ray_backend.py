@@ -12,9 +12,9 @@ import torch
 
 from fedreg import hookimpl
 from fedreg.backends.ray_backend import RayBackend, init_ray
+from fedreg.clients import ClientRunner
 from fedreg.errors import ComponentFailure, FedregError, PluginError
-from fedreg.execution import ClientRunner
-from fedreg.runtime import TIMING_KEYS
+from fedreg.outputs import TIMING_KEYS
 from fedreg.spec import ExecutionSpec
 from fedreg.testing import _tiny_run, tiny_federation
 from fedreg_baselines.fedavg import CrossEntropy

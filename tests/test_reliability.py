@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from fedreg import hookimpl
 from fedreg.errors import ComponentFailure, FedregError
-from fedreg.runtime import TIMING_KEYS
+from fedreg.outputs import TIMING_KEYS
 from fedreg.testing import tiny_federation
 from fedreg_baselines.fedavg import CrossEntropy
 from testhelpers import base_spec, make_medmnist_npz, write_spec

@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
+from fedreg.outputs import summarize
 from fedreg.report import (
     TABLE,
     Interval,
@@ -45,7 +46,6 @@ from fedreg.report import (
     within_budget,
     worst_client,
 )
-from fedreg.runtime import summarize
 from testhelpers import REPO
 
 PLOTS = ("curves.png", "curves_by_method.png", "curves_raw.png", "clients.png", "accuracy_vs_time.png")

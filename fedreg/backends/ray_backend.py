@@ -4,7 +4,7 @@ a Ray cluster.
 Design:
 
 - **Workers are actors**, created once per run and kept until :meth:`RayBackend.close`. Each receives the
-  run's :class:`~fedreg.execution.ClientRunner` once (one ``ray.put``; it pickles with the
+  run's :class:`~fedreg.clients.ClientRunner` once (one ``ray.put``; it pickles with the
   :class:`~fedreg.data.FederatedData`, i.e. the dataset tensors and the partition, but without its work
   model), builds its own work model and keeps it between rounds. The driver loads the data; workers never
   read dataset files, so only the driver needs them.
@@ -12,7 +12,7 @@ Design:
   GPUs, and trains with ``max(1, int(cpus_per_client))`` torch threads (on ``cuda`` when it has a GPU
   share). ``execution.workers`` actors, or by default as many as the cluster's CPUs (and GPUs) hold, at
   most ``clients_per_round``.
-- **One round**: the :class:`~fedreg.execution.RoundInput` (global weights, broadcast, objective and
+- **One round**: the :class:`~fedreg.clients.RoundInput` (global weights, broadcast, objective and
   aggregator instances) is put in the object store once, so every client sees the components as they were
   at the start of the round. Jobs go to free actors largest client first (training-set size), so that
   unequal clients (e.g. a Dirichlet partition) balance across workers; results come back in job order.
@@ -45,9 +45,9 @@ from typing import Any, cast
 
 import torch
 
+from fedreg.clients import Backend, ClientJob, ClientResult, ClientRunner, RoundInput
 from fedreg.data import FederatedData
 from fedreg.errors import ComponentFailure, FedregError
-from fedreg.execution import Backend, ClientJob, ClientResult, ClientRunner, RoundInput
 
 try:
     import ray

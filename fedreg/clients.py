@@ -1,4 +1,4 @@
-"""How a round's clients train: the execution backends.
+"""How a round's clients train: the per-client code and the execution backends' interface.
 
 A backend receives the round's client jobs and returns one :class:`ClientResult` per job, in job order.
 Failures are data (``ClientResult.failure``), never exceptions: the round loop applies the spec's fault
@@ -16,7 +16,7 @@ import contextlib
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,8 +33,11 @@ from fedreg.components import (
     TrainOutput,
     clone_state,
 )
-from fedreg.engine import call, non_finite_key, predict
-from fedreg.errors import ComponentFailure, PluginError, call_component, describe
+from fedreg.errors import ComponentFailure, FedregError, PluginError, call_component, describe
+from fedreg.evaluation import call, non_finite_key, predict
+
+if TYPE_CHECKING:
+    from fedreg.spec import RunSpec
 
 
 @dataclass
@@ -67,6 +70,24 @@ class ClientResult:
     failure: ComponentFailure | None = None
 
 
+def check_device(device: str) -> str:
+    """The spec's execution.device, checked against this machine."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise FedregError(
+            f"execution.device: '{device}' is not a device ({exc}); use 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FedregError(
+            f"execution.device is '{device}' but no CUDA device is visible on this machine; "
+            f"set execution.device: cpu"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise FedregError(f"execution.device: '{device}' is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
 @dataclass
 class TrainingConfig:
     """The run's fixed training settings, shipped once to wherever clients train."""
@@ -82,6 +103,24 @@ class TrainingConfig:
     eval_batch_size: int
     precision: str = "fp32"
     device: str = "cpu"  # where clients train; results come back to the CPU
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec, num_classes: int, eval_local: bool) -> TrainingConfig:
+        """The settings of ``spec`` (a validated run spec), its device checked against this machine."""
+        t, o = spec.training, spec.training.optimizer
+        return cls(
+            seed=spec.seed,
+            epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            nesterov=o.nesterov,
+            num_classes=num_classes,
+            eval_local=eval_local,
+            eval_batch_size=spec.evaluation.batch_size,
+            precision=t.precision,
+            device=check_device(spec.execution.device),
+        )
 
     def make_optimizer_factory(self, lr: float):
         def make(params):
@@ -283,7 +322,7 @@ class LocalBackend(Backend):
 
 #: backend name -> "module:class"; heavy dependencies are imported only when the backend is used
 BACKENDS = {
-    "local": "fedreg.execution:LocalBackend",
+    "local": "fedreg.clients:LocalBackend",
     "ray": "fedreg.backends.ray_backend:RayBackend",
     "vectorized": "fedreg.backends.vectorized:VectorizedBackend",
 }

@@ -1,5 +1,5 @@
 """Small stateless pieces of a round: call a component (naming it when it fails), evaluate a model, check
-what a plugin returned at the boundary. Client training itself is in :mod:`fedreg.execution`."""
+what a plugin returned at the boundary. Client training itself is in :mod:`fedreg.clients`."""
 
 from __future__ import annotations
 

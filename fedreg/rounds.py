@@ -1,0 +1,381 @@
+"""The federated round loop of one run.
+
+One round: select clients -> broadcast -> local training (objective) + client report (aggregator) ->
+aggregate -> evaluate -> metrics -> log. Each step is a component method, client training
+(:mod:`fedreg.clients`) or a small function in :mod:`fedreg.evaluation`; the loop only moves data between
+them and keeps the run's state explicit in :class:`RunState`, which it checkpoints and restores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fedreg import checkpoint, seeding
+from fedreg.clients import (
+    Backend,
+    ClientJob,
+    ClientRunner,
+    ModelBuilder,
+    RoundInput,
+    TrainingConfig,
+    backend_class,
+)
+from fedreg.components import (
+    GLOBAL_ON_LOCAL,
+    GLOBAL_TEST,
+    LOCAL,
+    ClientFailure,
+    MetricResult,
+    NonFiniteLoss,
+    Predictions,
+    RoundEvaluation,
+    RunInfo,
+    StateDict,
+    clone_state,
+)
+from fedreg.data import FederatedData
+from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
+from fedreg.evaluation import call, check_state, predict
+from fedreg.outputs import log_run_outputs, summarize
+from fedreg.spec import ResolvedSpec
+from fedreg.tracking import RunTracker
+
+
+@dataclass
+class RunState:
+    """Everything a run needs to continue: explicit, and made of checkpointable values."""
+
+    round: int  # rounds completed
+    global_state: StateDict
+    client_states: dict[int, dict[str, Any]] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # evaluated rounds' scalars
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    variant: str | None
+    final: dict[str, float]
+    history: list[dict[str, float]]
+    wall_time_s: float
+    global_state: StateDict | None = None
+    client_states: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _select(selector, r: int, infos, k: int, seed: int) -> list[int]:
+    # streams are indexed by rounds completed (r - 1), so round 1 draws from stream 0
+    chosen = call(selector, "select", r, None, r, infos, k, seeding.rng(seed, seeding.SAMPLING, r - 1))
+    try:
+        chosen = [int(c) for c in chosen]
+    except (TypeError, ValueError):
+        raise PluginError(
+            f"{describe(selector)}: select must return client ids, got {chosen!r} (round {r})"
+        ) from None
+    if len(chosen) != k or len(set(chosen)) != k or any(c < 0 or c >= len(infos) for c in chosen):
+        raise PluginError(
+            f"{describe(selector)} broke the rule 'return {k} distinct client ids in "
+            f"0..{len(infos) - 1}': got {chosen} (round {r})"
+        )
+    return chosen
+
+
+class FederatedRun:
+    """One run (one variant) of a spec."""
+
+    def __init__(
+        self,
+        rs: ResolvedSpec,
+        fed: FederatedData,
+        tracker: RunTracker,
+        run_id: str,
+        progress: bool = True,
+        label: str | None = None,
+        checkpoint_file: Path | None = None,
+        resume: dict[str, Any] | None = None,
+    ):
+        self.rs, self.spec, self.fed = rs, rs.spec, fed
+        self.checkpoint_file, self.resume = checkpoint_file, resume
+        self.tracker, self.run_id = tracker, run_id
+        self.progress, self.label = progress, label or rs.key or rs.spec.name
+        comps = rs.components
+        self.build_model = ModelBuilder(
+            comps["model"].instantiate(),
+            fed.dataset.in_channels,
+            fed.dataset.num_classes,
+            fed.dataset.image_size,
+        )
+        self.objective = comps["objective"].instantiate()
+        self.selector = comps["selection"].instantiate()
+        self.aggregator = comps["aggregation"].instantiate()
+        self.metrics = [m.instantiate() for m in rs.metrics]
+        needs = set().union(*(m.requires for m in self.metrics)) if self.metrics else set()
+        self.need_global_test = GLOBAL_TEST in needs
+        self.need_local = LOCAL in needs
+        self.need_global_on_local = GLOBAL_ON_LOCAL in needs
+        ds = fed.dataset
+        self.infos = fed.infos()
+        self.local_test_sizes = [len(c.test_idx) for c in fed.clients]
+        self.per_client_rows: list[dict[str, Any]] = []
+        self.failure_rows: list[dict[str, Any]] = []
+        self.config = TrainingConfig.from_spec(self.spec, ds.num_classes, self.need_local)
+        # clients are index sets into the dataset's tensors: a client's tensors are gathered when it trains
+        self.runner = ClientRunner(self.config, self.build_model, fed.client_tensors)
+
+        parts_x, parts_y = [], []
+        if self.need_global_test:
+            parts_x.append(ds.test_x)
+            parts_y.append(ds.test_y)
+        if self.need_global_on_local:
+            # all local test sets, evaluated in one batched pass with the global test set
+            idx = torch.from_numpy(np.concatenate([c.test_idx for c in fed.clients]))
+            parts_x.append(ds.train_x[idx])
+            parts_y.append(ds.train_y[idx])
+        self.eval_x = torch.cat(parts_x).to(self.runner.device) if parts_x else None
+        self.eval_y = torch.cat(parts_y).to(self.runner.device) if parts_y else None
+
+    # -- models ----------------------------------------------------------------------------------------
+    def initial_state(self) -> RunState:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seeding.rng(self.spec.seed, seeding.MODEL_INIT).integers(2**62)))
+            model = self.build_model()
+        return RunState(round=0, global_state=clone_state(model.state_dict()))
+
+    def lr_at(self, r: int) -> float:
+        """Learning rate of round ``r`` (1-based): lr * gamma ** ((r - 1) // step_rounds)."""
+        t = self.spec.training
+        return t.optimizer.lr * t.lr_schedule.gamma ** ((r - 1) // t.lr_schedule.step_rounds)
+
+    # -- one round ---------------------------------------------------------------------------------------
+    def run_round(self, st: RunState, backend: Backend, eval_model) -> dict[str, float]:
+        r = st.round + 1  # rounds are numbered from 1, as MLflow steps
+        spec = self.spec
+        chosen = _select(self.selector, r, self.infos, spec.federation.clients_per_round, spec.seed)
+        broadcast = call(self.aggregator, "broadcast", r, None, r, st.global_state) or {}
+        lr = self.lr_at(r)
+        rin = RoundInput(r, st.global_state, broadcast, self.objective, self.aggregator)
+        # each client's state is a copy, committed only if its round succeeds
+        jobs = [ClientJob(r, cid, lr, dict(st.client_states.get(cid, {}))) for cid in chosen]
+        updates, failures, local_preds = [], [], {}
+        for res in backend.train(jobs, rin):
+            cid = res.cid
+            if res.failure is not None:
+                failures.append(self.handle_failure(res.failure, r, cid))
+                continue
+            update = res.update
+            assert update is not None, "a result without a failure carries its update"
+            if res.state:
+                st.client_states[cid] = res.state
+            else:
+                st.client_states.pop(cid, None)  # keep state only for clients that have it
+            updates.append(update)
+            if res.local_eval is not None:
+                local_preds[cid] = res.local_eval
+            self.per_client_rows.append(
+                {"round": r, "client": cid, "metric": "train_loss", "value": update.train_loss}
+            )
+            for k, v in update.report.items():
+                self.per_client_rows.append({"round": r, "client": cid, "metric": f"report.{k}", "value": v})
+        if len(updates) < spec.faults.min_clients:
+            detail = "; ".join(f"client {f.client_id}: {f.error}" for f in failures)
+            raise FedregError(
+                f"round {r}: {len(updates)} of {len(chosen)} clients succeeded, fewer than "
+                f"faults.min_clients={spec.faults.min_clients}. Failures: {detail}"
+            )
+        new_state = call(self.aggregator, "aggregate", r, None, r, st.global_state, updates, failures)
+        st.global_state = check_state(new_state, st.global_state, describe(self.aggregator), "aggregate")
+        st.round = r
+        scalars = {
+            "train_loss": float(np.mean([u.train_loss for u in updates])),
+            "lr": lr,
+            "clients_ok": float(len(updates)),
+            "clients_failed": float(len(failures)),
+        }
+        last = st.round == spec.federation.rounds
+        if st.round % spec.evaluation.every == 0 or last:
+            eval_model.load_state_dict(st.global_state)
+            with self.config.autocast():
+                ev = self.evaluate(st.round, chosen, eval_model, local_preds)
+            for metric in self.metrics:
+                res = call(metric, "update", r, None, ev)
+                if not isinstance(res, MetricResult):
+                    raise PluginError(
+                        f"{describe(metric)}: update must return a MetricResult, got {type(res).__name__}"
+                    )
+                scalars.update(res.scalars)
+                for cid, vals in res.per_client.items():
+                    for k, v in vals.items():
+                        self.per_client_rows.append(
+                            {"round": st.round, "client": cid, "metric": k, "value": v}
+                        )
+        return scalars
+
+    def handle_failure(self, exc: ComponentFailure, r: int, cid: int) -> ClientFailure:
+        """Apply the spec's fault policy to a failed client: re-raise to stop, or record and skip it."""
+        diverged = isinstance(exc.original, NonFiniteLoss)
+        policy = self.spec.faults.divergence if diverged else self.spec.faults.client_failure
+        if policy == "stop":
+            if diverged:
+                raise FedregError(
+                    f"client {cid} diverged in round {r}: {exc}. The update was not aggregated; "
+                    f"lower the learning rate, or set faults.divergence: reject to drop such "
+                    f"updates and continue"
+                ) from exc
+            raise exc
+        failure = ClientFailure(cid, "divergence" if diverged else exc.method, str(exc))
+        self.failure_rows.append({"round": r, "client": cid, "stage": failure.stage, "error": failure.error})
+        return failure
+
+    def evaluate(self, round_no: int, chosen, eval_model, local_preds) -> RoundEvaluation:
+        ev = RoundEvaluation(
+            round=round_no,
+            participants=list(chosen),
+            num_classes=self.fed.dataset.num_classes,
+            local=local_preds,
+            local_model_role=self.objective.local_model_role,
+        )
+        if self.eval_x is None or self.eval_y is None:
+            return ev
+        allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
+        if not self.runner.on_cpu:
+            allp = Predictions(allp.labels.cpu(), allp.preds.cpu(), allp.loss.cpu())
+        offset = 0
+        if self.need_global_test:
+            n = len(self.fed.dataset.test_y)
+            ev.global_test = Predictions(allp.labels[:n], allp.preds[:n], allp.loss[:n])
+            offset = n
+        if self.need_global_on_local:
+            for cid, n in enumerate(self.local_test_sizes):
+                sl = slice(offset, offset + n)
+                ev.global_on_local[cid] = Predictions(allp.labels[sl], allp.preds[sl], allp.loss[sl])
+                offset += n
+        return ev
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def components(self) -> dict[str, Any]:
+        return {
+            "selection": self.selector,
+            "objective": self.objective,
+            "aggregation": self.aggregator,
+            **{f"metric.{m.name}": m for m in self.metrics},
+        }
+
+    def save_checkpoint(self, st: RunState, elapsed: float) -> None:
+        assert self.checkpoint_file is not None, "checkpoints are saved only when checkpointing is on"
+        checkpoint.save(
+            self.checkpoint_file,
+            {
+                "fingerprint": checkpoint.fingerprint(self.rs.resolved_dict()),
+                "identity": checkpoint.identity(self.rs.resolved_dict()),
+                "run_id": self.run_id,
+                "variant": self.rs.variant,
+                "round": st.round,
+                "finished": st.round >= self.spec.federation.rounds,
+                "global_state": st.global_state,
+                "client_states": st.client_states,
+                "history": st.history,
+                "components": {k: c.state_dict() for k, c in self.components().items()},
+                "per_client_rows": self.per_client_rows,
+                "failure_rows": self.failure_rows,
+                "rng": checkpoint.rng_states(),
+                "elapsed_s": elapsed,
+            },
+        )
+
+    def restore(self, ck: dict[str, Any]) -> RunState:
+        for key, comp in self.components().items():
+            call(comp, "load_state_dict", ck["round"], None, ck["components"].get(key, {}))
+        self.per_client_rows = list(ck["per_client_rows"])
+        self.failure_rows = list(ck["failure_rows"])
+        checkpoint.restore_rng_states(ck["rng"])
+        return RunState(
+            round=ck["round"],
+            global_state=ck["global_state"],
+            client_states=ck["client_states"],
+            history=list(ck["history"]),
+        )
+
+    # -- whole run ---------------------------------------------------------------------------------------
+    def start(self) -> RunState:
+        """Tell every component the run's facts (``start_run``), then the state to go on from: the
+        checkpoint's when resuming, else the initial weights."""
+        spec = self.spec
+        info = RunInfo(
+            tuple(self.infos),
+            self.fed.dataset.num_classes,
+            spec.federation.clients_per_round,
+            spec.federation.rounds,
+            spec.seed,
+        )
+        for comp in (self.selector, self.objective, self.aggregator, *self.metrics):
+            call(comp, "start_run", 0, None, info)
+        return self.restore(self.resume) if self.resume is not None else self.initial_state()
+
+    def run(self) -> RunResult:
+        spec = self.spec
+        t0 = time.perf_counter()
+        st = self.start()
+        if self.resume is not None:
+            t0 -= float(self.resume["elapsed_s"])
+        every = spec.checkpoint.every if self.checkpoint_file is not None else 0
+        threads_before = torch.get_num_threads()
+        if spec.execution.threads:
+            torch.set_num_threads(spec.execution.threads)
+        eval_model = self.runner.new_model()
+        backend = backend_class(spec.execution.backend)(
+            spec.execution, self.runner, spec.federation.clients_per_round
+        )
+        backend.start()
+        bar = tqdm(
+            total=spec.federation.rounds,
+            initial=st.round,
+            desc=self.label,
+            disable=not self.progress,
+            unit="round",
+            dynamic_ncols=True,
+            leave=True,
+        )
+        try:
+            while st.round < spec.federation.rounds:
+                rt = time.perf_counter()
+                scalars = self.run_round(st, backend, eval_model)
+                now = time.perf_counter()
+                scalars["round_time_s"] = now - rt
+                scalars["elapsed_s"] = now - t0  # wall time since the run started, for accuracy-vs-time plots
+                st.history.append({"round": st.round, **scalars})
+                self.tracker.log_metrics(self.run_id, scalars, step=st.round)
+                if every and (st.round % every == 0 or st.round == spec.federation.rounds):
+                    self.save_checkpoint(st, time.perf_counter() - t0)
+                bar.update(1)
+                shown: dict[str, str] = {
+                    k: f"{scalars[k]:.4f}" for k in ("global_acc", "local_acc_mean") if k in scalars
+                }
+                if shown:
+                    bar.set_postfix(shown)
+        finally:
+            bar.close()
+            backend.close()
+            torch.set_num_threads(threads_before)
+        wall = time.perf_counter() - t0
+        final = summarize(st.history)
+        final["wall_time_s"] = wall
+        self.tracker.log_metrics(self.run_id, final, step=st.round)
+        log_run_outputs(
+            self.tracker,
+            self.run_id,
+            self.label,
+            st.history,
+            st.global_state,
+            self.per_client_rows,
+            self.failure_rows,
+            log_model=self.spec.tracking.log_model,
+        )
+        return RunResult(
+            self.run_id, self.rs.variant, final, st.history, wall, st.global_state, st.client_states
+        )
