@@ -10,30 +10,23 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedreg.errors import FedregError
+from fedreg.figures import WINDOW, Figure, curve_keys, installed_figures, table_columns
 from fedreg.outputs import plot_curves, write_csv
 from fedreg.tracking import tracking_uri
 
-#: (column header, metric key in the child run)
-COLUMNS: list[tuple[str, str]] = [
-    ("global acc (final)", "final_global_acc"),
-    ("global acc (last-10 mean)", "last10_global_acc"),
-    ("local acc mean (last-10 mean)", "last10_local_acc_mean"),
-    ("worst participant of the round, local acc (last-10 mean)", "last10_local_acc_worst"),
-    ("global NFR (last-10 mean)", "last10_global_nfr"),
-    ("BwT (last-10 mean)", "last10_bwt"),
-    ("global consistency (last-10 mean)", "last10_global_consistency"),
-    ("wall time s", "wall_time_s"),
-]
-
 NOTE = (
-    "'final' is the last evaluated round; 'last-10 mean' averages the last 10 evaluated rounds (never "
-    "best-so-far). Local accuracy is each round's participating clients' trained models on their own "
-    "local test sets (personal models where the method has them); 'worst participant of the round' is the "
-    "worse of that round's sampled clients, not the worst client of the federation: 'fedreg report' gives "
-    "the worst client (each client at its last participation, the minimum over all clients)."
+    "'final' is the last evaluated round; 'last-{w} mean' averages the last {w} evaluated rounds (never "
+    "best-so-far)."
 )
 
-CURVE_KEYS = ("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr")
+
+def columns(figures: list[Figure]) -> list[tuple[str, str]]:
+    """(header, summary key in the child run): the declared table figures, then the wall time."""
+    return [*table_columns(figures), ("wall time s", "wall_time_s")]
+
+
+def notes(figures: list[Figure]) -> str:
+    return " ".join([NOTE.format(w=WINDOW), *(f.note for f in figures if f.column and f.note)])
 
 
 def _fmt(v: float | None) -> str:
@@ -64,7 +57,7 @@ def collect(client: MlflowClient, parent_id: str):
     return parent, children
 
 
-def table_rows(children) -> list[dict]:
+def table_rows(children, cols: list[tuple[str, str]]) -> list[dict]:
     rows = []
     for ch in children:
         row = {
@@ -72,34 +65,34 @@ def table_rows(children) -> list[dict]:
             "status": ch.info.status,
             "run_id": ch.info.run_id,
         }
-        for header, key in COLUMNS:
+        for header, key in cols:
             row[header] = ch.data.metrics.get(key)
         rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    headers = ["variant"] + [h for h, _ in COLUMNS] + ["status"]
+def markdown(rows: list[dict], cols: list[tuple[str, str]], note: str) -> str:
+    headers = ["variant"] + [h for h, _ in cols] + ["status"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        lines.append(
-            "| " + " | ".join([r["variant"]] + [_fmt(r[h]) for h, _ in COLUMNS] + [r["status"]]) + " |"
-        )
-    return "\n".join(lines) + "\n\n" + NOTE + "\n"
+        lines.append("| " + " | ".join([r["variant"]] + [_fmt(r[h]) for h, _ in cols] + [r["status"]]) + " |")
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=print) -> int:
     client = MlflowClient(tracking_uri(tracking))
     parent, children = collect(client, parent_id)
-    rows = table_rows(children)
-    text = markdown(rows)
+    figures = installed_figures()
+    cols = columns(figures)
+    rows = table_rows(children, cols)
+    text = markdown(rows, cols, notes(figures))
     echo(text)
     if log:
         histories = {}
         for ch in children:
             name = ch.data.tags.get("fedreg.variant", ch.info.run_name)
             per_round: dict[int, dict] = {}
-            for key in CURVE_KEYS:
+            for key in curve_keys(figures):
                 for m in client.get_metric_history(ch.info.run_id, key):
                     per_round.setdefault(m.step, {"round": m.step})[key] = m.value
             histories[name] = [per_round[s] for s in sorted(per_round)]
@@ -107,7 +100,7 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
             d = Path(tmp)
             (d / "table.md").write_text(text)
             write_csv(d / "table.csv", rows, list(rows[0]))
-            plot_curves(histories, d / "curves.png", CURVE_KEYS)
+            plot_curves(histories, d / "curves.png", [f for f in figures if f.curve])
             for name in ("table.md", "table.csv", "curves.png"):
                 client.log_artifact(parent_id, str(d / name), "compare")
         echo(f"logged compare/table.md, compare/table.csv and compare/curves.png to run {parent_id}")

@@ -21,10 +21,17 @@ import fedreg
 from fedreg import checkpoint
 from fedreg.data import FederatedData, build_federated_data
 from fedreg.errors import ComponentFailure, FedregError, PluginError
+from fedreg.figures import figures_of
 from fedreg.outputs import component_tags, log_partition, summarize
 from fedreg.rounds import FederatedRun, RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
 from fedreg.tracking import Tracker, flatten, git_commit
+
+
+def headline_keys(rs: ResolvedSpec) -> set[str]:
+    """The summary keys printed when a run ends: its metrics' final-column figures and the wall time."""
+    figures = figures_of(m.info.cls for m in rs.metrics)
+    return {k for f in figures if f.final for _, k in f.columns()} | {"wall_time_s"}
 
 
 class DataCache:
@@ -237,12 +244,7 @@ class Experiment:
             self.echo(f"{name}: resuming run {run_id} after round {ck['round'] if ck else 0}")
         result = self.train(rs, fed, run_id, self.checkpoint_file(rs, run_id), ck)
         self.echo(
-            f"{name}: "
-            + ", ".join(
-                f"{k}={v:.4f}"
-                for k, v in result.final.items()
-                if k in ("final_global_acc", "last10_global_acc", "wall_time_s")
-            )
+            f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.final.items() if k in headline_keys(rs))
         )
         return result
 

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ import torch
 
 from fedreg.components import StateDict
 from fedreg.data import FederatedData, plot_label_histogram
+from fedreg.figures import Figure
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import RunTracker
 
 #: per-round metrics that measure time, not learning: they differ between identical runs
 TIMING_KEYS = ("round_time_s", "elapsed_s")
+#: the round loop's own per-round key: the mean training loss of the round's clients
+TRAIN_LOSS = "train_loss"
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
@@ -42,27 +46,26 @@ def summarize(history: list[dict[str, float]], window: int = 10) -> dict[str, fl
     return out
 
 
-def plot_curves(
-    histories: dict[str, list[dict[str, float]]],
-    path,
-    keys=("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr"),
-):
+def plot_curves(histories: dict[str, list[dict[str, float]]], path, figures: Sequence[Figure] = ()):
+    """One panel per curve figure that some history holds (train loss when none does), one line per
+    history."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [k for k in keys if any(k in h for hist in histories.values() for h in hist)]
+    present = [f for f in figures if f.curve and any(f.key in h for hist in histories.values() for h in hist)]
     if not present:
-        present = ["train_loss"]
+        present = [Figure(TRAIN_LOSS, "train loss", higher_is_better=False)]
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], present, strict=True):
+    for ax, fig_ in zip(axes[0], present, strict=True):
+        key = fig_.key
         for label, hist in histories.items():
             pts = [(h["round"], h[key]) for h in hist if key in h]
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, label=label, linewidth=1.1)
-        ax.set_title(key)
+        ax.set_title(fig_.label)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -80,6 +83,7 @@ def log_run_outputs(
     per_client_rows: list[dict[str, Any]],
     failure_rows: list[dict[str, Any]],
     log_model: bool,
+    figures: Sequence[Figure] = (),
 ) -> None:
     """A finished run's artifacts: per-client and failure tables, the history, its curves, the weights."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +101,7 @@ def log_run_outputs(
         tracker.log_file(run_id, p, "metrics")
         if history:
             p = d / "curves.png"
-            plot_curves({label: history}, p)
+            plot_curves({label: history}, p, figures)
             tracker.log_file(run_id, p, "plots")
         if log_model:
             p = d / "global_weights.pt"

@@ -43,7 +43,8 @@ from fedreg.components import (
 from fedreg.data import FederatedData
 from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
 from fedreg.evaluation import call, check_state, predict
-from fedreg.outputs import log_run_outputs, summarize
+from fedreg.figures import figures_of, progress_keys
+from fedreg.outputs import TRAIN_LOSS, log_run_outputs, summarize
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import RunTracker
 
@@ -115,6 +116,7 @@ class FederatedRun:
         self.selector = comps["selection"].instantiate()
         self.aggregator = comps["aggregation"].instantiate()
         self.metrics = [m.instantiate() for m in rs.metrics]
+        self.figures = figures_of(type(m) for m in self.metrics)  # how their scalars read
         needs = set().union(*(m.requires for m in self.metrics)) if self.metrics else set()
         self.need_global_test = GLOBAL_TEST in needs
         self.need_local = LOCAL in needs
@@ -178,7 +180,7 @@ class FederatedRun:
             if res.local_eval is not None:
                 local_preds[cid] = res.local_eval
             self.per_client_rows.append(
-                {"round": r, "client": cid, "metric": "train_loss", "value": update.train_loss}
+                {"round": r, "client": cid, "metric": TRAIN_LOSS, "value": update.train_loss}
             )
             for k, v in update.report.items():
                 self.per_client_rows.append({"round": r, "client": cid, "metric": f"report.{k}", "value": v})
@@ -192,7 +194,7 @@ class FederatedRun:
         st.global_state = check_state(new_state, st.global_state, describe(self.aggregator), "aggregate")
         st.round = r
         scalars = {
-            "train_loss": float(np.mean([u.train_loss for u in updates])),
+            TRAIN_LOSS: float(np.mean([u.train_loss for u in updates])),
             "lr": lr,
             "clients_ok": float(len(updates)),
             "clients_failed": float(len(failures)),
@@ -354,7 +356,7 @@ class FederatedRun:
                     self.save_checkpoint(st, time.perf_counter() - t0)
                 bar.update(1)
                 shown: dict[str, str] = {
-                    k: f"{scalars[k]:.4f}" for k in ("global_acc", "local_acc_mean") if k in scalars
+                    k: f"{scalars[k]:.4f}" for k in progress_keys(self.figures) if k in scalars
                 }
                 if shown:
                     bar.set_postfix(shown)
@@ -375,6 +377,7 @@ class FederatedRun:
             self.per_client_rows,
             self.failure_rows,
             log_model=self.spec.tracking.log_model,
+            figures=self.figures,
         )
         return RunResult(
             self.run_id, self.rs.variant, final, st.history, wall, st.global_state, st.client_states

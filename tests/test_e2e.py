@@ -191,7 +191,8 @@ def test_ctrl_c_marks_run_killed(tmp_path):
 
 @pytest.mark.realdata
 def test_fedkper_variants_under_one_parent_and_compare(data_dir, tracking_uri, registry, tmp_path):
-    from fedreg.compare import COLUMNS, compare
+    from fedreg.compare import columns, compare
+    from fedreg.figures import installed_figures
     from fedreg.spec import load_spec
 
     specs = load_spec(
@@ -262,8 +263,14 @@ def test_fedkper_variants_under_one_parent_and_compare(data_dir, tracking_uri, r
     table = printed[0]
     for v in expect:
         assert f"| {v} |" in table
-    for header, _ in COLUMNS:
+    cols = columns(installed_figures())
+    assert [h for h, _ in cols][:3] == [
+        "global acc (final)",
+        "global acc (last-10 mean)",
+        "local acc mean (last-10 mean)",
+    ]
+    for header, _ in cols:
         assert header in table
-    assert "never best-so-far" in table
+    assert "never best-so-far" in table and "'worst participant of the round'" in table
     arts = {a.path for a in client.list_artifacts(res.parent_run_id, "compare")}
     assert arts == {"compare/table.md", "compare/table.csv", "compare/curves.png"}
