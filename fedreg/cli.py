@@ -1,13 +1,17 @@
-"""The ``fedreg`` command line: run, validate, plugins, compare, report, ui."""
+"""The ``fedreg`` command line: run, validate, plugins, compare, ui, and the sub-commands plugins add
+(``fedreg.commands`` entry points, e.g. ``report``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
 import json
 import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedreg import __version__
@@ -153,27 +157,6 @@ def cmd_compare(args) -> int:
     return compare(args.run_id, tracking=args.tracking_uri, log=not args.no_log)
 
 
-def cmd_report(args) -> int:
-    from fedreg.report import report
-
-    if bool(args.run_ids) == bool(args.experiment):
-        raise FedregError(
-            "give parent run ids (fedreg report RUN_ID [RUN_ID ...]) or --experiment NAME, not "
-            "both and not neither"
-        )
-    time_methods = [m.strip() for v in args.time_methods or [] for m in v.split(",") if m.strip()] or None
-    report(
-        args.run_ids,
-        experiment=args.experiment,
-        tracking=args.tracking_uri,
-        out=args.out,
-        log=not args.no_log,
-        time_methods=time_methods,
-        progress=not args.no_progress,
-    )
-    return 0
-
-
 def cmd_replay(args) -> int:
     from fedreg.tracking import replay
 
@@ -258,38 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-log", action="store_true", help="do not log the table and plots to the parent run")
     sp.set_defaults(func=cmd_compare)
 
-    sp = sub.add_parser("report", help="markdown + HTML report of a comparison: statistics over seeds, plots")
-    sp.add_argument(
-        "run_ids",
-        nargs="*",
-        metavar="RUN_ID",
-        help="parent run id(s) printed by 'fedreg run'; several are merged",
-    )
-    sp.add_argument(
-        "--experiment",
-        default=None,
-        metavar="NAME",
-        help="instead of run ids: every child run of this MLflow experiment",
-    )
-    sp.add_argument("--tracking-uri", default=None)
-    sp.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="output folder (default: report-<first run id or experiment>)",
-    )
-    sp.add_argument(
-        "--time-methods",
-        action="append",
-        default=None,
-        metavar="M1,M2",
-        help="methods in the accuracy-vs-time plot and the matched-budget table, comma-separated "
-        "(repeatable; default: all)",
-    )
-    sp.add_argument("--no-log", action="store_true", help="do not log the report to the parent run(s)")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bar while reading runs")
-    sp.set_defaults(func=cmd_report)
-
     sp = sub.add_parser("replay", help="send tracking calls a run could not deliver (its spool folder)")
     sp.add_argument("folder")
     sp.add_argument("--tracking-uri", default=None, help="default: the store the run was logging to")
@@ -300,7 +251,42 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=5000)
     sp.set_defaults(func=cmd_ui)
+    add_plugin_commands(sub)
     return p
+
+
+#: entry-point group of sub-commands that plugins add to ``fedreg`` (e.g. ``report`` from fedreg_report)
+COMMAND_GROUP = "fedreg.commands"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``fedreg`` sub-command a plugin adds through the ``fedreg.commands`` entry-point group (the
+    entry point names a ``Command``): ``configure(parser)`` adds its arguments, ``run(args)`` returns the
+    exit status and raises :class:`fedreg.errors.FedregError` for bad input (printed, exit 2)."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def add_plugin_commands(sub) -> None:
+    """Add the sub-commands of the ``fedreg.commands`` entry points; one that fails to load, is not a
+    ``Command`` or reuses a taken name is skipped with a warning on stderr."""
+    for ep in md.entry_points(group=COMMAND_GROUP):
+        try:
+            cmd = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a plugin may raise anything
+            print(f"warning: fedreg command '{ep.name}' ({ep.value}) failed to load: {exc}", file=sys.stderr)
+            continue
+        if not isinstance(cmd, Command) or cmd.name in sub.choices:
+            why = "is not a fedreg.cli.Command" if not isinstance(cmd, Command) else "reuses a taken name"
+            print(f"warning: fedreg command '{ep.name}' ({ep.value}) {why}; skipped", file=sys.stderr)
+            continue
+        sp = sub.add_parser(cmd.name, help=cmd.help)
+        cmd.configure(sp)
+        sp.set_defaults(func=cmd.run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,7 +157,7 @@ def build_federated_data(
         if len(idx) == 0:
             raise DataError(
                 f"partition '{partition.name}' left client {cid} with no data; change the "
-                f"partition's parameters (e.g. a larger Dirichlet alpha) or lower data.num_clients"
+                f"partition's parameters so that every client gets samples, or lower data.num_clients"
             )
         tr, te = carve_local_test(idx, labels, local_test_fraction, test_rng, local_test_rule)
         clients.append(ClientSplit(cid, tr, te))

@@ -45,3 +45,33 @@ def test_plugins_lists_components_with_provider():
     assert kd["distribution"] == "fedreg" and kd["hooks"] == ["functional_loss"]
     assert kd["params"]["tau"]["default"] == 1.0 and kd["params"]["lambda_max"]["default"] == 10.0
     assert data["broken"] == []
+
+
+def test_plugin_commands_come_from_entry_points(monkeypatch, capsys):
+    """Sub-commands are added from the fedreg.commands entry points (fedreg_report's 'report' among the
+    installed ones); a broken one is skipped with a warning and the rest of the CLI keeps working."""
+    import fedreg.cli as cli
+
+    assert "report" in cli.build_parser()._subparsers._group_actions[0].choices  # the real entry point
+
+    ran = []
+    good = cli.Command(
+        "hello", "say hello", lambda sp: sp.add_argument("who"), lambda a: ran.append(a.who) or 0
+    )
+
+    class EP:
+        def __init__(self, name, obj):
+            self.name, self.value, self.obj = name, f"pkg:{name}", obj
+
+        def load(self):
+            if isinstance(self.obj, Exception):
+                raise self.obj
+            return self.obj
+
+    eps = [EP("hello", good), EP("boom", ImportError("no module")), EP("odd", object()), EP("run", good)]
+    monkeypatch.setattr(cli.md, "entry_points", lambda group: eps if group == cli.COMMAND_GROUP else [])
+    assert cli.main(["hello", "world"]) == 0 and ran == ["world"]
+    err = capsys.readouterr().err
+    assert "fedreg command 'boom' (pkg:boom) failed to load: no module" in err
+    assert "'odd' (pkg:odd) is not a fedreg.cli.Command; skipped" in err
+    assert "'run' (pkg:run) reuses a taken name; skipped" in err

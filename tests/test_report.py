@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
 from fedreg.outputs import summarize
-from fedreg.report import (
+from fedreg_report import (
     TABLE,
     Interval,
     RunData,

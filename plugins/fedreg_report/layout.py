@@ -1,24 +1,24 @@
-"""The report laid out as blocks (see :mod:`fedreg.report.render`): :func:`build_blocks` puts the sections
-in order (the tables' sections are in :mod:`fedreg.report.sections` and :mod:`fedreg.report.protocol`) and
+"""The report laid out as blocks (see :mod:`fedreg_report.render`): :func:`build_blocks` puts the sections
+in order (the tables' sections are in :mod:`fedreg_report.sections` and :mod:`fedreg_report.protocol`) and
 writes the rest here: the header, what the numbers are, the figures and the list of runs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedreg.report.claims import Claim, judge_claims
-from fedreg.report.metrics import CLIENT_METRIC_PREFIX, SETTING_KEYS, WINDOW
-from fedreg.report.protocol import protocol_blocks, protocols
-from fedreg.report.render import Block
-from fedreg.report.runs import Collection, RunData, datasets_of, uniq
-from fedreg.report.sections import (
+from fedreg_report.claims import Claim, judge_claims
+from fedreg_report.metrics import CLIENT_METRIC_PREFIX, SETTING_KEYS, WINDOW
+from fedreg_report.protocol import protocol_blocks, protocols
+from fedreg_report.render import Block
+from fedreg_report.runs import Collection, RunData, datasets_of, uniq
+from fedreg_report.sections import (
     claims_blocks,
     forgetting_blocks,
     results_blocks,
     time_blocks,
     worst_client_blocks,
 )
-from fedreg.report.summary import BudgetRow, MethodSummary, group, round_to_round_swing
+from fedreg_report.summary import BudgetRow, MethodSummary, group, round_to_round_swing
 
 
 def settings(runs: Sequence[RunData]) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedreg.errors import FedregError
-from fedreg.report.claims import judge_claims
-from fedreg.report.layout import build_blocks
-from fedreg.report.metrics import REPORT_FILES
-from fedreg.report.plots import make_plots
-from fedreg.report.render import render_html, render_markdown
-from fedreg.report.runs import collect, datasets_of
-from fedreg.report.store import open_store
-from fedreg.report.summary import aggregate, group, matched_budget
-from fedreg.report.tables import write_tables
+from fedreg_report.claims import judge_claims
+from fedreg_report.layout import build_blocks
+from fedreg_report.metrics import REPORT_FILES
+from fedreg_report.plots import make_plots
+from fedreg_report.render import render_html, render_markdown
+from fedreg_report.runs import collect, datasets_of
+from fedreg_report.store import open_store
+from fedreg_report.summary import aggregate, group, matched_budget
+from fedreg_report.tables import write_tables
 
 
 def default_out(run_ids: Sequence[str], experiment: str | None) -> Path:

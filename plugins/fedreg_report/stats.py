@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fedreg.report.metrics import SMALL_LOCAL_TEST, WINDOW
+from fedreg_report.metrics import SMALL_LOCAL_TEST, WINDOW
 
 
 @dataclass(frozen=True)

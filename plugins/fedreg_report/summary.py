@@ -1,4 +1,4 @@
-"""Per-run values and per-method statistics over seeds, on :class:`~fedreg.report.runs.RunData`: a run's
+"""Per-run values and per-method statistics over seeds, on :class:`~fedreg_report.runs.RunData`: a run's
 derived values (:func:`run_values`: its worst client, forgetting means over two windows, the balance of
 global and local accuracy), :func:`group` and :func:`aggregate` (mean ± std per method), the matched
 wall-clock budget (:func:`matched_budget`) and the round-to-round swing of global accuracy."""
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedreg.report.metrics import BALANCE_KEY, FORGETTING, TABLE_KEYS, WINDOW, WORST_KEY
-from fedreg.report.runs import RunData
-from fedreg.report.stats import Stat, WorstClient, window_means, within_budget, worst_client
+from fedreg_report.metrics import BALANCE_KEY, FORGETTING, TABLE_KEYS, WINDOW, WORST_KEY
+from fedreg_report.runs import RunData
+from fedreg_report.stats import Stat, WorstClient, window_means, within_budget, worst_client
 
 
 def worst_of(rd: RunData) -> WorstClient | None:
-    """The run's worst client (:func:`~fedreg.report.stats.worst_client`)."""
+    """The run's worst client (:func:`~fedreg_report.stats.worst_client`)."""
     return worst_client(rd.clients, rd.local_test_sizes, rd.participants, rd.num_clients)
 
 

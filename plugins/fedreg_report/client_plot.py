@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedreg.report.runs import RunData
+from fedreg_report.runs import RunData
 
 
 def plot_clients(by_method: dict[str, list[RunData]], path: Path) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fedreg.report.render import Block
-from fedreg.report.runs import RunData
-from fedreg.report.summary import group
+from fedreg_report.render import Block
+from fedreg_report.runs import RunData
+from fedreg_report.summary import group
 
 #: the fields of a protocol, in the order of the Protocol table
 PROTOCOL_FIELDS = ("dataset", "partition", "local test", "model", "selection")

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedreg.report.runs import RunData
-from fedreg.report.stats import Interval, paired_differences, t_interval
-from fedreg.report.summary import run_values
+from fedreg_report.runs import RunData
+from fedreg_report.stats import Interval, paired_differences, t_interval
+from fedreg_report.summary import run_values
 
 
 def _iv(iv: Interval, decimals: int) -> str:

@@ -10,11 +10,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedreg.report.claims import Claim
-from fedreg.report.metrics import CLAIMS_FILE, EXTRA_KEYS, REPORT_FILES, TABLE
-from fedreg.report.runs import Collection
-from fedreg.report.stats import Stat
-from fedreg.report.summary import BudgetRow, MethodSummary, group, run_values, worst_of
+from fedreg_report.claims import Claim
+from fedreg_report.metrics import CLAIMS_FILE, EXTRA_KEYS, REPORT_FILES, TABLE
+from fedreg_report.runs import Collection
+from fedreg_report.stats import Stat
+from fedreg_report.summary import BudgetRow, MethodSummary, group, run_values, worst_of
 
 
 def _write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

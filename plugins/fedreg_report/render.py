@@ -1,5 +1,5 @@
 """The report as text: its blocks rendered to markdown (report.md) and to one self-contained HTML page
-(report.html) by the Jinja2 templates in ``fedreg/report/templates/``.
+(report.html) by the Jinja2 templates in ``plugins/fedreg_report/templates/``.
 
 A block is a tuple, one of::
 
@@ -46,7 +46,7 @@ def environment() -> jinja2.Environment:
     """The templates' environment: autoescape for the HTML template, and the blocks' tags on lines of their
     own leave no blank lines behind."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("fedreg.report", "templates"),
+        loader=jinja2.PackageLoader("fedreg_report", "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
         trim_blocks=True,
         lstrip_blocks=True,

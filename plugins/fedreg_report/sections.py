@@ -1,4 +1,4 @@
-"""The report's sections built on tables, as blocks (see :mod:`fedreg.report.render`): the Results table,
+"""The report's sections built on tables, as blocks (see :mod:`fedreg_report.render`): the Results table,
 the worst client, forgetting over two windows, the paper's claims, and accuracy against wall-clock time
 with the matched budget."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fedreg.report.claims import Claim
-from fedreg.report.metrics import FORGETTING, SMALL_LOCAL_TEST, TABLE, WINDOW
-from fedreg.report.render import Block
-from fedreg.report.runs import RunData
-from fedreg.report.stats import Stat, WorstClient, all_label, rounds_text, window_label
-from fedreg.report.summary import BudgetRow, MethodSummary, round_counts, run_values, worst_of
+from fedreg_report.claims import Claim
+from fedreg_report.metrics import FORGETTING, SMALL_LOCAL_TEST, TABLE, WINDOW
+from fedreg_report.render import Block
+from fedreg_report.runs import RunData
+from fedreg_report.stats import Stat, WorstClient, all_label, rounds_text, window_label
+from fedreg_report.summary import BudgetRow, MethodSummary, round_counts, run_values, worst_of
 
 
 def seeds_text(seeds: Sequence[int | None]) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedreg.report.metrics import BALANCE_KEY, FORGETTING, WINDOW, WORST_KEY
-from fedreg.report.paired import Comparison, compare_pair, tally, values_by_seed
-from fedreg.report.runs import RunData
-from fedreg.report.stats import all_label, rank_per_seed, ranked_others, window_label
-from fedreg.report.summary import round_counts
+from fedreg_report.metrics import BALANCE_KEY, FORGETTING, WINDOW, WORST_KEY
+from fedreg_report.paired import Comparison, compare_pair, tally, values_by_seed
+from fedreg_report.runs import RunData
+from fedreg_report.stats import all_label, rank_per_seed, ranked_others, window_label
+from fedreg_report.summary import round_counts
 
 #: the variants the claims are about (FedKPer, Fowler and AlRegib, ICIP 2026);
 #: the claims section needs 'method'

@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg backend, imported on first use): the curves over rounds with a
 band over seeds, one small panel per method, global accuracy against wall-clock time, and the client-level
-view (:mod:`fedreg.report.client_plot`); :func:`make_plots` writes them all with their captions."""
+view (:mod:`fedreg_report.client_plot`); :func:`make_plots` writes them all with their captions."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedreg.report.client_plot import plot_clients
-from fedreg.report.metrics import CURVE_KEYS, CURVE_TITLES, WINDOW
-from fedreg.report.runs import RunData
-from fedreg.report.stats import curve_over_seeds
+from fedreg_report.client_plot import plot_clients
+from fedreg_report.metrics import CURVE_KEYS, CURVE_TITLES, WINDOW
+from fedreg_report.runs import RunData
+from fedreg_report.stats import curve_over_seeds
 
 
 def pyplot() -> Any:

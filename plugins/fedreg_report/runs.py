@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fedreg.errors import FedregError
-from fedreg.report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS
-from fedreg.report.store import find_runs
+from fedreg_report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS
+from fedreg_report.store import find_runs
 
 
 @dataclass

@@ -4,36 +4,36 @@ matched wall-clock budget comparison.
 
 The steps are plain functions, one module each:
 
-- :mod:`~fedreg.report.store` opens the MLflow store and finds the runs (:func:`open_store`,
-  :func:`find_runs`); :mod:`~fedreg.report.runs` reads them into :class:`RunData` records
+- :mod:`~fedreg_report.store` opens the MLflow store and finds the runs (:func:`open_store`,
+  :func:`find_runs`); :mod:`~fedreg_report.runs` reads them into :class:`RunData` records
   (:func:`collect`).
-- :mod:`~fedreg.report.stats` holds the statistics as small plain functions on plain values:
+- :mod:`~fedreg_report.stats` holds the statistics as small plain functions on plain values:
   :class:`Stat` (mean ± sample std over seeds), :func:`worst_client` (the worst client's local accuracy at
   its last participation), :func:`window_means` and :func:`window_label` (means over all rounds and over
   the last :data:`WINDOW`), :func:`t_interval` and :func:`paired_differences`.
-  :mod:`~fedreg.report.summary` applies them to runs: :func:`run_values`, :func:`aggregate`,
+  :mod:`~fedreg_report.summary` applies them to runs: :func:`run_values`, :func:`aggregate`,
   :func:`matched_budget`.
-- :mod:`~fedreg.report.paired` compares two methods seed by seed, with the verdict wordings
-  (:func:`gap_verdict`, :func:`direction_verdict`); :mod:`~fedreg.report.claims` judges the paper's claims
+- :mod:`~fedreg_report.paired` compares two methods seed by seed, with the verdict wordings
+  (:func:`gap_verdict`, :func:`direction_verdict`); :mod:`~fedreg_report.claims` judges the paper's claims
   (:func:`judge_claims`), the only place that names methods: the variants in :data:`CLAIM_VARIANTS`; the
   section is left out when the comparison does not hold them.
-- :mod:`~fedreg.report.protocol`: which protocol each run used (:func:`protocol_of`).
-- :mod:`~fedreg.report.plots` and :mod:`~fedreg.report.client_plot` draw the figures (:func:`make_plots`).
-- :mod:`~fedreg.report.layout` lays the report out as blocks (:func:`build_blocks`), with the sections
-  of :mod:`~fedreg.report.sections` and :mod:`~fedreg.report.protocol`; :mod:`~fedreg.report.render`
+- :mod:`~fedreg_report.protocol`: which protocol each run used (:func:`protocol_of`).
+- :mod:`~fedreg_report.plots` and :mod:`~fedreg_report.client_plot` draw the figures (:func:`make_plots`).
+- :mod:`~fedreg_report.layout` lays the report out as blocks (:func:`build_blocks`), with the sections
+  of :mod:`~fedreg_report.sections` and :mod:`~fedreg_report.protocol`; :mod:`~fedreg_report.render`
   renders them with the Jinja2 templates in ``templates/`` (:func:`render_markdown`,
-  :func:`render_html`); :mod:`~fedreg.report.tables` writes the CSV files.
-- :mod:`~fedreg.report.command`: :func:`report`, the command itself.
+  :func:`render_html`); :mod:`~fedreg_report.tables` writes the CSV files.
+- :mod:`~fedreg_report.command`: :func:`report`, the command itself.
 
 Methods are the runs' ``fedreg.variant`` tags. Which metric keys are read and shown:
-:mod:`~fedreg.report.metrics`.
+:mod:`~fedreg_report.metrics`.
 """
 
-from fedreg.report.claims import CLAIM_VARIANTS, CLAIMED_GAP, Claim, judge_claims
-from fedreg.report.client_plot import plot_clients
-from fedreg.report.command import default_out, report
-from fedreg.report.layout import build_blocks
-from fedreg.report.metrics import (
+from fedreg_report.claims import CLAIM_VARIANTS, CLAIMED_GAP, Claim, judge_claims
+from fedreg_report.client_plot import plot_clients
+from fedreg_report.command import default_out, report
+from fedreg_report.layout import build_blocks
+from fedreg_report.metrics import (
     BALANCE_KEY,
     CLAIMS_FILE,
     CLIENT_METRIC_PREFIX,
@@ -50,11 +50,11 @@ from fedreg.report.metrics import (
     WINDOW,
     WORST_KEY,
 )
-from fedreg.report.paired import Comparison, compare_pair, direction_verdict, gap_verdict
-from fedreg.report.plots import make_plots, plot_curves, plot_small_multiples, plot_time
-from fedreg.report.protocol import PROTOCOL_FIELDS, protocol_blocks, protocol_of, protocols
-from fedreg.report.render import Block, render_html, render_markdown
-from fedreg.report.runs import (
+from fedreg_report.paired import Comparison, compare_pair, direction_verdict, gap_verdict
+from fedreg_report.plots import make_plots, plot_curves, plot_small_multiples, plot_time
+from fedreg_report.protocol import PROTOCOL_FIELDS, protocol_blocks, protocol_of, protocols
+from fedreg_report.render import Block, render_html, render_markdown
+from fedreg_report.runs import (
     Collection,
     RunData,
     collect,
@@ -65,7 +65,7 @@ from fedreg.report.runs import (
     read_run,
     seed_of,
 )
-from fedreg.report.sections import (
+from fedreg_report.sections import (
     claims_blocks,
     forgetting_blocks,
     results_blocks,
@@ -73,7 +73,7 @@ from fedreg.report.sections import (
     time_blocks,
     worst_client_blocks,
 )
-from fedreg.report.stats import (
+from fedreg_report.stats import (
     Interval,
     Stat,
     WindowMeans,
@@ -90,8 +90,8 @@ from fedreg.report.stats import (
     within_budget,
     worst_client,
 )
-from fedreg.report.store import find_runs, open_store
-from fedreg.report.summary import (
+from fedreg_report.store import find_runs, open_store
+from fedreg_report.summary import (
     BudgetRow,
     MethodSummary,
     aggregate,
@@ -102,7 +102,7 @@ from fedreg.report.summary import (
     total_time,
     worst_of,
 )
-from fedreg.report.tables import write_tables
+from fedreg_report.tables import write_tables
 
 __all__ = [
     "BALANCE_KEY",
