@@ -230,8 +230,9 @@ class Objective(Component):
         """The one local-training loop: ``epochs`` (default ``ctx.epochs``) passes over ``ctx.batches()``;
         per batch the method ``loss_method`` (called as ``loss(model, x, y, ctx)``), backward,
         ``before_step``, an optimizer step over ``params`` (default all of ``model``'s) at ``lr`` (default
-        the round's). A failure is named after the method that raised; a non-finite loss is a
-        ``NonFiniteLoss`` failure of ``loss_method``. Returns (sum of the batch losses, steps)."""
+        the round's). The loss method may return a pair (the loss to minimise, the loss to report), as
+        APFL does with its two models. A failure is named after the method that raised; a non-finite loss
+        is a ``NonFiniteLoss`` failure of ``loss_method``. Returns (sum of the reported losses, steps)."""
         opt = ctx.make_optimizer(list(model.parameters() if params is None else params))
         if lr is not None:
             for group in opt.param_groups:
@@ -242,7 +243,12 @@ class Objective(Component):
             for x, y in ctx.batches():
                 opt.zero_grad(set_to_none=True)
                 loss = self.call(loss_method, ctx, model, x, y, ctx)
-                value = float(loss.detach())
+                reported = loss
+                if isinstance(loss, tuple):  # (loss to minimise, loss to report), e.g. two models' losses
+                    loss, reported = loss
+                    if not math.isfinite(float(loss.detach())):
+                        reported = loss
+                value = float(reported.detach())
                 if not math.isfinite(value):
                     raise ComponentFailure(
                         self,

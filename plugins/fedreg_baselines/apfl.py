@@ -3,15 +3,13 @@ global copy and a personal model trained through their mixture; the mixing as pl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 from pydantic import Field
 from torch.func import functional_call
 
-from fedreg.components import NonFiniteLoss, Params, StateDict, TrainOutput, clone_state
-from fedreg.errors import ComponentFailure
+from fedreg.components import Params, StateDict, TrainOutput, clone_state
 from fedreg.losses import cross_entropy
 from fedreg_baselines._personal import PersonalObjective
 
@@ -68,34 +66,19 @@ class APFL(PersonalObjective):
         mixed = mixed_parameters(self._v, dict(model.named_parameters()), self.params.alpha)
         return cross_entropy(functional_call(model, mixed, (x,)), y)
 
+    def step_loss(self, model, x, y, ctx):
+        """Both models' losses on one batch: w's cross-entropy plus the mixed model's, w detached in the mix,
+        so one backward gives w the gradient of its own loss and v that of the mixture. Reported: w's."""
+        loss_w = self.call("loss", ctx, model, x, y, ctx)
+        loss_v = self.call("mixed_loss", ctx, model, x, y, ctx)
+        return loss_w + loss_v, loss_w
+
     def train(self, ctx):
-        hook, model = self.call, ctx.model
-        model.train()
-        hook("setup", ctx, ctx)
-        opt_w = ctx.make_optimizer(model.parameters())
-        opt_v = ctx.make_optimizer(list(self._v.values()))
-        total, steps = 0.0, 0
-        for _ in range(ctx.epochs):
-            for x, y in ctx.batches():
-                opt_w.zero_grad(set_to_none=True)
-                opt_v.zero_grad(set_to_none=True)
-                loss_w = hook("loss", ctx, model, x, y, ctx)
-                loss_v = hook("mixed_loss", ctx, model, x, y, ctx)
-                for method, loss in (("loss", loss_w), ("mixed_loss", loss_v)):
-                    if not math.isfinite(float(loss.detach())):
-                        raise ComponentFailure(
-                            self,
-                            method,
-                            ctx.round,
-                            ctx.client_id,
-                            NonFiniteLoss(f"loss is {float(loss)} at step {steps}"),
-                        )
-                (loss_w + loss_v).backward()  # w's gradient comes from loss_w only (w is detached in the mix)
-                opt_w.step()
-                opt_v.step()
-                total += float(loss_w.detach())
-                steps += 1
-        payload = hook("finish", ctx, ctx) or {}
+        ctx.model.train()
+        self.call("setup", ctx, ctx)
+        params = [*ctx.model.parameters(), *self._v.values()]  # SGD is per parameter: w and v step together
+        total, steps = self.run_epochs(ctx, ctx.model, params, loss_method="step_loss")
+        payload = self.call("finish", ctx, ctx) or {}
         return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
 
     def finish(self, ctx):
