@@ -280,9 +280,7 @@ class ClientRunner:
                 (update.state, update.payload, result.state), "cpu"
             )
             if local_eval is not None:
-                result.local_eval = Predictions(
-                    *to_device((local_eval.labels, local_eval.preds, local_eval.loss), "cpu")
-                )
+                result.local_eval = local_eval.to("cpu")
         return result
 
 

@@ -20,18 +20,21 @@ def call(component: Component, method: str, round: int, client: int | None, *arg
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> Predictions:
+    """``model``'s predictions on ``(x, y)`` in batches: argmax, per-sample cross-entropy and the softmax
+    probabilities (float32 even under autocast; an empty set gives ``probs`` of shape (0, 0))."""
     was_training = model.training
     model.eval()
-    preds, losses = [], []
+    preds, losses, probs = [], [], []
     for start in range(0, len(y), batch_size):
         logits = model(x[start : start + batch_size])
         preds.append(logits.argmax(1))
         losses.append(F.cross_entropy(logits, y[start : start + batch_size], reduction="none"))
+        probs.append(torch.softmax(logits.float(), dim=1))
     model.train(was_training)
     if not preds:
         empty = torch.empty(0)
-        return Predictions(y, empty.long(), empty)
-    return Predictions(y, torch.cat(preds), torch.cat(losses))
+        return Predictions(y, empty.long(), empty, torch.empty(0, 0))
+    return Predictions(y, torch.cat(preds), torch.cat(losses), torch.cat(probs))
 
 
 def check_state(new: Any, ref: StateDict, who: str, what: str) -> StateDict:

@@ -34,7 +34,6 @@ from fedreg.components import (
     ClientFailure,
     MetricResult,
     NonFiniteLoss,
-    Predictions,
     RoundEvaluation,
     RunInfo,
     StateDict,
@@ -246,16 +245,16 @@ class FederatedRun:
             return ev
         allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
         if not self.runner.on_cpu:
-            allp = Predictions(allp.labels.cpu(), allp.preds.cpu(), allp.loss.cpu())
+            allp = allp.to("cpu")
         offset = 0
         if self.need_global_test:
             n = len(self.fed.dataset.test_y)
-            ev.global_test = Predictions(allp.labels[:n], allp.preds[:n], allp.loss[:n])
+            ev.global_test = allp.subset(slice(0, n))
             offset = n
         if self.need_global_on_local:
             for cid, n in enumerate(self.local_test_sizes):
                 sl = slice(offset, offset + n)
-                ev.global_on_local[cid] = Predictions(allp.labels[sl], allp.preds[sl], allp.loss[sl])
+                ev.global_on_local[cid] = allp.subset(sl)
                 offset += n
         return ev
 

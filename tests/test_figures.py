@@ -6,7 +6,16 @@ from __future__ import annotations
 from fedreg.figures import Figure, curve_keys, figures_of, installed_figures, progress_keys, table_columns
 from fedreg.testing import tiny_federation
 
-FIRST_PARTY_METRICS = ["global_accuracy", "local_accuracy", "global_on_local", "flips", "bwt"]
+FIRST_PARTY_METRICS = [
+    "global_accuracy",
+    "local_accuracy",
+    "global_on_local",
+    "flips",
+    "bwt",
+    "auc",
+    "ece",
+    "brier",
+]
 
 
 def test_figures_are_sorted_by_order_and_a_key_keeps_its_first_declaration():
@@ -33,9 +42,13 @@ def test_first_party_headline_figures(registry):
         "last10_global_nfr",
         "last10_bwt",
         "last10_global_consistency",
+        "last10_global_auc",
+        "last10_global_ece",
+        "last10_global_brier",
     ]
-    nfr = next(f for f in figs if f.key == "global_nfr")
-    assert not nfr.higher_is_better
+    lower_is_better = {f.key for f in figs if not f.higher_is_better}
+    assert {"global_nfr", "global_ece", "global_brier"} <= lower_is_better
+    assert "global_auc" not in lower_is_better
 
 
 def test_every_scalar_a_first_party_metric_logs_is_declared(registry):

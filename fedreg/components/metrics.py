@@ -16,11 +16,34 @@ from fedreg.figures import Figure
 
 @dataclass
 class Predictions:
-    """A model's predictions on one evaluation set."""
+    """A model's predictions on one evaluation set.
+
+    ``probs`` is set on every set fedreg evaluates (since contract version 4); it is ``None`` only in
+    predictions built by hand with three fields."""
 
     labels: torch.Tensor  # int64 (N,)
-    preds: torch.Tensor  # int64 (N,)
+    preds: torch.Tensor  # int64 (N,): argmax of the logits
     loss: torch.Tensor  # float32 (N,) per-sample cross-entropy
+    #: float32 (N, C): softmax of the logits, each row sums to 1 ((0, 0) for an empty set)
+    probs: torch.Tensor | None = None
+
+    def subset(self, index: slice | torch.Tensor) -> Predictions:
+        """The predictions of the samples at ``index`` (a slice or an index tensor)."""
+        return Predictions(
+            self.labels[index],
+            self.preds[index],
+            self.loss[index],
+            None if self.probs is None else self.probs[index],
+        )
+
+    def to(self, device: str | torch.device) -> Predictions:
+        """These predictions with every tensor on ``device``."""
+        return Predictions(
+            self.labels.to(device),
+            self.preds.to(device),
+            self.loss.to(device),
+            None if self.probs is None else self.probs.to(device),
+        )
 
     @property
     def correct(self) -> torch.Tensor:

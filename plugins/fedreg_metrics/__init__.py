@@ -1,11 +1,15 @@
-"""First-party metrics: accuracy of the global and local models, and forgetting (flip rates,
-consistency, backward transfer). Formulas are plain functions in :mod:`fedreg_metrics.formulas`."""
+"""First-party metrics: accuracy of the global and local models, forgetting (flip rates,
+consistency, backward transfer) and the global model's probabilities (AUC, ECE, Brier score).
+Formulas are plain functions in :mod:`fedreg_metrics.formulas`."""
 
 from fedreg import hookimpl
 from fedreg_metrics.components import (
     BackwardTransfer,
     Flips,
     GlobalAccuracy,
+    GlobalAUC,
+    GlobalBrier,
+    GlobalECE,
     GlobalOnLocalAccuracy,
     LocalAccuracy,
 )
@@ -13,5 +17,14 @@ from fedreg_metrics.components import (
 
 @hookimpl
 def fedreg_register_metrics(register):
-    for cls in (GlobalAccuracy, LocalAccuracy, GlobalOnLocalAccuracy, Flips, BackwardTransfer):
+    for cls in (
+        GlobalAccuracy,
+        LocalAccuracy,
+        GlobalOnLocalAccuracy,
+        Flips,
+        BackwardTransfer,
+        GlobalAUC,
+        GlobalECE,
+        GlobalBrier,
+    ):
         register(cls)
