@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata as md
+import re
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ ENTRY_POINT_GROUP = "fedreg"
 #: registration hook name -> component kind it registers (declared on each kind's base class)
 HOOK_KINDS: dict[str, str] = {base.hook: kind for kind, base in KIND_BASES.items()}
 KINDS: tuple[str, ...] = tuple(HOOK_KINDS.values())
+
+#: a component's name: what a spec writes and what names its MLflow tags and metric keys
+NAME_PATTERN = re.compile(r"[a-z0-9_]+")
+NAME_RULE = "lowercase letters, digits and '_' only (no spaces, dots or capitals)"
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ class Registry:
                 )
         names = self.names(kind)
         msg = f"unknown {kind} '{name}'. Registered {kind} components: {', '.join(names) or '(none)'}."
+        if not NAME_PATTERN.fullmatch(name):
+            msg += f" Component names use {NAME_RULE}."
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         if close:
             msg += f" Did you mean '{close[0]}'?"
@@ -124,6 +131,11 @@ class Registry:
             )
         if not cls.name or not isinstance(cls.name, str):
             raise PluginError(f"plugin '{plugin}' registered {cls.__name__} without a 'name'")
+        if not NAME_PATTERN.fullmatch(cls.name):
+            raise PluginError(
+                f"plugin '{plugin}' registered the {kind} {cls.__name__} as {cls.name!r}: a component name "
+                f"uses {NAME_RULE}; rename it (e.g. {re.sub(r'[^a-z0-9_]+', '_', cls.name.lower())!r})"
+            )
         if cls.api_version > HOOK_API_VERSION:
             raise PluginError(
                 f"plugin '{plugin}': {kind} '{cls.name}' needs fedreg plugin contract version "

@@ -27,6 +27,40 @@ def tracking_uri(spec_uri: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
+def tracking_schemes() -> list[str]:
+    """The URI schemes this MLflow can track to, read from its registry of tracking-store builders ("" is a
+    plain path; Unity Catalog schemes are left out: MLflow registers them only to refuse them)."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        schemes = set(_tracking_store_registry._registry)
+    except (ImportError, AttributeError):  # a private API: fall back to what MLflow 3 registers
+        schemes = {"", "file", "databricks", "http", "https", "sqlite", "postgresql", "mysql", "mssql"}
+    return sorted(schemes - {"databricks-uc", "uc"})
+
+
+def uri_problem(uri: str) -> str | None:
+    """What is wrong with a tracking URI before MLflow is asked to use it (None: nothing found)."""
+    from mlflow.utils.uri import get_uri_scheme
+
+    if not uri.strip():
+        return "empty; leave tracking.uri out for $MLFLOW_TRACKING_URI or MLflow's local store"
+    if uri in ("databricks",):
+        return None
+    try:
+        scheme = get_uri_scheme(uri)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own errors for malformed database URIs
+        return f"not a tracking URI MLflow can read ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+    schemes = tracking_schemes()
+    if scheme in schemes:
+        return None
+    shown = ", ".join(f"{s}:" for s in schemes if s)
+    return (
+        f"unknown scheme '{scheme}:' for an MLflow tracking store; use a folder path, or a URI with one of "
+        f"the schemes {shown} (e.g. sqlite:///mlflow.db or http://localhost:5000)"
+    )
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     if isinstance(d, dict):
@@ -93,6 +127,12 @@ class Tracker:
         retry_s: float = 5.0,
     ):
         self.uri = tracking_uri(uri)
+        problem = uri_problem(self.uri)
+        if problem:
+            raise FedregError(
+                f"cannot use the MLflow tracking store '{self.uri}': {problem}. Check tracking.uri / "
+                "MLFLOW_TRACKING_URI"
+            )
         if self.uri.startswith(("http://", "https://")):
             # fail fast and let the queue retry, instead of MLflow's own minutes-long backoff
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

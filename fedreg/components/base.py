@@ -14,9 +14,9 @@ StateDict = dict[str, torch.Tensor]
 
 
 class Params(BaseModel):
-    """Base of every component's parameter model: unknown keys are rejected."""
+    """Base of every component's parameter model: unknown keys are rejected, and so are .inf and .nan."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 #: :class:`Params` under a name that the ``Component.Params`` class attribute does not hide: inside a

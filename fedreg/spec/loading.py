@@ -1,5 +1,6 @@
-"""A spec as raw data, before validation: reading the YAML file (``yaml.safe_load`` only), ``--set``
-overrides on dotted paths, and the variants, each the base spec with its overrides merged in."""
+"""A spec as raw data, before validation: reading the YAML file (``yaml.SafeLoader`` only; duplicate keys
+and alias bombs refused), ``--set`` overrides on dotted paths, and the variants, each the base spec with
+its overrides merged in."""
 
 from __future__ import annotations
 
@@ -12,20 +13,151 @@ import yaml
 
 from fedreg.errors import SpecError, SpecIssue
 
+#: the most values a YAML document may expand to through its aliases (``*name``): far above any real spec,
+#: far below what hangs the loader (a "billion laughs" alias bomb)
+MAX_YAML_VALUES = 100_000
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only)."""
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias written out (aliases share one node object, so
+    this counts shared nodes once per use without building anything)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_YAML_VALUES + 1  # a node inside itself (a recursive alias) is too big as well
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo)
+            if size > MAX_YAML_VALUES:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, memo) + _expanded_size(v, memo)
+            if size > MAX_YAML_VALUES:
+                break
+    memo[key] = size
+    return size
+
+
+def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int], issues: list[SpecIssue]) -> None:
+    """A key written twice in one mapping (YAML would silently keep the last), at its path and lines."""
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            _duplicate_keys(child, f"{path}.{i}" if path else str(i), seen_nodes, issues)
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                line = k.start_mark.line + 1
+                if k.value in first:
+                    issues.append(
+                        SpecIssue(
+                            f"{path}.{k.value}" if path else k.value,
+                            f"duplicate key at line {line} (first at line {first[k.value]}); YAML would "
+                            "keep only the last one. Remove one of them (to run several settings, write "
+                            "variants with distinct names)",
+                        )
+                    )
+                else:
+                    first[k.value] = line
+                child = f"{path}.{k.value}" if path else str(k.value)
+            else:
+                child = path
+            _duplicate_keys(v, child, seen_nodes, issues)
+
+
+def parse_yaml(text: str, what: str = "the spec") -> Any:
+    """YAML text as plain data (``yaml.SafeLoader`` only). Raises :class:`SpecError` for malformed YAML,
+    duplicate keys, and aliases that expand to more than ``MAX_YAML_VALUES`` values."""
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        memo: dict[int, int] = {}
+        if _expanded_size(node, memo) > MAX_YAML_VALUES:
+            # name the top-level keys that expand too far (the whole document when none does alone)
+            paths = [
+                str(k.value)
+                for k, v in (node.value if isinstance(node, yaml.MappingNode) else [])
+                if isinstance(k, yaml.ScalarNode) and _expanded_size(v, memo) > MAX_YAML_VALUES
+            ] or [""]
+            raise SpecError(
+                [
+                    SpecIssue(
+                        path,
+                        f"{'this value' if path else what} expands to more than {MAX_YAML_VALUES:,} "
+                        "values through YAML aliases (*name) nested in lists or mappings (an alias "
+                        "bomb?). Write the values out, or use fewer nested aliases",
+                    )
+                    for path in paths
+                ]
+            )
+        issues: list[SpecIssue] = []
+        _duplicate_keys(node, "", set(), issues)
+        if issues:
+            raise SpecError(issues)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"malformed YAML{where}: {problem}"
+
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise SpecError([SpecIssue("", f"spec file '{p}' does not exist")])
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+    if p.is_dir():
         raise SpecError(
-            [SpecIssue("", f"malformed YAML{where}: {problem}. Fix the YAML syntax")], source=str(p)
+            [
+                SpecIssue(
+                    "",
+                    f"'{p}' is a folder, not a spec file; pass the path of a YAML spec (e.g. {p}/spec.yaml)",
+                )
+            ]
+        )
+    try:
+        blob = p.read_bytes()
+    except OSError as exc:
+        raise SpecError([SpecIssue("", f"cannot read spec file '{p}': {exc.strerror or exc}")]) from None
+    try:
+        if b"\0" in blob:
+            raise UnicodeDecodeError("utf-8", blob, blob.index(b"\0"), blob.index(b"\0") + 1, "NUL byte")
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            [
+                SpecIssue(
+                    "",
+                    f"'{p}' is not a UTF-8 text file (byte {exc.start} is "
+                    f"{blob[exc.start : exc.start + 1]!r}); "
+                    "a spec is YAML text: pass the right file, or save it as UTF-8",
+                )
+            ],
+            source=str(p),
         ) from None
+    try:
+        data = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(
+            [SpecIssue("", f"{_yaml_problem(exc)}. Fix the YAML syntax")], source=str(p)
+        ) from None
+    except SpecError as exc:
+        raise SpecError(exc.issues, source=str(p)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -69,15 +201,22 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     out = []
     issues = []
     for item in items:
+        where = f"--set {item if len(item) <= 80 else item[:77] + '...'}"
         if "=" not in item:
-            issues.append(SpecIssue(f"--set {item}", "expected path.to.key=value"))
+            issues.append(SpecIssue(where, "expected path.to.key=value"))
             continue
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text != "" else ""
+            value = parse_yaml(text, "the value") if text != "" else ""
             _split_path(key.strip())
-        except (yaml.YAMLError, ValueError) as exc:
-            issues.append(SpecIssue(f"--set {item}", str(exc).splitlines()[0]))
+        except yaml.YAMLError as exc:
+            issues.append(SpecIssue(where, _yaml_problem(exc)))
+            continue
+        except SpecError as exc:
+            issues.extend(SpecIssue(where, i.message) for i in exc.issues)
+            continue
+        except ValueError as exc:
+            issues.append(SpecIssue(where, str(exc).splitlines()[0]))
             continue
         out.append((key.strip(), value))
     if issues:

@@ -4,6 +4,7 @@ the parameters validated by the component's own ``Params`` model, every problem 
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,18 @@ class ResolvedComponent:
         return obj
 
 
+#: the most characters of a value echoed in a message
+MAX_ECHO = 80
+
+
+def shorten(value: Any, limit: int = MAX_ECHO) -> str:
+    """``repr(value)``, cut to ``limit`` characters (with "...") so a huge value cannot flood a message."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
@@ -46,7 +59,7 @@ def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[SpecIssue]:
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("model_type",):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {shorten(err['input'])})"
         issues.append(SpecIssue(path, msg))
     return issues
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedreg.components import Component, Objective
+from fedreg.components.metrics import GLOBAL_ON_LOCAL, LOCAL
 from fedreg.errors import SpecError, SpecIssue
 from fedreg.registry import Registry
 from fedreg.spec.defaults import fill_defaults
@@ -93,6 +94,24 @@ def _vectorizable_issues(objective: ResolvedComponent, registry: Registry) -> li
     ]
 
 
+def _local_test_issues(spec: RunSpec, metrics: list[ResolvedComponent]) -> list[SpecIssue]:
+    """Metrics evaluated on the clients' local test sets need those sets: a zero fraction leaves them
+    empty (the metric would log NaN every round)."""
+    if spec.data.local_test.fraction > 0:
+        return []
+    needy = [m.name for m in metrics if set(getattr(m.info.cls, "requires", ())) & {LOCAL, GLOBAL_ON_LOCAL}]
+    if not needy:
+        return []
+    return [
+        SpecIssue(
+            "data.local_test.fraction",
+            f"0 leaves every client without a local test set, but metric(s) {', '.join(needy)} evaluate on "
+            "the clients' local test sets (they would log NaN); raise data.local_test.fraction (e.g. 0.2) "
+            "or remove those metrics",
+        )
+    ]
+
+
 def validate_one(
     raw: dict[str, Any], registry: Registry, variant: str | None = None, prefix: str = ""
 ) -> tuple[ResolvedSpec | None, list[SpecIssue]]:
@@ -152,6 +171,7 @@ def validate_one(
                     f"federation.clients_per_round ({fed.clients_per_round}); lower it",
                 )
             )
+        issues.extend(_local_test_issues(spec, metrics))
         # each component's own cross-field checks
         located = [(".".join(path), components.get(kind)) for path, kind in COMPONENT_PATHS.items()]
         located += [(f"metrics.{i}", m) for i, m in enumerate(metrics)]

@@ -4,6 +4,7 @@ each kind of component."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -12,7 +13,12 @@ from fedreg.components import KIND_BASES
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown keys are rejected; so are .inf and .nan in any float field
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+#: a spec's name: it names folders (checkpoints) and runs
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class ComponentRef(Strict):
@@ -139,9 +145,18 @@ class CheckpointSpec(Strict):
 
 class TrackingSpec(Strict):
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else MLflow's default local store
-    experiment: str = "fedreg"
+    experiment: str = Field(default="fedreg", min_length=1)
     run_name: str | None = None
     log_model: bool = True
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        from fedreg.tracking import uri_problem  # imports MLflow: only when a spec names a URI
+
+        if value is not None and (problem := uri_problem(value)):
+            raise ValueError(problem)
+        return value
 
 
 class RunSpec(Strict):
@@ -163,6 +178,16 @@ class RunSpec(Strict):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_syntax(cls, value: str) -> str:
+        if not NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                "the spec's name names its checkpoint folder and runs: use letters, digits, '-', '_' and "
+                "'.' only, not starting with '.' or '-' (no spaces or '/'), e.g. 'fedavg-blood'"
+            )
+        return value
 
     @field_validator("seeds")
     @classmethod
