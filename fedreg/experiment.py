@@ -19,7 +19,7 @@ import yaml
 
 import fedreg
 from fedreg import checkpoint
-from fedreg.data import FederatedData, build_federated_data
+from fedreg.data import FederatedData, build_federated_data, check_model_fits
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg.figures import figures_of
 from fedreg.outputs import component_tags, log_partition, summarize
@@ -117,6 +117,12 @@ class Experiment:
         # store
         cache = DataCache()
         self.feds = [cache.get(rs) for rs in self.specs]
+        checked = set()
+        for rs, fed in zip(self.specs, self.feds, strict=True):  # each model takes its dataset's images
+            model = rs.components["model"]
+            if (key := (model.name, model.params.model_dump_json(), id(fed.dataset))) not in checked:
+                checked.add(key)
+                check_model_fits(model, fed.dataset)
         if self.first.checkpoint.every:
             checkpoint.ensure_writable(self.ck_root)
         self.tracker = Tracker(

@@ -55,6 +55,13 @@ def load_medmnist(
     suffix = "" if size == 28 else f"_{size}"
     folder = resolve_root(root)
     path = folder / f"{flag}{suffix}.npz"
+    if folder.is_file():
+        setting = "data.root" if root else "FEDREG_DATA_DIR"
+        raise DataError(
+            f"{setting} must be the folder holding {path.name}, not a file ('{folder}'); use "
+            f"{setting + ': ' if root else setting + '='}{folder.parent}"
+            + ("" if folder.name == path.name else f" if that file is {path.name}")
+        )
     url = info[f"url{suffix}"]
     official_md5 = info[f"MD5{suffix}"]
     md5 = expected_md5 or official_md5

@@ -26,6 +26,17 @@ class CNN(nn.Module):
             nn.Conv2d(32, 64, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2)
         )
         side = cnn_side(image_size, padding)
+        if side < 1:
+            fits = min(s for s in range(1, 64) if cnn_side(s, padding) >= 1)
+            raise ValueError(
+                f"two 5x5 convolutions with padding {padding} and two 2x2 max-pools need images of at "
+                f"least {fits}x{fits}, got {image_size}x{image_size}"
+                + (
+                    "; with padding 2 (model cnn: params.padding: 2) it takes images from 4x4"
+                    if padding < 2
+                    else ""
+                )
+            )
         self.fc1 = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, hidden), nn.ReLU(inplace=True))
         self.fc = nn.Linear(hidden, num_classes)  # the classifier head
 

@@ -158,4 +158,10 @@ class ShardPartition(Partition):
     Params = ShardParams
 
     def split(self, labels, num_clients, num_classes, rng):
-        return shard_split(labels, num_clients, self.params.classes_per_client, rng)
+        k = self.params.classes_per_client
+        if k > num_classes:
+            raise DataError(
+                f"partition 'shards' gives each client {k} classes but the dataset has only {num_classes}; "
+                f"set data.partition.params.classes_per_client to at most {num_classes}"
+            )
+        return shard_split(labels, num_clients, k, rng)
