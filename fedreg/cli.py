@@ -166,9 +166,15 @@ def cmd_replay(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from fedreg.tracking import tracking_uri
+    from fedreg.tracking import tracking_uri, uri_problem
 
+    if not 1 <= args.port <= 65535:
+        raise FedregError(
+            f"--port {args.port} is not a TCP port; use a number from 1 to 65535 (default 5000)"
+        )
     uri = tracking_uri(args.tracking_uri)
+    if problem := uri_problem(uri):
+        raise FedregError(f"tracking store '{uri}': {problem}. Check --tracking-uri / MLFLOW_TRACKING_URI")
     cmd = [
         sys.executable,
         "-m",
