@@ -255,6 +255,7 @@ class ClientRunner:
                 cid,
                 NonFiniteLoss(f"the trained weights hold NaN or Inf in '{bad}'"),
             )
+        ctx.train_loss = float(out.loss)  # what client_report may read besides the trained model
         report = call(rin.aggregator, "client_report", r, cid, ctx, ctx.model) or {}
         if not isinstance(report, dict) or not all(isinstance(v, int | float) for v in report.values()):
             raise PluginError(

@@ -323,6 +323,27 @@ def test_client_report_must_be_numbers():
         tiny_federation({"federation.aggregation": "chatty"}, plugins=plugin_with(a=Chatty))
 
 
+@pytest.mark.parametrize("backend", ["local", "vectorized"])
+def test_client_report_sees_the_training_loss(backend, one_thread):
+    """Contract version 4: ``ctx.train_loss`` is the client's mean training loss when client_report runs."""
+    seen = []
+
+    class LossReporting(FedAvg):
+        name = "loss_reporting"
+        api_version = 4
+
+        def client_report(self, ctx, model):
+            return {"loss": ctx.train_loss}
+
+        def aggregate(self, round, global_state, updates, failures):
+            seen.extend((u.report["loss"], u.train_loss) for u in updates)
+            return super().aggregate(round, global_state, updates, failures)
+
+    over = {"federation.aggregation": "loss_reporting", "execution.backend": backend, "federation.rounds": 2}
+    tiny_federation(over, plugins=plugin_with(a=LossReporting))
+    assert len(seen) == 4 and all(r == t and 0 < r < 10 for r, t in seen)
+
+
 def test_metric_must_return_metric_result():
     class Loose(Metric):
         name = "loose"

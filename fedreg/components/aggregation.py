@@ -52,7 +52,8 @@ class Aggregator(Component):
         return {}
 
     def client_report(self, ctx: LocalContext, model: nn.Module) -> dict[str, float]:
-        """Runs on the client after local training; what it reports with its weights (default: none)."""
+        """Runs on the client after local training; what it reports with its weights (default: none).
+        ``ctx.train_loss`` holds the mean loss of this round's local training."""
         return {}
 
     def aggregate(

@@ -10,12 +10,13 @@ from fedreg.components.base import ClientInfo, Component
 
 
 class Selector(Component):
-    """Picks the clients of a round."""
+    """Picks the clients of a round. A selector that keeps state across rounds (a cycle, a history of
+    participation) exposes it through ``state_dict``/``load_state_dict``: it is checkpointed with the run."""
 
     kind = "selection"
     hook = "fedreg_register_selectors"
     spec_path = ("federation", "selection")
-    contract = ("check_spec", "start_run", "select")
+    contract = ("check_spec", "start_run", "select", "state_dict", "load_state_dict")
 
     def select(
         self, round: int, clients: Sequence[ClientInfo], k: int, rng: np.random.Generator

@@ -39,6 +39,9 @@ class LocalContext:
     momentum: float = (
         0.0  # the optimizer's momentum (methods whose math assumes plain SGD may correct for it)
     )
+    #: the mean training loss of this round's local training (``TrainOutput.loss``): set after training,
+    #: before ``Aggregator.client_report`` runs (NaN before; contract version 4)
+    train_loss: float = float("nan")
     _global_model: nn.Module | None = None
     _functional: FunctionalContext | None = None
 

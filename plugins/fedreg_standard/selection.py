@@ -1,4 +1,5 @@
-"""Client selection that reproduces code drawing from NumPy's legacy global generator."""
+"""Client selection that reproduces code drawing from NumPy's legacy global generator, and a stateful
+round-robin selection (an example of a selector whose state is checkpointed)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,27 @@ class NumpySeededByRound(Selector):
 
     def select(self, round, clients, k, rng):
         return [clients[i].client_id for i in numpy_round_seeded_choice(round - 1, len(clients), k)]
+
+
+class RoundRobin(Selector):
+    """k clients per round in a fixed cycle over the client ids (0, 1, ..., then around again): every client
+    takes part equally often. Where the cycle stands is the selector's state: it is checkpointed, and a
+    resumed run continues the cycle. The run's sampling stream is not used."""
+
+    name = "round_robin"
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.next = 0  # the id of the next client in the cycle
+
+    def select(self, round, clients, k, rng):
+        n = len(clients)
+        chosen = [clients[(self.next + i) % n].client_id for i in range(k)]
+        self.next = (self.next + k) % n
+        return chosen
+
+    def state_dict(self):
+        return {"next": self.next}
+
+    def load_state_dict(self, state):
+        self.next = int(state.get("next", 0))
