@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedreg import __version__
 from fedreg.errors import FedregError
@@ -98,20 +99,43 @@ def cmd_resume(args) -> int:
     return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp)
 
 
+def params_schema(model) -> dict[str, dict[str, Any]]:
+    """Each parameter of a component's ``Params`` model as JSON Schema (pydantic's ``model_json_schema``):
+    its ``type`` (or ``anyOf``/``enum``/``$ref``), ``default``, bounds (``minimum``, ``exclusiveMinimum``,
+    ...), ``description``, and ``required``. A model pydantic cannot express in JSON Schema falls back to the
+    annotation's text as ``type``."""
+    try:
+        schema = model.model_json_schema()
+    except Exception:  # noqa: BLE001 - a plugin's Params may hold types without a JSON Schema
+        return {
+            name: {
+                "type": str(f.annotation).replace("typing.", ""),
+                "default": None if f.is_required() else f.get_default(call_default_factory=True),
+                "description": f.description or "",
+                "required": f.is_required(),
+            }
+            for name, f in model.model_fields.items()
+        }
+    required = set(schema.get("required", ()))
+    out = {}
+    for name, prop in schema.get("properties", {}).items():
+        entry = {k: v for k, v in prop.items() if k != "title"}
+        entry.setdefault("default", None)
+        entry.setdefault("description", "")
+        entry["required"] = name in required
+        if "$ref" in prop or any("$ref" in a for a in prop.get("anyOf", ())):
+            entry["$defs"] = schema.get("$defs", {})  # the nested models it refers to
+        out[name] = entry
+    return out
+
+
 def cmd_plugins(args) -> int:
     from fedreg.registry import KINDS
 
     reg = _registry()
     rows = []
     for info in reg.all():
-        params = {
-            name: {
-                "default": None if f.is_required() else f.get_default(call_default_factory=True),
-                "type": str(f.annotation).replace("typing.", ""),
-                "description": f.description or "",
-            }
-            for name, f in info.cls.Params.model_fields.items()
-        }
+        params = params_schema(info.cls.Params)
         rows.append(
             {
                 "kind": info.kind,

@@ -25,7 +25,7 @@ from fedreg.figures import figures_of
 from fedreg.outputs import component_tags, log_partition, summarize
 from fedreg.rounds import FederatedRun, RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
-from fedreg.tracking import Tracker, flatten, git_commit
+from fedreg.tracking import Tracker, fedreg_commit, flatten, git_commit
 
 
 def headline_keys(rs: ResolvedSpec) -> set[str]:
@@ -188,6 +188,9 @@ class Experiment:
     def common_tags(self) -> dict[str, str]:
         commit = git_commit(Path(self.source).parent if self.source else ".")
         tags = {"fedreg.version": fedreg.__version__, "fedreg.spec": self.first.name}
+        own = fedreg_commit()  # fedreg's own source checkout, not the spec's repository
+        if own:
+            tags["fedreg.commit"] = own
         if self.source:
             tags["fedreg.spec_file"] = str(self.source)
         if commit:

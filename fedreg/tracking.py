@@ -84,6 +84,26 @@ def git_commit(path: str | os.PathLike = ".") -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def fedreg_commit() -> str | None:
+    """The commit of the git checkout fedreg itself is imported from (an editable install of a clone), or
+    None: fedreg installed as a package, or its folder inside some repository that does not track it (a
+    virtualenv in a project's repository)."""
+    import fedreg
+
+    folder = Path(fedreg.__file__).resolve().parent
+    try:
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "__init__.py"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return git_commit(folder) if tracked.returncode == 0 else None
+
+
 def _is_outage(exc: BaseException) -> bool:
     """A tracking server that cannot be reached (as opposed to a request it rejected)."""
     import requests

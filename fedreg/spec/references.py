@@ -4,7 +4,9 @@ the parameters validated by the component's own ``Params`` model, every problem 
 
 from __future__ import annotations
 
+import difflib
 import reprlib
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -47,7 +49,9 @@ def _loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[SpecIssue]:
+def _pydantic_issues(exc: ValidationError, prefix: str = "", fields: Iterable[str] = ()) -> list[SpecIssue]:
+    """One issue per pydantic error, at its spec path. ``fields``: the validated model's own keys, offered as
+    "did you mean" for an unknown key at its top level."""
     issues = []
     for err in exc.errors(include_url=False):
         path = _loc(err["loc"])
@@ -55,7 +59,11 @@ def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[SpecIssue]:
             path = f"{prefix}.{path}" if path else prefix
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (remove it or check its spelling)"
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(fields), n=1)
+            if close and len(err["loc"]) == 1:
+                msg = f"unknown key (did you mean '{close[0]}'?)"
+            else:
+                msg = "unknown key (remove it or check its spelling)"
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("model_type",):
@@ -87,6 +95,6 @@ def _resolve_ref(
     try:
         params = info.cls.Params.model_validate(ref.params)
     except ValidationError as exc:
-        issues.extend(_pydantic_issues(exc, f"{path}.params"))
+        issues.extend(_pydantic_issues(exc, f"{path}.params", info.cls.Params.model_fields))
         return None
     return ResolvedComponent(info, params)
