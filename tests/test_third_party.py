@@ -105,9 +105,24 @@ def test_a_spec_uses_it_by_name(on_path):
         "federation.aggregation": {"name": "normclip", "params": {"max_norm": 5.0}},
         "federation.selection": "size_weighted",
         "federation.rounds": 3,
+        "metrics": ["global_accuracy", "ece10"],  # the example's metric, from the class probabilities
     }
     res = tiny_federation(over, registry=build_registry())
     assert res.final["final_global_acc"] > initial_accuracy() + 0.2
+    assert 0.0 <= res.final["final_ece10"] <= 1.0
+
+
+def test_the_examples_own_tests_pass(site):
+    """The example distribution's tests (written against fedreg.testing) pass with it installed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "3 passed" in out.stdout
 
 
 # --- hand-made distributions on sys.path --------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""fedreg-normclip: norm-clipped mean aggregation and size-weighted client selection for fedreg."""
+"""fedreg-normclip: norm-clipped mean aggregation, size-weighted client selection and a calibration metric
+(ECE from the class probabilities) for fedreg."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydantic import Field
 import fedreg
 from fedreg.aggregate import normalize_weights
 from fedreg.components import Aggregator, Params, Selector
+from fedreg_normclip.calibration import ECE10
 
 __version__ = "0.1.0"
 
@@ -71,3 +73,8 @@ def fedreg_register_aggregators(register):
 @fedreg.hookimpl
 def fedreg_register_selectors(register):
     register(SizeWeighted)
+
+
+@fedreg.hookimpl
+def fedreg_register_metrics(register):
+    register(ECE10)
