@@ -175,6 +175,19 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_new_plugin(args) -> int:
+    from fedreg.scaffold import new_plugin
+
+    root = new_plugin(args.name, args.dir)
+    print(
+        f"wrote {root}/ (pyproject.toml, fedreg_{args.name}/__init__.py, tests/test_plugin.py, README.md)\n"
+        f"install it beside fedreg, then test it:\n"
+        f"  {sys.executable} -m pip install --no-deps -e {root}\n"
+        f"  {sys.executable} -m pytest {root / 'tests'}"
+    )
+    return 0
+
+
 def cmd_compare(args) -> int:
     from fedreg.compare import compare
 
@@ -264,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("plugins", help="list installed components by kind")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_plugins)
+
+    sp = sub.add_parser(
+        "new-plugin", help="write a ready plugin distribution fedreg-NAME (one component of each kind)"
+    )
+    sp.add_argument("name", help="the plugin's name: lowercase letters, digits, '_'")
+    sp.add_argument("--dir", default=None, help="folder to create (default: ./fedreg-NAME)")
+    sp.set_defaults(func=cmd_new_plugin)
 
     sp = sub.add_parser("compare", help="table of the variants of a parent run")
     sp.add_argument("run_id", help="the parent run id printed by 'fedreg run'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,26 @@ def test_no_commit_tag_outside_a_checkout_of_fedreg(tmp_path):
         check=True,
     ).stdout.split()
     assert out[0].startswith(str(tmp_path)) and out[1] == "None"
+
+
+@pytest.mark.slow
+def test_new_plugin_writes_a_distribution_whose_own_tests_pass(tmp_path):
+    """`fedreg new-plugin NAME`: a pyproject with the entry point, one component of each kind, and a test
+    that passes once the distribution is installed (a real pip install into a fresh folder)."""
+    assert main(["new-plugin", "kit", "--dir", str(tmp_path / "fedreg-kit")]) == 0
+    root = tmp_path / "fedreg-kit"
+    assert 'kit = "fedreg_kit"' in (root / "pyproject.toml").read_text()
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--disable-pip-version-check", "--target", str(site), str(root)], check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        timeout=600,
+    )
+    assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+    assert main(["new-plugin", "kit", "--dir", str(root)]) == 2  # an existing folder is left alone
+    assert main(["new-plugin", "Not-A-Name"]) == 2
