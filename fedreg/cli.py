@@ -190,7 +190,9 @@ def cmd_new_plugin(args) -> int:
 
 def cmd_compare(args) -> int:
     from fedreg.compare import compare
+    from fedreg.tracking import checked_uri
 
+    checked_uri(args.tracking_uri)
     return compare(args.run_id, tracking=args.tracking_uri, log=not args.no_log)
 
 
@@ -203,15 +205,13 @@ def cmd_replay(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from fedreg.tracking import tracking_uri, uri_problem
+    from fedreg.tracking import checked_uri
 
     if not 1 <= args.port <= 65535:
         raise FedregError(
             f"--port {args.port} is not a TCP port; use a number from 1 to 65535 (default 5000)"
         )
-    uri = tracking_uri(args.tracking_uri)
-    if problem := uri_problem(uri):
-        raise FedregError(f"tracking store '{uri}': {problem}. Check --tracking-uri / MLFLOW_TRACKING_URI")
+    uri = checked_uri(args.tracking_uri)
     cmd = [
         sys.executable,
         "-m",

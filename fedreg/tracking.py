@@ -61,6 +61,14 @@ def uri_problem(uri: str) -> str | None:
     )
 
 
+def checked_uri(uri: str | None, setting: str = "--tracking-uri") -> str:
+    """``tracking_uri(uri)``, or a :class:`FedregError` naming the problem and ``setting`` to fix."""
+    resolved = tracking_uri(uri)
+    if problem := uri_problem(resolved):
+        raise FedregError(f"tracking store '{resolved}': {problem}. Check {setting} / MLFLOW_TRACKING_URI")
+    return resolved
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     if isinstance(d, dict):
@@ -333,7 +341,7 @@ def replay(folder: str | os.PathLike, uri: str | None = None) -> int:
     except (OSError, ValueError) as exc:
         raise FedregError(f"'{folder}' is not a fedreg spool folder: {exc}") from None
     t = Tracker.__new__(Tracker)
-    t.uri = uri or target["tracking_uri"]
+    t.uri = checked_uri(uri or target["tracking_uri"], "--tracking-uri (or the spool's target.json)")
     t.client = MlflowClient(tracking_uri=t.uri)
     for i, call in enumerate(calls):
         try:

@@ -329,3 +329,21 @@ def test_data_dir_env_pointing_at_the_file(env, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "FEDREG_DATA_DIR must be the folder holding organsmnist.npz, not a file" in err
     assert f"use FEDREG_DATA_DIR={tmp}" in err
+
+
+def test_compare_unknown_tracking_scheme(env, capsys):
+    assert main(["compare", "abc", "--tracking-uri", "foo://bar"]) == 2
+    err = capsys.readouterr().err
+    assert "tracking store 'foo://bar': unknown scheme 'foo:'" in err and "Traceback" not in err
+
+
+def test_replay_unknown_tracking_scheme(env, capsys):
+    tmp, _ = env
+    spool = tmp / "spool"
+    spool.mkdir()
+    (spool / "target.json").write_text('{"tracking_uri": "foo://bar"}')
+    (spool / "calls.jsonl").write_text('{"op": "set_status", "args": ["x", "RUNNING"]}\n')
+    assert main(["replay", str(spool)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scheme 'foo:'" in err and "the spool's target.json" in err and "Traceback" not in err
+    assert (spool / "calls.jsonl").read_text().strip()  # nothing was dropped
