@@ -2,8 +2,10 @@
 with ``torch.load(..., weights_only=True)`` (tensors and plain containers only; no code is unpickled).
 
 Layout: ``<checkpoint.dir>/<spec name>/<experiment id>/`` holds ``experiment.json`` (the spec as written,
-the MLflow run ids, the tracking store) and one ``<variant>.pt`` per run (``run.pt`` without variants). The
-experiment id is the parent run id, or the run id of a spec without variants.
+the identity of each of its runs, the MLflow run ids, the tracking store), ``lock`` (see :class:`FolderLock`)
+and one ``<variant>.pt`` per run (``run.pt`` without variants). The experiment id is the parent run id, or
+the run id of a spec without variants. The spec name and the variant are made single path components
+(:func:`safe_part`), so no name can put a file outside ``checkpoint.dir``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import hashlib
 import json
 import os
 import random
+import re
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,11 @@ import torch
 
 from fedreg.errors import FedregError
 from fedreg.tracking import flatten
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: folders are not locked
+    fcntl = None  # type: ignore[assignment]
 
 FORMAT = 1
 IGNORED_FOR_IDENTITY = ("checkpoint", "tracking", "variant", "execution")
@@ -46,6 +57,21 @@ def differences(stored: dict[str, str], current: dict[str, str], limit: int = 6)
     keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     shown = [f"{k}: {stored.get(k, '(absent)')} -> {current.get(k, '(absent)')}" for k in keys[:limit]]
     return "; ".join(shown) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def spec_differences(recorded: dict[str, dict[str, str]], current: dict[str, dict[str, str]]) -> str | None:
+    """How the current runs (run key -> :func:`identity`) differ from those recorded in an experiment
+    folder; None when each one equals its recorded identity. A run the folder does not record differs."""
+    if not recorded:
+        return "the folder does not record the spec it was started with"
+    parts = []
+    for key, ident in current.items():
+        label = f"{key}: " if len(current) > 1 or key != "run" else ""
+        if key not in recorded:
+            parts.append(f"{label}not a run of that invocation (it has {', '.join(sorted(recorded))})")
+        elif recorded[key] != ident:
+            parts.append(label + differences(recorded[key], ident))
+    return "; ".join(parts) or None
 
 
 def rng_states() -> dict[str, Any]:
@@ -109,6 +135,115 @@ def ensure_writable(folder: Path) -> None:
         ) from None
 
 
+def safe_part(name: str) -> str:
+    """``name`` as one path component: path separators and control characters become ``_``, and a name
+    that is empty, ``.`` or ``..`` becomes ``_`` (``../../escape`` -> ``.._.._escape``)."""
+    part = re.sub(r"[/\\\x00-\x1f]", "_", name)
+    return "_" if part.strip() in ("", ".", "..") else part
+
+
+def inside(root: str | os.PathLike, *names: str) -> Path:
+    """``root/<name>/...`` with each name made a single path component, checked to resolve inside
+    ``root`` (a symbolic link pointing elsewhere is refused)."""
+    base = Path(root)
+    path = base.joinpath(*(safe_part(n) for n in names))
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise FedregError(
+            f"the checkpoint folder '{path}' resolves to '{path.resolve()}', outside checkpoint.dir "
+            f"'{base.resolve()}'; use another spec name, or remove the link"
+        )
+    return path
+
+
+def spec_folder(checkpoint_dir: str | os.PathLike, spec_name: str) -> Path:
+    """Where the experiment folders of a spec go: ``<checkpoint.dir>/<spec name>``, always inside
+    ``checkpoint.dir``."""
+    return inside(checkpoint_dir, spec_name)
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.fullmatch(run_id):
+        raise FedregError(
+            f"'{run_id}' is not an MLflow run id (letters, digits, '-' and '_'); use the id printed by "
+            f"'fedreg run'"
+        )
+    return run_id
+
+
+class FolderLock:
+    """An exclusive lock on one experiment folder, held by the one ``fedreg`` process that runs (or
+    continues) its runs, from before it writes anything there until it ends: a second ``fedreg run --resume``
+    or ``fedreg resume`` of the same runs is refused, naming the holder.
+
+    The lock is ``fcntl.flock`` on ``<folder>/lock``; the file also holds the holder's pid, host, start time
+    and command line, for the refusal message. A lock left by a process that died (SIGKILL, a crash, a lost
+    node) is never stale: the operating system releases ``flock`` locks when the process that holds them ends,
+    so the next process simply takes it over (the file's contents are then overwritten). On a network file
+    system the lock works as far as its locking does (Linux maps ``flock`` to NFS byte-range locks). Without
+    ``fcntl`` (not POSIX) folders are not locked.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / "lock"
+        self._fd: int | None = None
+
+    def holder(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`FedregError` naming the process that holds it."""
+        if fcntl is None or self._fd is not None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FedregError(
+                f"cannot lock '{self.path}' ({exc.strerror or exc}); the checkpoint folder must be writable"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            h = self.holder()
+            who = (
+                f"pid {h.get('pid', '?')} on {h.get('host', '?')}, running since {h.get('started', '?')}"
+                f" ({h.get('command', '?')})"
+                if h
+                else "a process that has not yet written its name"
+            )
+            raise FedregError(
+                f"the runs in '{self.folder}' are being run by another fedreg process: {who}. Wait for it "
+                f"to end, or stop it (e.g. kill {h.get('pid', 'PID')}); a process that has died holds no "
+                f"lock, so this one is alive"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(["fedreg", *sys.argv[1:]]),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up (the file stays: removing it could let two processes lock two different
+        files)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
 class ExperimentDir:
     """The checkpoint folder of one invocation (all its variants)."""
 
@@ -132,21 +267,29 @@ class ExperimentDir:
         os.replace(tmp, self.meta_path)
 
     def run_file(self, variant: str | None) -> Path:
-        return self.path / f"{variant or 'run'}.pt"
+        return inside(self.path, f"{variant or 'run'}.pt")
+
+    def holds(self, run_id: str) -> bool:
+        """Whether ``run_id`` is this folder's parent run or one of its runs."""
+        if not self.meta_path.exists():
+            return False
+        meta = self.read()
+        return run_id in (self.path.name, meta.get("parent_run_id"), *meta.get("runs", {}).values())
 
 
-def find_unfinished(root: Path, spec_name: str) -> ExperimentDir | None:
-    """The most recent experiment of this spec name whose runs did not all finish."""
-    folder = root / spec_name
+def unfinished(folder: Path) -> list[ExperimentDir]:
+    """The experiment folders under a spec's folder (:func:`spec_folder`) whose runs did not all finish,
+    the most recently modified first."""
     candidates = sorted(folder.glob("*/experiment.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for meta in candidates:
-        exp = ExperimentDir(meta.parent)
-        if exp.read().get("status") != "FINISHED":
-            return exp
-    return None
+    return [
+        ExperimentDir(m.parent)
+        for m in candidates
+        if ExperimentDir(m.parent).read().get("status") != "FINISHED"
+    ]
 
 
 def find_by_run_id(root: Path, run_id: str) -> ExperimentDir | None:
+    check_run_id(run_id)
     for meta in root.glob(f"*/{run_id}/experiment.json"):
         return ExperimentDir(meta.parent)
     for meta in root.glob("*/*/experiment.json"):  # a child run id
@@ -154,3 +297,33 @@ def find_by_run_id(root: Path, run_id: str) -> ExperimentDir | None:
         if run_id in exp.read().get("runs", {}).values():
             return exp
     return None
+
+
+def find_from_tracking(run_id: str, uri: str | None) -> ExperimentDir | None:
+    """The experiment folder a run's tags name in the tracking store ``uri`` (default: as for ``fedreg
+    run``): ``fedreg.checkpoint_dir`` (the folder, on every run) or ``fedreg.checkpoint`` (a run's checkpoint
+    file, on runs made before that tag). None when the store does not have the run, cannot be reached, or
+    the folder named there is gone or does not record the run."""
+    from mlflow.tracking import MlflowClient
+
+    from fedreg.tracking import tracking_uri
+
+    check_run_id(run_id)
+    uri = tracking_uri(uri)
+    local = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    if local is not None and not Path(local).exists():
+        return None  # opening it would create an empty store
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    try:
+        tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    except Exception:  # noqa: BLE001 - not in this store, or no store: the caller looks elsewhere
+        return None
+    folder = tags.get("fedreg.checkpoint_dir") or (
+        str(Path(tags["fedreg.checkpoint"]).parent) if tags.get("fedreg.checkpoint") else None
+    )
+    if folder is None:
+        return None
+    exp = ExperimentDir(Path(folder))
+    return exp if exp.holds(run_id) else None

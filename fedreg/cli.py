@@ -41,17 +41,19 @@ def cmd_validate(args) -> int:
 
 
 def _run(specs, raw, source, progress, resume=None) -> int:
-    from fedreg.experiment import run_experiment
+    """Run an experiment; Ctrl-C (exit status 130) and SIGTERM (143) mark its runs KILLED and print the
+    command that continues it."""
+    from fedreg.experiment import Experiment
+    from fedreg.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
+    exp = Experiment(specs, source, progress, print, raw, resume)
     try:
-        res = run_experiment(specs, source=source, progress=progress, original=raw, resume=resume)
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the MLflow run was marked KILLED; what was logged stays logged. Continue it with "
-            "'fedreg run SPEC --resume'",
-            file=sys.stderr,
-        )
-        return 130
+        with sigterm_as_interrupt():
+            res = exp.run()
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{what}: {exp.interrupted()}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     if res.parent_run_id:
         print(f"parent run: {res.parent_run_id} (compare with: fedreg compare {res.parent_run_id})")
     else:
@@ -61,34 +63,44 @@ def _run(specs, raw, source, progress, resume=None) -> int:
 
 
 def cmd_run(args) -> int:
-    from fedreg import checkpoint
-    from fedreg.errors import FedregError
     from fedreg.spec import load_raw, resolve
 
     raw = load_raw(args.spec, args.set)
     specs = resolve(raw, _registry(), only=args.variant, source=args.spec)
     resume = None
     if args.resume:
-        first = specs[0].spec
-        resume = checkpoint.find_unfinished(Path(first.checkpoint.dir), first.name)
-        if resume is None:
-            raise FedregError(
-                f"nothing to resume: no unfinished run of spec '{first.name}' under "
-                f"'{Path(first.checkpoint.dir) / first.name}'; run without --resume"
-            )
+        from fedreg.experiment import find_resumable
+
+        resume = find_resumable(specs)  # the latest unfinished folder recording this very spec
     return _run(specs, raw, args.spec, not args.no_progress, resume)
+
+
+#: where ``fedreg resume`` looks when the run's tags do not name its folder (``checkpoint.dir``'s default)
+DEFAULT_CHECKPOINT_DIR = ".fedreg/checkpoints"
 
 
 def cmd_resume(args) -> int:
     from fedreg import checkpoint
-    from fedreg.errors import FedregError
     from fedreg.spec import resolve
+    from fedreg.tracking import tracking_uri
 
-    exp = checkpoint.find_by_run_id(Path(args.checkpoint_dir), args.run_id)
+    checkpoint.check_run_id(args.run_id)
+    if args.checkpoint_dir:
+        exp = checkpoint.find_by_run_id(Path(args.checkpoint_dir), args.run_id)
+        where = f"under '{args.checkpoint_dir}'"
+    else:
+        # the folder named by the run's tag, else the default checkpoint.dir
+        exp = checkpoint.find_from_tracking(args.run_id, args.tracking_uri) or checkpoint.find_by_run_id(
+            Path(DEFAULT_CHECKPOINT_DIR), args.run_id
+        )
+        where = (
+            f"named by its tags in the tracking store '{tracking_uri(args.tracking_uri)}', nor under "
+            f"'{DEFAULT_CHECKPOINT_DIR}'"
+        )
     if exp is None:
         raise FedregError(
-            f"no checkpoint of run '{args.run_id}' under '{args.checkpoint_dir}'; pass "
-            f"--checkpoint-dir if the spec set checkpoint.dir"
+            f"no checkpoint folder of run '{args.run_id}' {where}; pass --tracking-uri (the store the run "
+            f"logs to) or --checkpoint-dir (its checkpoint.dir)"
         )
     meta = exp.read()
     raw = meta["original"]
@@ -266,7 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("resume", help="continue a run (or parent run) from its checkpoints")
     sp.add_argument("run_id")
-    sp.add_argument("--checkpoint-dir", default=".fedreg/checkpoints")
+    sp.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="the spec's checkpoint.dir (default: the folder the run's tag names, else .fedreg/checkpoints)",
+    )
+    sp.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="the store holding the run's tags (default: $MLFLOW_TRACKING_URI, else MLflow's local store)",
+    )
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_resume)
 

@@ -1,14 +1,16 @@
 """An experiment: one invocation of ``fedreg run``, the variants of one spec.
 
 Everything that can fail on input is checked before anything is written: the variants share tracking and
-checkpoint settings, resumed checkpoints belong to their spec, data and partitions load, the checkpoint
-folder is writable. Then each variant runs as an MLflow run (a child of one parent run when the spec has
-variants); with ``resume``, the runs recorded in an experiment folder continue from their checkpoints, in
-the same MLflow runs.
+checkpoint settings, a resumed experiment folder is not in use by another process and records the same spec
+(also before its first checkpoint), resumed checkpoints belong to their spec, data and partitions load, the
+checkpoint folder is writable. Then each variant runs as an MLflow run (a child of one parent run when the
+spec has variants); with ``resume``, the runs recorded in an experiment folder continue from their
+checkpoints, in the same MLflow runs, each step logged once.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +24,10 @@ from fedreg import checkpoint
 from fedreg.data import FederatedData, build_federated_data, check_model_fits
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg.figures import figures_of
-from fedreg.outputs import component_tags, log_partition, summarize
+from fedreg.outputs import TRAIN_LOSS, component_tags, log_partition, summarize
 from fedreg.rounds import FederatedRun, RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
-from fedreg.tracking import Tracker, fedreg_commit, flatten, git_commit
+from fedreg.tracking import Tracker, fedreg_commit, flatten, git_commit, tracking_uri
 
 
 def headline_keys(rs: ResolvedSpec) -> set[str]:
@@ -69,6 +71,62 @@ class DataCache:
         return self._feds[fkey]
 
 
+def run_key(rs: ResolvedSpec) -> str:
+    """The run's key in ``experiment.json`` (``runs``, ``identities``)."""
+    return rs.key or "run"
+
+
+def identities(specs: list[ResolvedSpec]) -> dict[str, dict[str, str]]:
+    """Each run's :func:`fedreg.checkpoint.identity`, by run key."""
+    return {run_key(rs): checkpoint.identity(rs.resolved_dict()) for rs in specs}
+
+
+def recorded_identities(meta: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The identities an ``experiment.json`` records; for a folder written before they were recorded,
+    those of its spec as written (``original``) resolved again ({} if that is impossible)."""
+    if meta.get("identities"):
+        return meta["identities"]
+    if not meta.get("original"):
+        return {}
+    from fedreg.registry import get_registry
+    from fedreg.spec import resolve
+
+    try:
+        specs = resolve(meta["original"], get_registry(), only=meta.get("variants") or None)
+    except FedregError:
+        return {}
+    return identities(specs)
+
+
+def find_resumable(specs: list[ResolvedSpec]) -> checkpoint.ExperimentDir:
+    """The experiment folder ``fedreg run SPEC --resume`` continues: the most recently modified unfinished
+    one of the spec's name whose recorded spec is this one (whether or not it holds a checkpoint yet).
+    Refused when there is none, naming how the latest unfinished one differs and how to continue it."""
+    first = specs[0].spec
+    folder = checkpoint.spec_folder(first.checkpoint.dir, first.name)
+    candidates = checkpoint.unfinished(folder)
+    if not candidates:
+        raise FedregError(
+            f"nothing to resume: no unfinished run of spec '{first.name}' under '{folder}'; run without "
+            f"--resume"
+        )
+    current = identities(specs)
+    refused = []
+    for exp in candidates:
+        diff = checkpoint.spec_differences(recorded_identities(exp.read()), current)
+        if diff is None:
+            return exp
+        refused.append((exp, diff))
+    exp, diff = refused[0]
+    others = (
+        f" (and {len(refused) - 1} older unfinished one(s), none of this spec)" if len(refused) > 1 else ""
+    )
+    raise FedregError(
+        f"the unfinished run in '{exp.path}'{others} belongs to another spec: {diff}. Continue it as it "
+        f"was started with 'fedreg resume {exp.path.name}', or run without --resume to start afresh"
+    )
+
+
 @dataclass
 class ExperimentResult:
     parent_run_id: str | None
@@ -96,6 +154,7 @@ class Experiment:
     checkpoints: dict[str | None, dict[str, Any]] = field(init=False, default_factory=dict, repr=False)
     meta: dict[str, Any] = field(init=False, default_factory=dict)  # what experiment.json holds
     exp_dir: checkpoint.ExperimentDir | None = field(init=False, default=None)
+    lock: checkpoint.FolderLock | None = field(init=False, default=None, repr=False)
     parent: str | None = field(init=False, default=None)  # the parent run's id
     base_tags: dict[str, str] = field(init=False, default_factory=dict)
     results: list[RunResult] = field(init=False, default_factory=list)
@@ -106,12 +165,31 @@ class Experiment:
 
     @property
     def ck_root(self) -> Path:
-        return Path(self.first.checkpoint.dir) / self.first.name
+        """``<checkpoint.dir>/<spec name>``, always inside ``checkpoint.dir`` whatever the name."""
+        return checkpoint.spec_folder(self.first.checkpoint.dir, self.first.name)
 
     def run(self) -> ExperimentResult:
+        try:
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def take_lock(self, exp: checkpoint.ExperimentDir) -> None:
+        """Hold the experiment folder's :class:`~fedreg.checkpoint.FolderLock` until :meth:`run` returns."""
+        lock = checkpoint.FolderLock(exp.path)
+        lock.acquire()
+        self.lock = lock
+
+    def _run(self) -> ExperimentResult:
         self.check_shared()
         torch.set_flush_denormal(True)
-        self.stored = self.resume.read() if self.resume else None
+        if self.resume is not None:
+            # before anything is read or written: no other process runs these runs
+            self.take_lock(self.resume)
+            self.stored = self.resume.read()
+            if self.stored.get("status") == "FINISHED":
+                raise FedregError(f"nothing to resume: the runs in '{self.resume.path}' have finished")
         self.checkpoints = self.load_checkpoints()
         # everything that can fail on input happens before anything is written: data, partitions, folders,
         # store
@@ -153,6 +231,14 @@ class Experiment:
         checkpoints: dict[str | None, dict[str, Any]] = {}
         if self.resume is None or self.stored is None:
             return checkpoints
+        # the folder's recorded spec, which exists before the first checkpoint does
+        diff = checkpoint.spec_differences(recorded_identities(self.stored), identities(self.specs))
+        if diff is not None:
+            raise FedregError(
+                f"the runs in '{self.resume.path}' belong to another spec: {diff}. Continue them as they "
+                f"were started with 'fedreg resume {self.resume.path.name}', or run without --resume to "
+                f"start afresh"
+            )
         for rs in self.specs:
             f = self.resume.run_file(rs.key)
             if f.exists():
@@ -171,7 +257,12 @@ class Experiment:
         self.base_tags = self.common_tags()
         self.parent = self.open_parent()
         self.exp_dir = self.resume
-        self.meta = self.stored if self.stored is not None else self.new_meta()
+        if self.stored is not None:
+            self.meta = self.stored
+            # checked equal by load_checkpoints; recorded from now on in folders written before they were
+            self.meta["identities"] = {**recorded_identities(self.stored), **identities(self.specs)}
+        else:
+            self.meta = self.new_meta()
         try:
             for rs, fed in zip(self.specs, self.feds, strict=True):
                 self.results.append(self.run_variant(rs, fed))
@@ -224,13 +315,14 @@ class Experiment:
             "parent_run_id": self.parent,
             "variants": list(dict.fromkeys(rs.variant for rs in self.specs if rs.variant)),
             "runs": {},
+            "identities": identities(self.specs),
             "tracking_uri": self.tracker.uri,
             "status": "RUNNING",
         }
 
     def run_variant(self, rs: ResolvedSpec, fed: FederatedData) -> RunResult:
         """One variant: kept as it is when it finished before, else started (or resumed) and trained."""
-        key = rs.key or "run"
+        key = run_key(rs)
         name = rs.key or self.first.tracking.run_name or rs.spec.name
         ck = self.checkpoints.get(rs.key)
         run_id = self.meta["runs"].get(key)
@@ -245,13 +337,15 @@ class Experiment:
                 ck["global_state"],
                 ck["client_states"],
             )
+        logged = 0
         if run_id is None:
             run_id = self.start_child(rs, fed, name)
             self.meta["runs"][key] = run_id
         else:
             self.tracker.set_status(run_id, "RUNNING")
+            logged = self.tracker.last_step(run_id, TRAIN_LOSS)  # logged every round
             self.echo(f"{name}: resuming run {run_id} after round {ck['round'] if ck else 0}")
-        result = self.train(rs, fed, run_id, self.checkpoint_file(rs, run_id), ck)
+        result = self.train(rs, fed, run_id, self.checkpoint_file(rs, run_id), ck, logged)
         self.echo(
             f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.final.items() if k in headline_keys(rs))
         )
@@ -280,19 +374,43 @@ class Experiment:
         if not self.first.checkpoint.every:
             return None
         if self.exp_dir is None:
-            self.exp_dir = checkpoint.ExperimentDir(self.ck_root / (self.parent or run_id))
+            self.exp_dir = checkpoint.ExperimentDir(checkpoint.inside(self.ck_root, self.parent or run_id))
+            self.take_lock(self.exp_dir)  # before experiment.json makes the folder resumable
+            if self.parent:
+                self.tracker.set_tags(
+                    self.parent, {"fedreg.checkpoint_dir": str(self.exp_dir.path.resolve())}
+                )
         self.exp_dir.write(self.meta)
         ck_file = self.exp_dir.run_file(rs.key)
-        self.tracker.set_tags(run_id, {"fedreg.checkpoint": str(ck_file.resolve())})
+        self.tracker.set_tags(
+            run_id,
+            {
+                "fedreg.checkpoint": str(ck_file.resolve()),
+                "fedreg.checkpoint_dir": str(self.exp_dir.path.resolve()),
+            },
+        )
         return ck_file
 
     def train(
-        self, rs: ResolvedSpec, fed: FederatedData, run_id: str, ck_file: Path | None, ck: dict | None
+        self,
+        rs: ResolvedSpec,
+        fed: FederatedData,
+        run_id: str,
+        ck_file: Path | None,
+        ck: dict | None,
+        logged_through: int = 0,
     ) -> RunResult:
         """Run the variant's rounds; its MLflow run ends FINISHED, KILLED (interrupted) or FAILED."""
         try:
             result = FederatedRun(
-                rs, fed, self.tracker, run_id, progress=self.progress, checkpoint_file=ck_file, resume=ck
+                rs,
+                fed,
+                self.tracker,
+                run_id,
+                progress=self.progress,
+                checkpoint_file=ck_file,
+                resume=ck,
+                logged_through=logged_through,
             ).run()
         except KeyboardInterrupt:
             self.tracker.end_run(run_id, "KILLED")
@@ -313,6 +431,34 @@ class Experiment:
             self.meta["status"] = "FINISHED"
             self.exp_dir.write(self.meta)
         return ExperimentResult(self.parent, self.results, self.tracker.uri)
+
+    def resume_command(self) -> str | None:
+        """The command that continues this experiment after an interruption (None when nothing can be
+        continued: no checkpoint folder was made). ``fedreg resume ID`` finds the folder from the run's tag
+        in the tracking store, so the store is named when it is not the one found by default."""
+        exp = self.exp_dir or self.resume
+        if exp is None:
+            return None
+        cmd = f"fedreg resume {exp.path.name}"
+        uri = self.tracker.uri if hasattr(self, "tracker") else None
+        if uri and uri != tracking_uri(None):
+            cmd += f" --tracking-uri {shlex.quote(uri)}"
+        return cmd
+
+    def interrupted(self) -> str:
+        """What an interruption (Ctrl-C, SIGTERM) left, and how to go on."""
+        cmd = self.resume_command()
+        if cmd is not None:
+            return f"the MLflow runs were marked KILLED; what was logged stays logged. Continue with: {cmd}"
+        if not (self.parent or self.meta.get("runs")):
+            return "nothing was recorded; run it again"
+        if not self.first.checkpoint.every:
+            return (
+                "the MLflow runs were marked KILLED; checkpoints are off (checkpoint.every: 0): run it again"
+            )
+        return (
+            "the MLflow runs were marked KILLED before their first checkpoint folder was made: run it again"
+        )
 
     def close_tracker(self) -> None:
         """Deliver what is queued; say what could not be delivered, or that the server was unreachable."""

@@ -99,9 +99,13 @@ class FederatedRun:
         label: str | None = None,
         checkpoint_file: Path | None = None,
         resume: dict[str, Any] | None = None,
+        logged_through: int = 0,
     ):
+        """``logged_through``: the last round the run's tracking history already holds (a resumed run's
+        rounds up to there are run again from the checkpoint but not logged again, see :meth:`run`)."""
         self.rs, self.spec, self.fed = rs, rs.spec, fed
         self.checkpoint_file, self.resume = checkpoint_file, resume
+        self.logged_through = logged_through
         self.tracker, self.run_id = tracker, run_id
         self.progress, self.label = progress, label or rs.key or rs.spec.name
         comps = rs.components
@@ -350,7 +354,10 @@ class FederatedRun:
                 scalars["round_time_s"] = now - rt
                 scalars["elapsed_s"] = now - t0  # wall time since the run started, for accuracy-vs-time plots
                 st.history.append({"round": st.round, **scalars})
-                self.tracker.log_metrics(self.run_id, scalars, step=st.round)
+                # a resumed run re-runs the rounds after its checkpoint; those its history already holds
+                # (logged before the interruption) are not logged twice: each step is recorded once
+                if st.round > self.logged_through:
+                    self.tracker.log_metrics(self.run_id, scalars, step=st.round)
                 if every and (st.round % every == 0 or st.round == spec.federation.rounds):
                     self.save_checkpoint(st, time.perf_counter() - t0)
                 bar.update(1)

@@ -300,6 +300,18 @@ class Tracker:
             p.write_text(text)
             self.log_file(run_id, p, str(Path(name).parent) if Path(name).parent != Path(".") else None)
 
+    def last_step(self, run_id: str, key: str) -> int:
+        """The highest step at which ``key`` is recorded in the run (0 if none), after delivering what is
+        queued; 0 as well when the server cannot be reached (what it holds cannot be known then)."""
+        if not self.flush(force=True):
+            return 0
+        try:
+            return max((m.step for m in self.client.get_metric_history(run_id, key)), default=0)
+        except Exception as exc:  # noqa: BLE001
+            if _is_outage(exc):
+                return 0
+            raise
+
     def set_status(self, run_id: str, status: str) -> None:
         self._call("set_status", run_id, status)
 

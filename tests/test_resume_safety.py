@@ -1,0 +1,383 @@
+"""Resume never adopts the wrong run, through the real CLI and a real MLflow store: a folder is adopted only
+when it records the same spec (also before its first checkpoint), one process at a time runs a folder (a
+lock that a killed holder leaves to the next), no spec name writes outside checkpoint.dir, a resumed run
+logs each step once, and SIGTERM ends a run like Ctrl-C with a resume command that works."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import fedreg.registry
+from fedreg import checkpoint, hookimpl
+from fedreg.cli import main
+from fedreg.errors import FedregError
+from fedreg.registry import build_registry
+from fedreg_baselines.fedavg import CrossEntropy
+from testhelpers import base_spec, make_medmnist_npz, write_spec
+
+TESTS = Path(__file__).resolve().parent
+
+
+class FailAt(CrossEntropy):
+    """Cross-entropy that raises ``exc`` in the rounds listed in ``rounds`` (not part of the spec, so the
+    same spec runs cleanly once they are cleared)."""
+
+    name = "test_fail_at"
+    rounds: set = set()
+    exc: type[BaseException] = RuntimeError
+
+    def loss(self, model, x, y, ctx):
+        if ctx.round in self.rounds:
+            raise self.exc(f"planned failure in round {ctx.round}")
+        return super().loss(model, x, y, ctx)
+
+
+@hookimpl
+def fedreg_register_objectives(register):
+    register(FailAt)
+
+
+PLUGINS = [("resume_faults", sys.modules[__name__])]
+
+
+@pytest.fixture(autouse=True)
+def no_failures():
+    FailAt.rounds, FailAt.exc = set(), RuntimeError
+    yield
+    FailAt.rounds, FailAt.exc = set(), RuntimeError
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A spec (5 rounds, a checkpoint every 2) on a small MedMNIST-format file; the MLflow store (a
+    temporary sqlite file) comes from MLFLOW_TRACKING_URI, the checkpoints go to tmp/ck."""
+    monkeypatch.chdir(tmp_path)
+    md5 = make_medmnist_npz(tmp_path, "organsmnist", n_train=160, n_test=40)
+    raw = base_spec()
+    raw["data"] = {
+        "dataset": {"name": "organsmnist", "params": {"md5": md5}},
+        "root": str(tmp_path),
+        "num_clients": 4,
+        "partition": "iid",
+    }
+    raw["training"]["objective"] = "test_fail_at"
+    raw["federation"]["rounds"] = 5
+    raw["tracking"] = {"experiment": "resume"}
+    raw["checkpoint"] = {"every": 2, "dir": str(tmp_path / "ck")}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(fedreg.registry, "_DEFAULT", build_registry(extra_plugins=PLUGINS))
+    return tmp_path, raw, uri
+
+
+def runs(uri: str):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("resume")
+    return c.search_runs([exp.experiment_id]) if exp else []
+
+
+def only_run(uri: str):
+    (run,) = runs(uri)
+    return run
+
+
+def checkpoint_files(tmp: Path) -> list[Path]:
+    return sorted((tmp / "ck").rglob("*.pt"))
+
+
+def assert_each_step_once(uri: str, run_id: str, rounds: int) -> None:
+    """Every metric of the run holds each step at most once; those logged every round hold 1..rounds."""
+    c = MlflowClient(uri)
+    for key in c.get_run(run_id).data.metrics:
+        steps = [m.step for m in c.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), (key, sorted(steps))
+    for key in ("train_loss", "global_acc", "lr", "clients_ok"):
+        steps = [m.step for m in c.get_metric_history(run_id, key)]
+        assert sorted(steps) == list(range(1, rounds + 1)), (key, sorted(steps))
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- a folder is adopted only by the spec it records --------------------------------------------------------
+
+
+def test_failed_before_first_checkpoint_changed_spec_refused_same_spec_adopted(env, capsys):
+    tmp, raw, uri = env
+    spec = write_spec(tmp / "spec.yaml", raw)
+    FailAt.rounds = {1}  # fails before its first checkpoint: a folder with experiment.json, no run.pt
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress")
+    assert code == 2, err
+    run = only_run(uri)
+    assert run.info.status == "FAILED"
+    (meta,) = (tmp / "ck").rglob("experiment.json")
+    assert json.loads(meta.read_text())["status"] == "RUNNING" and checkpoint_files(tmp) == []
+    FailAt.rounds = set()
+
+    other_root = tmp / "other"
+    other_root.mkdir()
+    shutil.copy(tmp / "organsmnist.npz", other_root)
+    for change, diff in [
+        (["--set", "training.optimizer.lr=0.5"], "training.optimizer.lr: 0.05 -> 0.5"),
+        (["--set", f"data.root={other_root}"], f"data.root: {tmp} -> {other_root}"),
+    ]:
+        code, out, err = cli(capsys, "run", str(spec), "--resume", "--no-progress", *change)
+        assert code == 2, err
+        assert f"belongs to another spec: {diff}" in err, err
+        assert f"fedreg resume {run.info.run_id}" in err and "run without --resume" in err
+        assert err.startswith("error: ") and "Traceback" not in err
+        # nothing adopted, nothing written
+        assert [r.info.run_id for r in runs(uri)] == [run.info.run_id]
+        assert only_run(uri).info.status == "FAILED" and checkpoint_files(tmp) == []
+
+    # a folder written before identities were recorded: its spec as written is resolved again
+    legacy = json.loads(meta.read_text())
+    del legacy["identities"]
+    meta.write_text(json.dumps(legacy))
+    code, _, err = cli(
+        capsys, "run", str(spec), "--resume", "--no-progress", "--set", "training.optimizer.lr=0.5"
+    )
+    assert code == 2 and "training.optimizer.lr: 0.05 -> 0.5" in err, err
+
+    code, out, err = cli(capsys, "run", str(spec), "--resume", "--no-progress")  # the same spec
+    assert code == 0, err
+    assert f"resuming run {run.info.run_id} after round 0" in out
+    run = only_run(uri)
+    assert run.info.status == "FINISHED"
+    assert_each_step_once(uri, run.info.run_id, 5)
+    assert json.loads(meta.read_text())["status"] == "FINISHED"
+
+
+def test_diverged_at_once_is_not_resumed_with_another_learning_rate(env, capsys):
+    """The issue's case: ``training.optimizer.lr: 1e6`` fails before the first checkpoint; ``--resume``
+    with another learning rate is refused, with the same one it is adopted (and fails again, in the same
+    run)."""
+    tmp, raw, uri = env
+    raw["training"]["objective"] = "cross_entropy"
+    raw["checkpoint"]["every"] = 5  # (it diverges within a few rounds) the only checkpoint is the last
+    spec = write_spec(tmp / "spec.yaml", raw)
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress", "--set", "training.optimizer.lr=1e6")
+    assert code == 2, err
+    run_id = only_run(uri).info.run_id
+    code, _, err = cli(capsys, "run", str(spec), "--resume", "--no-progress")
+    assert code == 2 and "belongs to another spec: training.optimizer.lr: 1000000.0 -> 0.05" in err, err
+    assert only_run(uri).info.status == "FAILED"
+    code, out, err = cli(
+        capsys, "run", str(spec), "--resume", "--no-progress", "--set", "training.optimizer.lr=1e6"
+    )
+    assert code == 2, err
+    assert f"resuming run {run_id} after round 0" in out
+    assert only_run(uri).info.status == "FAILED" and checkpoint_files(tmp) == []
+
+
+# --- each step once -----------------------------------------------------------------------------------------
+
+
+def test_resumed_run_logs_each_step_once(env, capsys):
+    """Stopped after round 3 with a checkpoint every 2 rounds: the resume re-runs round 3 from the round-2
+    checkpoint but does not log it again. Resumed with ``fedreg resume RUN_ID`` alone: the folder is found
+    from the run's tag, although checkpoint.dir is not the default."""
+    tmp, raw, uri = env
+    spec = write_spec(tmp / "spec.yaml", raw)
+    FailAt.rounds = {4}
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress")
+    assert code == 2, err
+    run_id = only_run(uri).info.run_id
+    c = MlflowClient(uri)
+    assert sorted(m.step for m in c.get_metric_history(run_id, "train_loss")) == [1, 2, 3]
+    (ck,) = checkpoint_files(tmp)
+    assert checkpoint.load(ck)["round"] == 2
+    FailAt.rounds = set()
+    code, out, err = cli(capsys, "resume", run_id, "--no-progress")
+    assert code == 0, err
+    assert f"resuming run {run_id} after round 2" in out
+    assert only_run(uri).info.status == "FINISHED"
+    assert_each_step_once(uri, run_id, 5)
+
+
+# --- one process per folder ---------------------------------------------------------------------------------
+
+
+def plugin_cli(tmp: Path, *args: str) -> subprocess.Popen:
+    """``fedreg ARGS`` in another process, with this module's test plugin registered."""
+    script = tmp / "fedreg_with_test_plugin.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(TESTS)!r})
+            import fedreg.registry
+            import test_resume_safety as t
+            fedreg.registry._DEFAULT = fedreg.registry.build_registry(extra_plugins=[("resume_faults", t)])
+            from fedreg.cli import main
+            sys.exit(main(sys.argv[1:]))
+            """
+        )
+    )
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=tmp,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_resumes_at_once_one_refused_and_a_killed_holder_is_taken_over(env, capsys):
+    tmp, raw, uri = env
+    spec = write_spec(tmp / "spec.yaml", raw)
+    FailAt.rounds, FailAt.exc = {3}, KeyboardInterrupt  # Ctrl-C in round 3
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress")
+    assert code == 130, err
+    run_id = only_run(uri).info.run_id
+    assert f"Continue with: fedreg resume {run_id}\n" in err, err
+    assert only_run(uri).info.status == "KILLED"
+    FailAt.rounds = set()
+    lock = checkpoint.FolderLock(tmp / "ck" / "t" / run_id)
+
+    holder = plugin_cli(tmp, "resume", run_id, "--no-progress")
+    try:
+        wait_for(lambda: lock.holder().get("pid") == holder.pid or holder.poll() is not None, 120, "the lock")
+        assert holder.poll() is None, holder.communicate()
+        holder.send_signal(signal.SIGSTOP)  # keeps the lock while stopped
+        for args in (["run", str(spec), "--resume"], ["resume", run_id]):
+            code, _, err = cli(capsys, *args, "--no-progress")
+            assert code == 2, err
+            assert "being run by another fedreg process" in err and f"pid {holder.pid} on " in err, err
+            assert "Traceback" not in err
+        assert [r.info.run_id for r in runs(uri)] == [run_id]  # no run adopted or started
+        holder.send_signal(signal.SIGKILL)  # dies holding the lock
+        holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(30)
+
+    code, out, err = cli(capsys, "run", str(spec), "--resume", "--no-progress")
+    assert code == 0, err  # the lock of the killed process is taken over
+    assert f"resuming run {run_id}" in out
+    assert lock.holder()["pid"] == os.getpid()
+    assert only_run(uri).info.status == "FINISHED"
+    assert_each_step_once(uri, run_id, 5)
+
+
+# --- no name leaves checkpoint.dir --------------------------------------------------------------------------
+
+
+def test_spec_name_cannot_write_outside_checkpoint_dir(env, capsys):
+    tmp, raw, uri = env
+    raw["name"] = "../../escape"
+    raw["seeds"] = [1]  # the run's key is '<name>.seed1': its file name comes from the name too
+    raw["federation"]["rounds"] = 1
+    ck = tmp / "a" / "b" / "ck"
+    raw["checkpoint"] = {"every": 1, "dir": str(ck)}
+    spec = write_spec(tmp / "spec.yaml", raw)
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress")
+    written = [p for p in tmp.rglob("*") if "escape" in p.name]
+    assert not (tmp / "a" / "escape").exists()
+    assert all(p.resolve().is_relative_to(ck.resolve()) for p in written), written
+    if code == 0:  # (a spec check may refuse such a name instead: then nothing is written at all)
+        assert [p.name for p in (ck).rglob("*.pt")] == [".._.._escape.seed1.pt"]
+    else:
+        assert code == 2 and written == [], err
+
+
+@pytest.mark.parametrize("name", ["../../escape", "..", ".", "/etc", "a/../../b", "x\\..\\..\\y", ""])
+def test_checkpoint_paths_stay_inside(tmp_path, name):
+    root = tmp_path / "ck"
+    for path in (checkpoint.spec_folder(root, name), checkpoint.inside(root, name, name + ".pt")):
+        assert path.resolve().parent.is_relative_to(root.resolve()) and path.resolve() != root.resolve()
+
+
+def test_a_link_out_of_checkpoint_dir_is_refused(tmp_path):
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "spec").symlink_to(tmp_path)
+    with pytest.raises(FedregError, match="outside checkpoint.dir"):
+        checkpoint.spec_folder(tmp_path / "ck", "spec")
+
+
+def test_resume_of_a_path_is_refused(env, capsys):
+    code, _, err = cli(capsys, "resume", "../../etc", "--no-progress")
+    assert code == 2 and "is not an MLflow run id" in err, err
+
+
+# --- SIGTERM ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_marks_runs_killed_and_prints_a_resume_command_that_works(env):
+    tmp, raw, uri = env
+    raw["training"]["objective"] = "cross_entropy"
+    raw["federation"]["rounds"] = 20
+    raw["checkpoint"]["every"] = 1
+    spec = write_spec(tmp / "spec.yaml", raw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedreg", "run", str(spec), "--no-progress"],
+        cwd=tmp,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def logged() -> int:
+        try:
+            rs = runs(uri)
+            return len(MlflowClient(uri).get_metric_history(rs[0].info.run_id, "train_loss")) if rs else 0
+        except Exception:  # noqa: BLE001 - being written
+            return 0
+
+    try:
+        # the store is created (and its tables migrated) by the run: touch it only once the run exists
+        ready = lambda: list((tmp / "ck").rglob("experiment.json")) or proc.poll() is not None  # noqa: E731
+        wait_for(ready, 240, "the run's checkpoint folder")
+        wait_for(lambda: logged() >= 1 or proc.poll() is not None, 240, "round 1")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGSTOP)  # mid-run, whatever the machine's speed
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    run = only_run(uri)
+    assert run.info.status == "KILLED"
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    hint = err.split("Continue with: ")[1].strip()
+    assert hint == f"fedreg resume {run.info.run_id}"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedreg", *hint.split()[1:], "--no-progress"],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run {run.info.run_id}" in resumed.stdout
+    assert [r.info.status for r in runs(uri)] == ["FINISHED"]
+    assert_each_step_once(uri, run.info.run_id, 20)
