@@ -209,6 +209,30 @@ def test_resumed_run_logs_each_step_once(env, capsys):
     assert_each_step_once(uri, run_id, 5)
 
 
+def test_interrupt_hint_names_a_store_that_is_not_the_default_and_works(env, capsys):
+    """Ctrl-C in a run whose spec names its own tracking store: the hint adds ``--tracking-uri`` (without
+    it the run cannot be found, and the refusal says what to pass); the printed command completes it."""
+    tmp, raw, _ = env
+    uri = f"sqlite:///{tmp / 'own.db'}"
+    raw["tracking"]["uri"] = uri
+    spec = write_spec(tmp / "spec.yaml", raw)
+    FailAt.rounds, FailAt.exc = {2}, KeyboardInterrupt
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress")
+    assert code == 130, err
+    run_id = only_run(uri).info.run_id
+    assert only_run(uri).info.status == "KILLED"
+    hint = err.split("Continue with: ")[1].strip()
+    assert hint == f"fedreg resume {run_id} --tracking-uri {uri}"
+    FailAt.rounds = set()
+    code, _, err = cli(capsys, "resume", run_id, "--no-progress")
+    assert code == 2 and "pass --tracking-uri" in err and "Traceback" not in err, err
+    code, out, err = cli(capsys, *hint.split()[1:], "--no-progress")
+    assert code == 0, err
+    assert f"resuming run {run_id} after round 0" in out  # killed in round 2, before the round-2 checkpoint
+    assert only_run(uri).info.status == "FINISHED"
+    assert_each_step_once(uri, run_id, 5)
+
+
 # --- one process per folder ---------------------------------------------------------------------------------
 
 
