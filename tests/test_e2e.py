@@ -237,8 +237,12 @@ def test_fedkper_variants_under_one_parent_and_compare(data_dir, tracking_uri, r
             "global_consistency",
             "local_nfr",
             "bwt",
+            "global_auc",  # from the class probabilities (the spec lists auc, ece, brier)
+            "global_ece",
+            "global_brier",
         ):
             assert key in m, (v, key)
+        assert 0.5 < m["global_auc"] <= 1 and 0 <= m["global_ece"] <= 1 and 0 <= m["global_brier"] <= 2
     # every variant saw the same clients in every round (shared sampling stream)
     rows = {}
     for v, c in by_variant.items():
