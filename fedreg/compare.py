@@ -83,9 +83,11 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
     client = MlflowClient(tracking_uri(tracking))
     parent, children = collect(client, parent_id)
     figures = installed_figures()
-    cols = columns(figures)
+    # only the columns some child logged (a metric installed but not in the spec shows nothing)
+    cols = [(h, k) for h, k in columns(figures) if any(k in ch.data.metrics for ch in children)]
     rows = table_rows(children, cols)
-    text = markdown(rows, cols, notes(figures))
+    shown = {k for _, k in cols}
+    text = markdown(rows, cols, notes([f for f in figures if any(k in shown for _, k in f.columns())]))
     echo(text)
     if log:
         histories = {}
