@@ -155,6 +155,9 @@ class Experiment:
     meta: dict[str, Any] = field(init=False, default_factory=dict)  # what experiment.json holds
     exp_dir: checkpoint.ExperimentDir | None = field(init=False, default=None)
     lock: checkpoint.FolderLock | None = field(init=False, default=None, repr=False)
+    # a run started (or set RUNNING again) whose training has not begun: ended by run_variants if
+    # interrupted there (train ends the runs it trains)
+    open_run: str | None = field(init=False, default=None)
     parent: str | None = field(init=False, default=None)  # the parent run's id
     base_tags: dict[str, str] = field(init=False, default_factory=dict)
     results: list[RunResult] = field(init=False, default_factory=list)
@@ -267,14 +270,22 @@ class Experiment:
             for rs, fed in zip(self.specs, self.feds, strict=True):
                 self.results.append(self.run_variant(rs, fed))
         except KeyboardInterrupt:
+            self.end_open_run("KILLED")
             if self.parent:
                 self.tracker.end_run(self.parent, "KILLED")
             raise
         except BaseException:
+            self.end_open_run("FAILED")
             if self.parent:
                 self.tracker.end_run(self.parent, "FAILED")
             raise
         return self.finish()
+
+    def end_open_run(self, status: str) -> None:
+        """End the run interrupted between its start and its training (no run is left RUNNING)."""
+        if self.open_run is not None:
+            self.tracker.end_run(self.open_run, status)
+            self.open_run = None
 
     def common_tags(self) -> dict[str, str]:
         commit = git_commit(Path(self.source).parent if self.source else ".")
@@ -343,6 +354,7 @@ class Experiment:
             self.meta["runs"][key] = run_id
         else:
             self.tracker.set_status(run_id, "RUNNING")
+            self.open_run = run_id
             logged = self.tracker.last_step(run_id, TRAIN_LOSS)  # logged every round
             self.echo(f"{name}: resuming run {run_id} after round {ck['round'] if ck else 0}")
         result = self.train(rs, fed, run_id, self.checkpoint_file(rs, run_id), ck, logged)
@@ -364,6 +376,7 @@ class Experiment:
             tags["fedreg.variant"] = rs.variant
         tags["fedreg.seed"] = str(rs.spec.seed)
         run_id = self.tracker.start_run(name, tags, parent=self.parent)
+        self.open_run = run_id
         self.tracker.log_params(run_id, flatten(rs.resolved_dict()))
         self.tracker.log_text(run_id, yaml.safe_dump(rs.resolved_dict(), sort_keys=False), "spec.yaml")
         log_partition(self.tracker, run_id, fed)
@@ -402,6 +415,7 @@ class Experiment:
     ) -> RunResult:
         """Run the variant's rounds; its MLflow run ends FINISHED, KILLED (interrupted) or FAILED."""
         try:
+            self.open_run = None  # from here on, this method ends the run whatever happens
             result = FederatedRun(
                 rs,
                 fed,

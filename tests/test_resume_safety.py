@@ -233,6 +233,25 @@ def test_interrupt_hint_names_a_store_that_is_not_the_default_and_works(env, cap
     assert_each_step_once(uri, run_id, 5)
 
 
+def test_interrupt_between_a_runs_start_and_its_training_leaves_no_run_running(env, capsys, monkeypatch):
+    """Ctrl-C while a new child run logs its partition (before its training and its checkpoint folder):
+    the child and the parent end KILLED, none stays RUNNING."""
+    import fedreg.experiment
+
+    tmp, raw, uri = env
+    raw["seeds"] = [1, 2]  # a parent run and child runs
+    spec = write_spec(tmp / "spec.yaml", raw)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedreg.experiment, "log_partition", ctrl_c)
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress")
+    assert code == 130, err
+    assert "marked KILLED before their first checkpoint folder was made: run it again" in err, err
+    assert sorted(r.info.status for r in runs(uri)) == ["KILLED", "KILLED"]
+
+
 # --- one process per folder ---------------------------------------------------------------------------------
 
 
