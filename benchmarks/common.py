@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from fedreg import seeding
 from fedreg.clients import backend_class
-from fedreg.experiment import DataCache
+from fedreg.data import DataCache
 from fedreg.registry import get_registry
 from fedreg.rounds import FederatedRun, RunState
 from fedreg.spec import load_spec

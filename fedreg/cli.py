@@ -69,7 +69,7 @@ def cmd_run(args) -> int:
     specs = resolve(raw, _registry(), only=args.variant, source=args.spec)
     resume = None
     if args.resume:
-        from fedreg.experiment import find_resumable
+        from fedreg.resume import find_resumable
 
         resume = find_resumable(specs)  # the latest unfinished folder recording this very spec
     return _run(specs, raw, args.spec, not args.no_progress, resume)

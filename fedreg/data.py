@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fedreg.components import ClientInfo, DatasetTensors, Partition
 from fedreg.errors import DataError, FedregError, PluginError
+
+if TYPE_CHECKING:
+    from fedreg.spec import ResolvedSpec
 
 
 @dataclass
@@ -222,3 +225,38 @@ def plot_label_histogram(stats: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class DataCache:
+    """Datasets and partitions shared by the variants of one invocation (a partition is a pure function of
+    dataset, partition spec and seed, so equal keys give equal data)."""
+
+    def __init__(self):
+        self._datasets: dict[tuple, Any] = {}
+        self._feds: dict[tuple, FederatedData] = {}
+
+    def get(self, rs: ResolvedSpec) -> FederatedData:
+        s = rs.spec
+        ds_comp = rs.components["dataset"]
+        dkey = (ds_comp.name, ds_comp.params.model_dump_json(), s.data.root, s.data.size)
+        if dkey not in self._datasets:
+            self._datasets[dkey] = ds_comp.instantiate().load(s.data.root, s.data.download, s.data.size)
+        part = rs.components["partition"]
+        fkey = dkey + (
+            part.name,
+            part.params.model_dump_json(),
+            s.data.num_clients,
+            s.data.local_test.rule,
+            s.data.local_test.fraction,
+            s.seed,
+        )
+        if fkey not in self._feds:
+            self._feds[fkey] = build_federated_data(
+                self._datasets[dkey],
+                part.instantiate(),
+                s.data.num_clients,
+                s.data.local_test.fraction,
+                s.seed,
+                s.data.local_test.rule,
+            )
+        return self._feds[fkey]

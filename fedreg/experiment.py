@@ -21,10 +21,11 @@ import yaml
 
 import fedreg
 from fedreg import checkpoint
-from fedreg.data import FederatedData, build_federated_data, check_model_fits
+from fedreg.data import DataCache, FederatedData, check_model_fits
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg.figures import figures_of
 from fedreg.outputs import TRAIN_LOSS, component_tags, log_partition, summarize
+from fedreg.resume import identities, recorded_identities, run_key
 from fedreg.rounds import FederatedRun, RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
 from fedreg.tracking import Tracker, fedreg_commit, flatten, git_commit, tracking_uri
@@ -34,97 +35,6 @@ def headline_keys(rs: ResolvedSpec) -> set[str]:
     """The summary keys printed when a run ends: its metrics' final-column figures and the wall time."""
     figures = figures_of(m.info.cls for m in rs.metrics)
     return {k for f in figures if f.final for _, k in f.columns()} | {"wall_time_s"}
-
-
-class DataCache:
-    """Datasets and partitions shared by the variants of one invocation (a partition is a pure function of
-    dataset, partition spec and seed, so equal keys give equal data)."""
-
-    def __init__(self):
-        self._datasets: dict[tuple, Any] = {}
-        self._feds: dict[tuple, FederatedData] = {}
-
-    def get(self, rs: ResolvedSpec) -> FederatedData:
-        s = rs.spec
-        ds_comp = rs.components["dataset"]
-        dkey = (ds_comp.name, ds_comp.params.model_dump_json(), s.data.root, s.data.size)
-        if dkey not in self._datasets:
-            self._datasets[dkey] = ds_comp.instantiate().load(s.data.root, s.data.download, s.data.size)
-        part = rs.components["partition"]
-        fkey = dkey + (
-            part.name,
-            part.params.model_dump_json(),
-            s.data.num_clients,
-            s.data.local_test.rule,
-            s.data.local_test.fraction,
-            s.seed,
-        )
-        if fkey not in self._feds:
-            self._feds[fkey] = build_federated_data(
-                self._datasets[dkey],
-                part.instantiate(),
-                s.data.num_clients,
-                s.data.local_test.fraction,
-                s.seed,
-                s.data.local_test.rule,
-            )
-        return self._feds[fkey]
-
-
-def run_key(rs: ResolvedSpec) -> str:
-    """The run's key in ``experiment.json`` (``runs``, ``identities``)."""
-    return rs.key or "run"
-
-
-def identities(specs: list[ResolvedSpec]) -> dict[str, dict[str, str]]:
-    """Each run's :func:`fedreg.checkpoint.identity`, by run key."""
-    return {run_key(rs): checkpoint.identity(rs.resolved_dict()) for rs in specs}
-
-
-def recorded_identities(meta: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """The identities an ``experiment.json`` records; for a folder written before they were recorded,
-    those of its spec as written (``original``) resolved again ({} if that is impossible)."""
-    if meta.get("identities"):
-        return meta["identities"]
-    if not meta.get("original"):
-        return {}
-    from fedreg.registry import get_registry
-    from fedreg.spec import resolve
-
-    try:
-        specs = resolve(meta["original"], get_registry(), only=meta.get("variants") or None)
-    except FedregError:
-        return {}
-    return identities(specs)
-
-
-def find_resumable(specs: list[ResolvedSpec]) -> checkpoint.ExperimentDir:
-    """The experiment folder ``fedreg run SPEC --resume`` continues: the most recently modified unfinished
-    one of the spec's name whose recorded spec is this one (whether or not it holds a checkpoint yet).
-    Refused when there is none, naming how the latest unfinished one differs and how to continue it."""
-    first = specs[0].spec
-    folder = checkpoint.spec_folder(first.checkpoint.dir, first.name)
-    candidates = checkpoint.unfinished(folder)
-    if not candidates:
-        raise FedregError(
-            f"nothing to resume: no unfinished run of spec '{first.name}' under '{folder}'; run without "
-            f"--resume"
-        )
-    current = identities(specs)
-    refused = []
-    for exp in candidates:
-        diff = checkpoint.spec_differences(recorded_identities(exp.read()), current)
-        if diff is None:
-            return exp
-        refused.append((exp, diff))
-    exp, diff = refused[0]
-    others = (
-        f" (and {len(refused) - 1} older unfinished one(s), none of this spec)" if len(refused) > 1 else ""
-    )
-    raise FedregError(
-        f"the unfinished run in '{exp.path}'{others} belongs to another spec: {diff}. Continue it as it "
-        f"was started with 'fedreg resume {exp.path.name}', or run without --resume to start afresh"
-    )
 
 
 @dataclass
