@@ -81,7 +81,7 @@ class OptimizerSpec(Strict):
 
 
 class LRScheduleSpec(Strict):
-    """Step decay applied per round: ``lr_r = lr * gamma ** (r // step_rounds)``."""
+    """Step decay applied per round ``r`` (1-based): ``lr_r = lr * gamma ** ((r - 1) // step_rounds)``."""
 
     gamma: float = Field(default=1.0, gt=0, le=1)
     step_rounds: int = Field(default=1, ge=1)
