@@ -64,8 +64,8 @@ def report(
     datasets = datasets_of(col.finished)
     claims = judge_claims(col.finished, col.methods, datasets[0] if len(datasets) == 1 else None)
     blocks = build_blocks(col, summaries, budget, budget_rows, plots, time_methods, generated, claims)
-    (out / "report.md").write_text(render_markdown(blocks))
-    (out / "report.html").write_text(render_html(blocks, out, title=str(blocks[0][2])))
+    (out / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
+    (out / "report.html").write_text(render_html(blocks, out, title=str(blocks[0][2])), encoding="utf-8")
     files = (
         list(REPORT_FILES[:2]) + write_tables(out, col, summaries, budget, budget_rows, claims) + list(plots)
     )
