@@ -16,7 +16,7 @@ from fedreg import hookimpl
 from fedreg.cli import main
 from fedreg.components import Partition
 from fedreg.registry import build_registry
-from testhelpers import base_spec, make_medmnist_npz, write_spec
+from testhelpers import small_medmnist_spec, write_spec
 
 
 class Lopsided(Partition):
@@ -42,14 +42,7 @@ def free_port() -> int:
 def env(tmp_path, monkeypatch):
     """A working spec on a small MedMNIST-format file, a temporary store and checkpoint folder."""
     monkeypatch.chdir(tmp_path)
-    md5 = make_medmnist_npz(tmp_path, "organsmnist", n_train=200, n_test=40)
-    raw = base_spec()
-    raw["data"] = {
-        "dataset": {"name": "organsmnist", "params": {"md5": md5}},
-        "root": str(tmp_path),
-        "num_clients": 4,
-        "partition": "iid",
-    }
+    raw, md5 = small_medmnist_spec(tmp_path, n_train=200, n_test=40)
     raw["federation"]["rounds"] = 2
     raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "bad"}
     raw["checkpoint"] = {"dir": str(tmp_path / "ck")}

@@ -24,7 +24,7 @@ from fedreg.cli import main
 from fedreg.errors import FedregError
 from fedreg.registry import build_registry
 from fedreg_baselines.fedavg import CrossEntropy
-from testhelpers import base_spec, make_medmnist_npz, write_spec
+from testhelpers import small_medmnist_spec, write_spec
 
 TESTS = Path(__file__).resolve().parent
 
@@ -63,14 +63,7 @@ def env(tmp_path, monkeypatch):
     """A spec (5 rounds, a checkpoint every 2) on a small MedMNIST-format file; the MLflow store (a
     temporary sqlite file) comes from MLFLOW_TRACKING_URI, the checkpoints go to tmp/ck."""
     monkeypatch.chdir(tmp_path)
-    md5 = make_medmnist_npz(tmp_path, "organsmnist", n_train=160, n_test=40)
-    raw = base_spec()
-    raw["data"] = {
-        "dataset": {"name": "organsmnist", "params": {"md5": md5}},
-        "root": str(tmp_path),
-        "num_clients": 4,
-        "partition": "iid",
-    }
+    raw, md5 = small_medmnist_spec(tmp_path, n_train=160, n_test=40)
     raw["training"]["objective"] = "test_fail_at"
     raw["federation"]["rounds"] = 5
     raw["tracking"] = {"experiment": "resume"}

@@ -50,6 +50,20 @@ def make_medmnist_npz(
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def small_medmnist_spec(folder: Path, n_train: int = 200, n_test: int = 40) -> tuple[dict, str]:
+    """:func:`base_spec` on a small MedMNIST-format 'organsmnist' file written into ``folder`` (4 clients,
+    iid); returns (spec, the file's MD5)."""
+    md5 = make_medmnist_npz(folder, "organsmnist", n_train=n_train, n_test=n_test)
+    raw = base_spec()
+    raw["data"] = {
+        "dataset": {"name": "organsmnist", "params": {"md5": md5}},
+        "root": str(folder),
+        "num_clients": 4,
+        "partition": "iid",
+    }
+    return raw, md5
+
+
 def base_spec(**over) -> dict:
     spec = {
         "name": "t",
