@@ -241,6 +241,21 @@ class ClientRunner:
         except ComponentFailure as exc:
             return ClientResult(job.cid, failure=exc)
 
+    def final_eval(self, cid: int, rin: RoundInput, state: dict[str, Any], lr: float) -> Predictions | None:
+        """After the last round, without training: ``Objective.eval_model`` of a context holding the final
+        global weights (``rin.global_state``) and the client's state, on its local test set (None when that
+        set is empty). Its batches come from the client's own ``FINAL_EVAL`` stream."""
+        model = self.work_model
+        model.load_state_dict(rin.global_state)
+        ctx = self.context(ClientJob(rin.round, cid, lr, dict(state)), rin, model)
+        if not len(ctx.test_y):
+            return None
+        ctx.generator = seeding.torch_generator(self.config.seed, seeding.FINAL_EVAL, cid)
+        with self.config.autocast():
+            chosen = call(rin.objective, "eval_model", rin.round, cid, ctx)
+            preds = predict(chosen, ctx.test_x, ctx.test_y, self.config.eval_batch_size)
+        return preds if self.on_cpu else preds.to("cpu")
+
     def finish(self, ctx: LocalContext, rin: RoundInput, out: TrainOutput) -> ClientResult:
         """After training (``ctx.model`` holds the trained weights): check, report, evaluate, package."""
         r, cid = ctx.round, ctx.client_id

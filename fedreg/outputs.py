@@ -117,6 +117,7 @@ def component_tags(rs: ResolvedSpec) -> dict[str, str]:
         tags[f"fedreg.{kind}.provider"] = comp.info.provider
     tags["fedreg.metrics"] = ",".join(m.name for m in rs.metrics)
     tags["fedreg.local_model_role"] = rs.components["objective"].info.cls.local_model_role
+    tags["fedreg.global_model_role"] = rs.components["objective"].info.cls.global_model_role
     for m in rs.metrics:
         tags[f"fedreg.metric.{m.name}.provider"] = m.info.provider
     return tags

@@ -28,12 +28,14 @@ from fedreg.clients import (
     backend_class,
 )
 from fedreg.components import (
+    FINAL_LOCAL,
     GLOBAL_ON_LOCAL,
     GLOBAL_TEST,
     LOCAL,
     ClientFailure,
     MetricResult,
     NonFiniteLoss,
+    Predictions,
     RoundEvaluation,
     RunInfo,
     StateDict,
@@ -124,6 +126,7 @@ class FederatedRun:
         self.need_global_test = GLOBAL_TEST in needs
         self.need_local = LOCAL in needs
         self.need_global_on_local = GLOBAL_ON_LOCAL in needs
+        self.need_final_local = FINAL_LOCAL in needs
         ds = fed.dataset
         self.infos = fed.infos()
         self.local_test_sizes = [len(c.test_idx) for c in fed.clients]
@@ -207,6 +210,8 @@ class FederatedRun:
             eval_model.load_state_dict(st.global_state)
             with self.config.autocast():
                 ev = self.evaluate(st.round, chosen, eval_model, local_preds)
+            if last and self.need_final_local:
+                ev.final_local = self.final_local(st, lr)
             for metric in self.metrics:
                 res = call(metric, "update", r, None, ev)
                 if not isinstance(res, MetricResult):
@@ -261,6 +266,17 @@ class FederatedRun:
                 ev.global_on_local[cid] = allp.subset(sl)
                 offset += n
         return ev
+
+    def final_local(self, st: RunState, lr: float) -> dict[int, Predictions]:
+        """After the last round: every client's end-of-run model (``Objective.eval_model`` without training,
+        from the final global weights and the client's state) on its own local test set."""
+        rin = RoundInput(st.round, st.global_state, {}, self.objective, self.aggregator)
+        out = {}
+        for cid in range(len(self.infos)):
+            preds = self.runner.final_eval(cid, rin, st.client_states.get(cid, {}), lr)
+            if preds is not None:
+                out[cid] = preds
+        return out
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def components(self) -> dict[str, Any]:

@@ -12,6 +12,8 @@ SAMPLING = 2
 LOCAL_TEST = 3
 CLIENT_SHUFFLE = 4
 MODEL_INIT = 5
+#: the end-of-run evaluation of every client's model (``final_local``), by client: (FINAL_EVAL, cid)
+FINAL_EVAL = 6
 
 
 def rng(seed: int, *stream: int) -> np.random.Generator:

@@ -54,6 +54,8 @@ def start_acc():
 
 
 _RUNS: dict = {}
+#: the objectives that keep layers on the client pair with the aggregation that leaves those out
+PAIRED = {n: "fedavg_shared" for n in ("fedper", "fedrep", "fedbabu", "local_only")}
 
 
 def federate(registry, objective, **over):
@@ -71,9 +73,11 @@ def federate(registry, objective, **over):
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(FederatedRun, "initial_state", spy)
+            name = objective if isinstance(objective, str) else objective["name"]
             result = tiny_federation(
                 {
                     "training.objective": objective,
+                    "federation.aggregation": PAIRED.get(name, "fedavg"),
                     "federation.rounds": 3,
                     "metrics": ["global_accuracy", "local_accuracy"],
                     **over,
@@ -302,7 +306,7 @@ def test_fedbabu_finetuned_copy_does_not_leak():
 
 def test_apfl_alpha_zero_evaluates_the_trained_global_copy():
     ctx = make_ctx()
-    obj = APFL(APFL.Params(alpha=0.0))
+    obj = APFL(APFL.Params(alpha=0.0, adaptive_alpha=False))  # the fixed form
     obj.train(ctx)
     assert states_equal(obj.eval_model(ctx).state_dict(), ctx.model.state_dict())
     params = [k for k, _ in ctx.model.named_parameters()]
@@ -315,7 +319,8 @@ def test_apfl_personal_model_trains_and_mixes():
     obj.train(ctx)
     v = ctx.state["personal"]
     assert distance(v, ctx.global_state, list(v)) > 0
-    expected = mix_states(v, ctx.model.state_dict(), 0.5)
+    assert ctx.state["alpha"] != 0.5  # adaptive by default: each client's alpha is learned
+    expected = mix_states(v, ctx.model.state_dict(), ctx.state["alpha"])
     assert states_equal(obj.eval_model(ctx).state_dict(), expected)
 
 

@@ -32,6 +32,7 @@ from fedreg.components.base import (
 from fedreg.components.data import Dataset, DatasetTensors, Partition
 from fedreg.components.methods import Method
 from fedreg.components.metrics import (
+    FINAL_LOCAL,
     GLOBAL_ON_LOCAL,
     GLOBAL_TEST,
     LOCAL,
@@ -57,6 +58,7 @@ KIND_BASES: dict[str, type[Component]] = {
 }
 
 __all__ = [
+    "FINAL_LOCAL",
     "GLOBAL_ON_LOCAL",
     "GLOBAL_TEST",
     "IMPERATIVE_METHODS",

@@ -72,6 +72,11 @@ class RoundEvaluation:
     #: the new global model on every client's local test set
     global_on_local: dict[int, Predictions] = field(default_factory=dict)
     local_model_role: str = "local"
+    #: after the last round only (empty before): EVERY client's model at the end of the run on its own local
+    #: test set, participants or not. The model is ``Objective.eval_model`` of a context holding the final
+    #: global weights and the client's state, without training (its personal model where the method has
+    #: one, else the final global model); required as ``FINAL_LOCAL``
+    final_local: dict[int, Predictions] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +88,8 @@ class MetricResult:
 GLOBAL_TEST = "global_test"
 LOCAL = "local"
 GLOBAL_ON_LOCAL = "global_on_local"
+#: every client's end-of-run model on its own local test set, after the last round (``final_local``)
+FINAL_LOCAL = "final_local"
 
 
 class Metric(Component):

@@ -151,6 +151,11 @@ class Objective(Component):
     #: which model ``eval_model`` returns, recorded with local metrics: "local" (the trained copy of the
     #: global model) or "personal" (a model of the client's own, e.g. Ditto, FedPer, APFL, local-only)
     local_model_role: ClassVar[str] = "local"
+    #: what the aggregated (global) weights are for this method, recorded as the run tag
+    #: ``fedreg.global_model_role``: "global" (a model of the method, ranked by global metrics) or "none"
+    #: (not a model the method defines, e.g. a shared body with the initial head, or the initial weights of
+    #: local-only training): global metrics are still logged, and reports leave them out of rankings
+    global_model_role: ClassVar[str] = "global"
 
     def setup(self, ctx: LocalContext) -> None:
         """Runs before the first batch (e.g. build the frozen global model, load client state)."""
@@ -180,7 +185,12 @@ class Objective(Component):
         return {}
 
     def eval_model(self, ctx: LocalContext) -> nn.Module:
-        """The model whose local accuracy this client reports (personalised methods return their own)."""
+        """The model whose local accuracy this client reports (personalised methods return their own).
+
+        Called after the client's training in a round, and, when a metric requires ``final_local``, once
+        per client after the last round without any training: ``ctx.model`` then holds the final global
+        weights, ``ctx.state`` the client's state (empty for a client that never trained), ``ctx.broadcast``
+        is empty and ``ctx.round`` is the last round. Build the model from those alone."""
         return ctx.model
 
     def functional_loss(

@@ -1,6 +1,7 @@
 """What the personalised-FL objectives (Ditto, FedPer, FedRep, FedBABU, APFL, local-only) share: their base
-class and the helpers that freeze, split and restore layers of ``ctx.model``. All pair with the ``fedavg``
-aggregation.
+class, the base of the methods that keep layers on the client (``KeptLayers``), the ``fedavg_shared``
+aggregation those pair with (Ditto and APFL pair with ``fedavg``), and the helpers that freeze, split and
+restore layers of ``ctx.model``.
 
 Each client's own weights live in ``ctx.state`` as plain state dicts (cloned tensors), never as modules:
 ``ctx.model`` is one module reused by every client. Extra models are built with ``ctx.build_model()``.
@@ -15,10 +16,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fedreg.components import Objective
+from fedreg.components import Aggregator, Objective
 from fedreg.errors import FedregError
 from fedreg.losses import cross_entropy
-from fedreg_baselines.personal_math import split_keys
+from fedreg_baselines._pairing import pairing_problems
+from fedreg_baselines.personal_math import average_shared, split_keys
+
+#: the payload key under which a client names the state-dict entries it keeps (never aggregated)
+KEPT_KEYS = "kept_keys"
 
 
 @contextmanager
@@ -77,3 +82,45 @@ class PersonalObjective(Objective):
 
 def layers_field(description: str):
     return Field(default_factory=lambda: ["fc"], min_length=1, description=description)
+
+
+class FedAvgShared(Aggregator):
+    """FedAvg over the shared entries only: the entries the clients keep (FedPer's and FedRep's heads,
+    FedBABU's fixed head, all of local-only's weights) are not aggregated and keep their global values.
+
+    Each client names the entries it keeps in its payload (``kept_keys``). Sample-weighted, as ``fedavg``.
+    The global model is therefore the averaged shared part with the kept part as it was initialised, which
+    is also what a client receives at its first participation."""
+
+    name = "fedavg_shared"
+
+    def aggregate(self, round, global_state, updates, failures):
+        missing = [u.client_id for u in updates if KEPT_KEYS not in u.payload]
+        if missing:
+            raise FedregError(
+                f"the fedavg_shared aggregation needs each client to name the entries it keeps "
+                f"(payload '{KEPT_KEYS}'); clients {missing} sent none: use it with fedper, fedrep, fedbabu "
+                f"or local_only"
+            )
+        kept = {k for u in updates for k in u.payload[KEPT_KEYS]}
+        return average_shared(
+            global_state, [u.state for u in updates], [u.num_samples for u in updates], kept
+        )
+
+
+class KeptLayers(PersonalObjective):
+    """A personalised objective that keeps some layers on the client (a base, not registered): it pairs with
+    the ``fedavg_shared`` aggregation and names the kept entries in its payload (``kept_keys``)."""
+
+    @classmethod
+    def check_spec(cls, params, spec):
+        return pairing_problems(
+            spec, cls.name, FedAvgShared.name, "only it keeps the layers each client keeps out of the average"
+        )
+
+    def kept_keys(self, ctx) -> list[str]:
+        """The state-dict entries of ``ctx.model`` this client keeps (never aggregated)."""
+        raise NotImplementedError
+
+    def finish(self, ctx):
+        return {KEPT_KEYS: self.kept_keys(ctx)}

@@ -47,4 +47,5 @@ class Ditto(PersonalObjective):
         return proximal_loss(model(x), y, model.named_parameters(), ctx.global_state, self.params.lam)
 
     def eval_model(self, ctx):
-        return self.model_from(ctx, ctx.state["personal"])
+        # a client that never trained (end-of-run evaluation) would start v from the weights it receives
+        return self.model_from(ctx, ctx.state.get("personal", ctx.global_state))

@@ -4,7 +4,7 @@ arXiv 1912.00818, 2019): shared base layers, a personal head kept by each client
 from __future__ import annotations
 
 from fedreg.components import Params
-from fedreg_baselines._personal import PersonalObjective, layers_field, restore_layers, split_parameters
+from fedreg_baselines._personal import KeptLayers, layers_field, restore_layers, split_parameters
 from fedreg_baselines.personal_math import select_state
 
 
@@ -15,24 +15,40 @@ class FedPerParams(Params):
     )
 
 
-class FedPer(PersonalObjective):
+class FedPer(KeptLayers):
     """FedPer: shared base layers, personal head layers kept by each client (Arivazhagan et al., 2019).
 
     Arivazhagan, Aggarwal, Singh and Choudhary, "Federated Learning with Personalization Layers", arXiv
     1912.00818, 2019. ``setup`` loads the client's stored head (``ctx.state["head"]``) over the received
-    weights; the whole model trains with cross-entropy; ``finish`` stores the trained head. The server
-    averages every key (``fedavg``), so the global head is only an average no client uses after its first
-    round. Local metrics evaluate the trained model with the client's own head.
+    weights (at its first participation the client keeps the received head, the initial one); the whole
+    model trains with cross-entropy; ``finish`` stores the trained head. Pairs with ``fedavg_shared``: the
+    server averages the body only, so the global head stays at its initialisation and the global model is
+    not a model of this method (``global_model_role = "none"``). Local metrics evaluate the final or
+    received body with the client's own head.
     """
 
     name = "fedper"
     Params = FedPerParams
+    global_model_role = "none"
+
+    def layers(self) -> list[str]:
+        return self.params.personal_layers
 
     def setup(self, ctx):
-        split_parameters(ctx.model, self.params.personal_layers, "personal_layers")
+        split_parameters(ctx.model, self.layers(), "personal_layers")
+        self.restore_head(ctx)
+
+    def restore_head(self, ctx) -> None:
         if "head" in ctx.state:
             restore_layers(ctx.model, ctx.state["head"])
 
+    def kept_keys(self, ctx):
+        return list(select_state(ctx.model.state_dict(), self.layers()))
+
     def finish(self, ctx):
-        ctx.state["head"] = select_state(ctx.model.state_dict(), self.params.personal_layers)
-        return {}
+        ctx.state["head"] = select_state(ctx.model.state_dict(), self.layers())
+        return super().finish(ctx)
+
+    def eval_model(self, ctx):
+        self.restore_head(ctx)  # after training a no-op; at the end of the run: the final body, own head
+        return ctx.model

@@ -5,48 +5,37 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedreg.components import Params, TrainOutput
-from fedreg_baselines._personal import (
-    PersonalObjective,
-    frozen,
-    layers_field,
-    restore_layers,
-    split_parameters,
-)
-from fedreg_baselines.personal_math import select_state
+from fedreg.components import TrainOutput
+from fedreg_baselines._personal import frozen, split_parameters
+from fedreg_baselines.fedper import FedPer, FedPerParams
 
 
-class FedRepParams(Params):
-    personal_layers: list[str] = layers_field(
-        "module-name prefixes of the personal head (matched as in fedper)"
-    )
+class FedRepParams(FedPerParams):
     # FedRep's experiments train the head for 10 local epochs and the representation for 1 (Collins et al.
-    # 2021, Sec. 5); the representation's epochs are training.local_epochs.
+    # 2021, Sec. 5; lgcollins/FedRep's --local_ep default 10 and --local_rep_ep default 1); the
+    # representation's epochs are training.local_epochs.
     head_epochs: int = Field(default=10, ge=0, description="epochs of head-only training before the body")
 
 
-class FedRep(PersonalObjective):
+class FedRep(FedPer):
     """FedRep: shared representation, personal head; the head is trained first (body frozen), then the body
     (Collins et al., ICML 2021).
 
     Collins, Hassani, Mokhtari and Shakkottai, "Exploiting Shared Representations for Personalized Federated
-    Learning", ICML 2021. The client restores its stored head, trains the head alone for ``head_epochs``,
-    then the body alone for ``ctx.epochs``, and stores the head. The server averages every key
-    (``fedavg``); only the body of the global model is meaningful. Local metrics evaluate the trained model
-    with the client's own head. The reported train loss is the mean over both phases.
+    Learning", ICML 2021. The client restores its stored head (the initial head at its first participation),
+    trains the head alone for ``head_epochs``, then the body alone for ``ctx.epochs``, and stores the head.
+    Pairs with ``fedavg_shared``: the server averages the body only (``global_model_role = "none"``). Local
+    metrics evaluate the body with the client's own head. The reported train loss is the mean over both
+    phases.
     """
 
     name = "fedrep"
     Params = FedRepParams
 
-    def setup(self, ctx):
-        if "head" in ctx.state:
-            restore_layers(ctx.model, ctx.state["head"])
-
     def train(self, ctx):
         model = ctx.model
         model.train()
-        head, body = split_parameters(model, self.params.personal_layers, "personal_layers")
+        head, body = split_parameters(model, self.layers(), "personal_layers")
         self.call("setup", ctx, ctx)
         total, steps = 0.0, 0
         for trained, fixed, epochs in ((head, body, self.params.head_epochs), (body, head, ctx.epochs)):
@@ -55,7 +44,3 @@ class FedRep(PersonalObjective):
             total, steps = total + t, steps + s
         payload = self.call("finish", ctx, ctx) or {}
         return TrainOutput(loss=total / max(steps, 1), steps=steps, payload=payload)
-
-    def finish(self, ctx):
-        ctx.state["head"] = select_state(ctx.model.state_dict(), self.params.personal_layers)
-        return {}

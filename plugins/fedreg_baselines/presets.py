@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from fedreg.components import Aggregator, Method, Objective
+from fedreg_baselines._personal import FedAvgShared
 from fedreg_baselines.apfl import APFL
 from fedreg_baselines.ditto import Ditto as DittoObjective
 from fedreg_baselines.fedadam import FedAdam
@@ -75,11 +76,11 @@ PRESETS = [
     preset("fedavgm", CrossEntropy, FedAvgM, "aggregation"),
     preset("fedadam", CrossEntropy, FedAdam, "aggregation"),
     preset("ditto", DittoObjective, FedAvg, "objective"),
-    preset("fedper", FedPer, FedAvg, "objective"),
-    preset("fedrep", FedRep, FedAvg, "objective"),
-    preset("fedbabu", FedBABU, FedAvg, "objective"),
+    preset("fedper", FedPer, FedAvgShared, "objective"),
+    preset("fedrep", FedRep, FedAvgShared, "objective"),
+    preset("fedbabu", FedBABU, FedAvgShared, "objective"),
     preset("apfl", APFL, FedAvg, "objective"),
-    preset("local_only", LocalOnly, FedAvg),
+    preset("local_only", LocalOnly, FedAvgShared),
     preset("median", CrossEntropy, CoordinateMedian),
     preset("trimmed_mean", CrossEntropy, TrimmedMean, "aggregation"),
     preset("krum", CrossEntropy, Krum, "aggregation"),

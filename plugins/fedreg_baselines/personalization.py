@@ -1,0 +1,77 @@
+"""The end-of-run personalisation figures of personalised-FL papers, for every method: after the last round,
+each client's own model (its personal model where the method has one, else the final global model) on its
+own local test set, the mean and the worst over ALL clients, participants or not.
+
+The per-round local accuracy (metric ``local_accuracy``) covers only each round's participants, each scored
+right after its own training; these figures score every client once, at the end, as pFL papers report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from fedreg.components import FINAL_LOCAL, Metric, MetricResult, RoundEvaluation
+from fedreg.figures import Figure
+
+
+def mean_and_worst_client(values: Mapping[int, float]) -> tuple[float, float]:
+    """(mean, minimum) of the clients' values, NaN values left out; (NaN, NaN) when none is left."""
+    vals = [v for v in values.values() if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return sum(vals) / len(vals), min(vals)
+
+
+class EndOfRunPersonalization(Metric):
+    """Every client's end-of-run model (``Objective.eval_model`` from the final global weights and the
+    client's state, no training) on its own local test set: mean and worst over all clients, plain and
+    class-balanced, logged at the last round."""
+
+    name = "personalization"
+    api_version = 4  # needs RoundEvaluation.final_local
+    requires = frozenset({FINAL_LOCAL})
+    figures = (
+        Figure(
+            "personalized_acc_mean",
+            "end-of-run acc, all clients' own models, mean",
+            column=True,
+            final=True,
+            order=24,
+            note=(
+                "End-of-run accuracy: after the last round, every client's own model (its personal model "
+                "where the method has one, else the final global model) on its own local test set, the "
+                "mean and the worst over all clients, participants or not."
+            ),
+        ),
+        Figure("personalized_acc_worst", "end-of-run acc, worst client", column=True, final=True, order=25),
+        Figure("personalized_bacc_mean", "end-of-run balanced acc, mean", order=26),
+        Figure("personalized_bacc_worst", "end-of-run balanced acc, worst client", order=27),
+    )
+
+    @classmethod
+    def check_spec(cls, params, spec):
+        if spec.data.local_test.fraction == 0:
+            return [
+                "metric 'personalization' scores every client on its local test set, but "
+                "data.local_test.fraction is 0; set a fraction above 0 or drop the metric"
+            ]
+        return []
+
+    def update(self, ev: RoundEvaluation) -> MetricResult:
+        if not ev.final_local:  # filled after the last round only
+            return MetricResult()
+        acc = {c: p.accuracy() for c, p in ev.final_local.items()}
+        bacc = {c: p.balanced_accuracy() for c, p in ev.final_local.items()}
+        mean, worst = mean_and_worst_client(acc)
+        bmean, bworst = mean_and_worst_client(bacc)
+        role = ev.local_model_role
+        return MetricResult(
+            {
+                "personalized_acc_mean": mean,
+                "personalized_acc_worst": worst,
+                "personalized_bacc_mean": bmean,
+                "personalized_bacc_worst": bworst,
+            },
+            {c: {f"personalized_acc[{role}]": acc[c], f"personalized_bacc[{role}]": bacc[c]} for c in acc},
+        )
