@@ -437,3 +437,14 @@ def test_end_of_run_figures_cover_every_client(method):
     assert last["personalized_acc_mean"] == pytest.approx(sum(acc.values()) / 4)
     assert last["personalized_acc_worst"] == pytest.approx(min(acc.values()))
     assert all("personalized_acc_mean" not in h for h in res.history[:-1])  # logged at the end only
+
+
+def test_every_first_party_method_is_in_the_baselines_table(registry):
+    """docs/baselines.md has a row for every method preset the first-party plugins register."""
+    from testhelpers import REPO
+
+    doc = (REPO / "docs" / "baselines.md").read_text()
+    first_party = [i.name for i in registry.all() if i.kind == "method" and i.provider.startswith("fedreg ")]
+    assert "fedavg" in first_party and "fedkper" in first_party
+    for name in first_party:
+        assert f"\n| `{name}` |" in doc, f"docs/baselines.md has no row for the method preset '{name}'"

@@ -881,18 +881,26 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
         "global NFR, mean of the last 1 round (all) %",
         "BwT, mean of the last 1 round (all) %",
         "global consistency, mean of the last 1 round (all) %",
+        "end-of-run acc, all clients, mean %",
+        "end-of-run acc, all clients, worst %",
         "wall time s",
     ):
         assert header in table.splitlines()[0] and header in page, header
     assert "last-10" not in table.splitlines()[0]
+    headers = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     rows = table.splitlines()[2:]
     assert [r.split(" | ")[0].strip("| ") for r in rows] == variants
+    no_global = ("fedper", "fedrep", "local-only")  # their aggregated weights are not a model of the method
     for r in rows:
         cells = [c.strip() for c in r.strip("|").split("|")]
         assert cells[1] == "2 (1, 2)", r
-        assert all(re.fullmatch(r"-?\d+(\.\d+)? ± \d+(\.\d+)?", c) for c in cells[2:]), (
-            r
-        )  # every metric, 2 seeds
+        for h, c in zip(headers[2:], cells[2:], strict=True):
+            if cells[0] in no_global and ("global" in h or "BwT" in h):
+                assert c == "-", (r, h)  # left out of the table and of every ranking
+            else:
+                assert re.fullmatch(r"-?\d+(\.\d+)? ± \d+(\.\d+)?", c), (r, h)  # every metric, 2 seeds
+    assert "No global model: for fedper, fedrep, local-only" in md
+    assert "End-of-run accuracy: after the last round, every client's own model" in md
     for v in variants:
         assert f"<td>{v}</td>" in page
     for note in (

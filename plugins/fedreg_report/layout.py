@@ -18,7 +18,7 @@ from fedreg_report.sections import (
     time_blocks,
     worst_client_blocks,
 )
-from fedreg_report.summary import BudgetRow, MethodSummary, group, round_to_round_swing
+from fedreg_report.summary import BudgetRow, MethodSummary, group, has_global_model, round_to_round_swing
 
 
 def settings(runs: Sequence[RunData]) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
@@ -121,6 +121,20 @@ def _header_blocks(
     return B
 
 
+NO_GLOBAL_MODEL = (
+    "No global model: for {methods} the aggregated weights are not a model of the method (a shared body "
+    "with the initial head, or local-only's initial weights; tag `fedreg.global_model_role` is `none`). "
+    "Their global figures (global accuracy, NFR, BwT, ...) are left out of the tables and of every "
+    "ranking; they are compared on local and end-of-run accuracy only."
+)
+END_OF_RUN = (
+    "End-of-run accuracy: after the last round, every client's own model (its personal model where the "
+    "method has one, else the final global model) on its own local test set, the mean and the worst over "
+    "all clients, participants or not (metric `personalization`), beside the per-round figures of each "
+    "round's participants."
+)
+
+
 def _numbers_blocks(col: Collection, summaries: list[MethodSummary], same: dict[str, str]) -> list[Block]:
     """What the numbers are: the windows, the metrics, which model local accuracy measures, how much
     global accuracy swings from round to round; and the superseded runs left out."""
@@ -164,6 +178,11 @@ def _numbers_blocks(col: Collection, summaries: list[MethodSummary], same: dict[
                 "measure different things.",
             )
         )
+    no_global = [m for m, rs in group(runs).items() if not all(has_global_model(rd) for rd in rs)]
+    if no_global:
+        B.append(("p", NO_GLOBAL_MODEL.format(methods=", ".join(no_global))))
+    if any("final_personalized_acc_mean" in rd.summary for rd in runs):
+        B.append(("p", END_OF_RUN))
     swing = round_to_round_swing(runs)
     part = same.get("data.partition.name")
     setting = []

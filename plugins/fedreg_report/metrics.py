@@ -41,11 +41,15 @@ TABLE: list[tuple[str, str, float, int]] = [
     ("global acc (last-10 mean)", "last10_global_acc", 100.0, 1),
     ("local acc mean (last-10 mean)", "last10_local_acc_mean", 100.0, 1),
     ("worst-client local acc (at last participation)", WORST_KEY, 100.0, 1),
+    ("end-of-run acc, all clients, mean", "final_personalized_acc_mean", 100.0, 1),
+    ("end-of-run acc, all clients, worst", "final_personalized_acc_worst", 100.0, 1),
     ("global NFR (last-10 mean)", "last10_global_nfr", 100.0, 2),
     ("BwT (last-10 mean)", "last10_bwt", 100.0, 2),
     ("global consistency (last-10 mean)", "last10_global_consistency", 100.0, 2),
     ("wall time s", "wall_time_s", 1.0, 0),
 ]
+#: TABLE columns shown only when some run logged them (runs without the 'personalization' metric)
+OPTIONAL_KEYS = frozenset({"final_personalized_acc_mean", "final_personalized_acc_worst"})
 #: the metric keys of TABLE, in its order
 TABLE_KEYS: tuple[str, ...] = tuple(k for _, k, _, _ in TABLE)
 #: run parameters that describe the setting; shown in the header, and flagged when runs differ in them
@@ -76,3 +80,14 @@ EXTRA_KEYS = (
     BALANCE_KEY,
     *(f"{w}_{k}" for k, _, _ in FORGETTING for w in ("all", f"last{WINDOW}")),
 )
+
+#: run tag saying whether the aggregated weights are a model of the method ("global") or not ("none": e.g.
+#: FedPer's shared body with the initial head, local-only's initial weights); see Objective.global_model_role
+GLOBAL_MODEL_TAG = "fedreg.global_model_role"
+
+
+def measures_the_global_model(key: str) -> bool:
+    """Whether a summary key (``final_``, ``last10_``, ``all_`` prefixed or derived) is a figure of the global
+    model: global accuracy, loss, AUC, ECE, Brier, NFR, consistency, the global model on local test sets, BwT,
+    and the balance of global and local accuracy."""
+    return "global" in key or key.endswith("bwt")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedreg_report.claims import Claim
-from fedreg_report.metrics import FORGETTING, SMALL_LOCAL_TEST, TABLE, WINDOW
+from fedreg_report.metrics import FORGETTING, OPTIONAL_KEYS, SMALL_LOCAL_TEST, TABLE, WINDOW
 from fedreg_report.render import Block
 from fedreg_report.runs import RunData
 from fedreg_report.stats import Stat, WorstClient, all_label, rounds_text, window_label
@@ -37,10 +37,15 @@ def _worst_text(w: WorstClient | None, seed: Any) -> str:
     return f"seed {_seed_name(seed)}: client {w.client}, {w.value * 100:.1f}% on {size}, round {w.round}"
 
 
+def shown_table(runs: Sequence[RunData]) -> list[tuple[str, str, float, int]]:
+    """The TABLE columns of this report: an optional column only where some run logged it."""
+    return [c for c in TABLE if c[1] not in OPTIONAL_KEYS or any(c[1] in rd.summary for rd in runs)]
+
+
 def results_headers(runs: Sequence[RunData]) -> list[str]:
     """The Results table's metric headers; a 'last-10 mean' header says what it is when runs are shorter."""
     out = []
-    for h, k, _, _ in TABLE:
+    for h, k, _, _ in shown_table(runs):
         if k.startswith(f"last{WINDOW}_"):
             label = window_label(round_counts(runs, k[len(f"last{WINDOW}_") :]))
             if label != f"last {rounds_text(WINDOW)}":
@@ -56,7 +61,8 @@ def results_blocks(runs: Sequence[RunData], summaries: list[MethodSummary]) -> l
     for s in summaries:
         n = len(s.seeds)
         rows.append(
-            [s.method, seeds_text(s.seeds)] + [s.stats[k].fmt(scale, dec, n) for _, k, scale, dec in TABLE]
+            [s.method, seeds_text(s.seeds)]
+            + [s.stats[k].fmt(scale, dec, n) for _, k, scale, dec in shown_table(runs)]
         )
     return [
         ("h", 2, "Results"),

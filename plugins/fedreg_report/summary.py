@@ -1,7 +1,8 @@
 """Per-run values and per-method statistics over seeds, on :class:`~fedreg_report.runs.RunData`: a run's
 derived values (:func:`run_values`: its worst client, forgetting means over two windows, the balance of
-global and local accuracy), :func:`group` and :func:`aggregate` (mean ± std per method), the matched
-wall-clock budget (:func:`matched_budget`) and the round-to-round swing of global accuracy."""
+global and local accuracy; no global figures for a method without a global model), :func:`group` and
+:func:`aggregate` (mean ± std per method), the matched wall-clock budget (:func:`matched_budget`) and the
+round-to-round swing of global accuracy."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedreg_report.metrics import BALANCE_KEY, FORGETTING, TABLE_KEYS, WINDOW, WORST_KEY
+from fedreg_report.metrics import (
+    BALANCE_KEY,
+    FORGETTING,
+    GLOBAL_MODEL_TAG,
+    TABLE_KEYS,
+    WINDOW,
+    WORST_KEY,
+    measures_the_global_model,
+)
 from fedreg_report.runs import RunData
 from fedreg_report.stats import Stat, WorstClient, window_means, within_budget, worst_client
 
@@ -41,7 +50,15 @@ def run_values(rd: RunData) -> dict[str, float]:
             out[f"last{WINDOW}_{key}"] = wm.last_mean
     g, loc = out.get(f"last{WINDOW}_global_acc"), out.get(f"last{WINDOW}_local_acc_mean")
     out[BALANCE_KEY] = (g + loc) / 2 if g is not None and loc is not None else math.nan
+    if not has_global_model(rd):  # its global figures measure no model of the method: left out
+        out.update({k: math.nan for k in out if measures_the_global_model(k)})
     return out
+
+
+def has_global_model(rd: RunData) -> bool:
+    """Whether the run's aggregated weights are a model of its method (tag ``fedreg.global_model_role``;
+    runs logged before the tag existed count as having one)."""
+    return rd.tags.get(GLOBAL_MODEL_TAG, "global") != "none"
 
 
 @dataclass
