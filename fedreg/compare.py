@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from fedreg.describe import TABLE_FILE
+from fedreg.describe import fmt as _fmt
 from fedreg.errors import FedregError
 from fedreg.figures import WINDOW, Figure, curve_keys, installed_figures, table_columns
-from fedreg.outputs import plot_curves, write_csv
-from fedreg.tracking import tracking_uri
+from fedreg.outputs import MetricNames, plot_curves, write_csv
+from fedreg.tracking import log_table, tracking_uri
 
 NOTE = (
     "'final' is the last evaluated round; 'last-{w} mean' averages the last {w} evaluated rounds (never "
@@ -27,12 +28,6 @@ def columns(figures: list[Figure]) -> list[tuple[str, str]]:
 
 def notes(figures: list[Figure]) -> str:
     return " ".join([NOTE.format(w=WINDOW), *(f.note for f in figures if f.column and f.note)])
-
-
-def _fmt(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}"
 
 
 def collect(client: MlflowClient, parent_id: str):
@@ -57,16 +52,20 @@ def collect(client: MlflowClient, parent_id: str):
     return parent, children
 
 
-def table_rows(children, cols: list[tuple[str, str]]) -> list[dict]:
+def table_rows(children, cols: list[tuple[str, str]], names: MetricNames | None = None) -> list[dict]:
+    """One row per child run: its variant, status, run id and the summary values of ``cols`` (read under
+    their MLflow names, or an old run's keys)."""
+    names = names or MetricNames()
     rows = []
     for ch in children:
+        metrics = names.read_metrics(ch.data.metrics)
         row = {
             "variant": ch.data.tags.get("fedreg.variant", ch.info.run_name),
             "status": ch.info.status,
             "run_id": ch.info.run_id,
         }
         for header, key in cols:
-            row[header] = ch.data.metrics.get(key)
+            row[header] = metrics.get(key)
         rows.append(row)
     return rows
 
@@ -83,9 +82,11 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
     client = MlflowClient(tracking_uri(tracking))
     parent, children = collect(client, parent_id)
     figures = installed_figures()
+    names = MetricNames(figures)
+    logged = [names.read_metrics(ch.data.metrics) for ch in children]
     # only the columns some child logged (a metric installed but not in the spec shows nothing)
-    cols = [(h, k) for h, k in columns(figures) if any(k in ch.data.metrics for ch in children)]
-    rows = table_rows(children, cols)
+    cols = [(h, k) for h, k in columns(figures) if any(k in m for m in logged)]
+    rows = table_rows(children, cols, names)
     shown = {k for _, k in cols}
     text = markdown(rows, cols, notes([f for f in figures if any(k in shown for _, k in f.columns())]))
     echo(text)
@@ -95,7 +96,7 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
             name = ch.data.tags.get("fedreg.variant", ch.info.run_name)
             per_round: dict[int, dict] = {}
             for key in curve_keys(figures):
-                for m in client.get_metric_history(ch.info.run_id, key):
+                for m in names.history(client, ch.info.run_id, key):
                     per_round.setdefault(m.step, {"round": m.step})[key] = m.value
             histories[name] = [per_round[s] for s in sorted(per_round)]
         with tempfile.TemporaryDirectory() as tmp:
@@ -105,5 +106,11 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
             plot_curves(histories, d / "curves.png", [f for f in figures if f.curve])
             for name in ("table.md", "table.csv", "curves.png"):
                 client.log_artifact(parent_id, str(d / name), "compare")
-        echo(f"logged compare/table.md, compare/table.csv and compare/curves.png to run {parent_id}")
+        headers = ["variant"] + [h for h, _ in cols] + ["status"]
+        cells = [[r["variant"], *(_fmt(r[h]) for h, _ in cols), r["status"]] for r in rows]
+        log_table(client, parent_id, headers, cells, TABLE_FILE)
+        echo(
+            f"logged compare/table.md, table.csv, curves.png and {TABLE_FILE} (an MLflow table) to run "
+            f"{parent_id}"
+        )
     return 0

@@ -22,9 +22,10 @@ import yaml
 import fedreg
 from fedreg import checkpoint
 from fedreg.data import DataCache, FederatedData, check_model_fits
+from fedreg.describe import DESCRIPTION, ParentRun, describe_child, overrides_of
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg.figures import figures_of
-from fedreg.outputs import TRAIN_LOSS, component_tags, log_partition, summarize
+from fedreg.outputs import CORE_NAMES, TRAIN_LOSS, component_tags, log_partition, summarize
 from fedreg.resume import identities, recorded_identities, run_key
 from fedreg.rounds import FederatedRun, RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
@@ -226,6 +227,7 @@ class Experiment:
             )
             if self.original is not None:
                 self.tracker.log_text(parent, yaml.safe_dump(self.original, sort_keys=False), "spec.yaml")
+            ParentRun(self.tracker, parent, self.specs, self.original, self.source).opened()
             self.echo(f"parent run {parent} ({len(self.specs)} variants) -> {self.tracker.uri}")
         return parent
 
@@ -265,7 +267,7 @@ class Experiment:
         else:
             self.tracker.set_status(run_id, "RUNNING")
             self.open_run = run_id
-            logged = self.tracker.last_step(run_id, TRAIN_LOSS)  # logged every round
+            logged = self.tracker.last_step(run_id, CORE_NAMES[TRAIN_LOSS])  # logged every round
             self.echo(f"{name}: resuming run {run_id} after round {ck['round'] if ck else 0}")
         result = self.train(rs, fed, run_id, self.checkpoint_file(rs, run_id), ck, logged)
         self.echo(
@@ -284,6 +286,7 @@ class Experiment:
         }
         if rs.variant:
             tags["fedreg.variant"] = rs.variant
+        tags[DESCRIPTION] = describe_child(rs, overrides_of(self.original, rs.variant))
         tags["fedreg.seed"] = str(rs.spec.seed)
         run_id = self.tracker.start_run(name, tags, parent=self.parent)
         self.open_run = run_id
@@ -350,6 +353,7 @@ class Experiment:
 
     def finish(self) -> ExperimentResult:
         if self.parent:
+            ParentRun.of(self).finished(self.results)
             self.tracker.end_run(self.parent, "FINISHED")
         if self.exp_dir is not None:
             self.meta["status"] = "FINISHED"

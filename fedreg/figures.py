@@ -3,7 +3,8 @@
 The core names no metric key. Tables, curves and the progress line of ``fedreg run`` and ``fedreg compare``
 show what the installed metric components declare here: which per-round keys are curves, which are
 columns of the comparison table (as the mean of the last ``WINDOW`` evaluated rounds, and optionally the
-final round), which appear on the progress line, whether higher is better, and their labels.
+final round), which appear on the progress line, whether higher is better, their labels, and the name each
+key is logged under in MLflow (``tracked_as``; :class:`fedreg.outputs.MetricNames`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Figure:
     progress: bool = False  # shown on the progress line during a run
     order: int = 100  # position among the declared figures (ties: by metric name, then declaration)
     note: str = ""  # a sentence printed under a table that shows this figure (what it measures)
+    #: the MLflow metric name, '/'-grouped into the sections of MLflow's chart view (e.g.
+    #: "accuracy/global"); "" logs it under ``key``
+    tracked_as: str = ""
 
     def columns(self) -> list[tuple[str, str]]:
         """(header, summary key) of this figure's table columns."""

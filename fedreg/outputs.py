@@ -17,14 +17,91 @@ import torch
 
 from fedreg.components import StateDict
 from fedreg.data import FederatedData, plot_label_histogram
-from fedreg.figures import Figure
+from fedreg.figures import WINDOW, Figure
 from fedreg.spec import ResolvedSpec
-from fedreg.tracking import RunTracker
+from fedreg.tracking import RunTracker, Tracker
 
 #: per-round metrics that measure time, not learning: they differ between identical runs
 TIMING_KEYS = ("round_time_s", "elapsed_s")
 #: the round loop's own per-round key: the mean training loss of the round's clients
 TRAIN_LOSS = "train_loss"
+
+
+#: MLflow names of the round loop's own per-round keys: the "training" and "system" sections of MLflow's chart
+#: view, after the metrics' sections (MLflow shows "system/" metrics last, as its own system metrics)
+CORE_NAMES = {
+    TRAIN_LOSS: "training/loss",
+    "lr": "training/lr",
+    "clients_ok": "system/clients_ok",
+    "clients_failed": "system/clients_failed",
+    "round_time_s": "system/round_time_s",
+    "elapsed_s": "system/elapsed_s",
+}
+#: prefix of the summary figures in MLflow: logged once, at step 0, so MLflow's chart view draws them as bar
+#: charts and its runs table as single values (``summary/accuracy.global.last10``)
+SUMMARY = "summary/"
+#: the run's total wall time (a summary figure of the run, not of a per-round key)
+WALL_TIME = "wall_time_s"
+
+
+class MetricNames:
+    """How the per-round keys of a run (``global_acc``, ``train_loss``) and their summaries
+    (``final_global_acc``, ``last10_global_acc``) are named in MLflow: per-round keys by the ``tracked_as`` of
+    the figures the metric components declare (``accuracy/global``), the round loop's own keys by
+    :data:`CORE_NAMES`, other keys as they are. A summary ``final_<key>`` / ``last10_<key>`` is
+    ``summary/<name with '.' for '/'>.final`` / ``.last10``. Readers map MLflow names back to keys with
+    :meth:`key_of` and :meth:`read_metrics`; a name logged before the names existed (an old run) is its own
+    key, so old runs read the same."""
+
+    def __init__(self, figures: Sequence[Figure] = ()):
+        self.names = {**CORE_NAMES, **{f.key: f.tracked_as for f in figures if f.tracked_as}}
+        self.keys = {v: k for k, v in self.names.items()}
+
+    def name(self, key: str) -> str:
+        return self.names.get(key, key)
+
+    def per_round(self, scalars: dict[str, float]) -> dict[str, float]:
+        return {self.name(k): v for k, v in scalars.items()}
+
+    def summary_name(self, summary_key: str) -> str:
+        """``final_global_acc`` -> ``summary/accuracy.global.final``; ``wall_time_s`` ->
+        ``summary/wall_time_s``."""
+        for window in ("final", f"last{WINDOW}"):
+            if summary_key.startswith(window + "_"):
+                return f"{SUMMARY}{self.name(summary_key[len(window) + 1 :]).replace('/', '.')}.{window}"
+        return SUMMARY + summary_key
+
+    def summary(self, final: dict[str, float], figures: Sequence[Figure]) -> dict[str, float]:
+        """The summaries logged to MLflow: the comparison table's columns of ``figures`` and the wall time
+        (the others stay in the run's metrics/history.json)."""
+        wanted = {k for f in figures for _, k in f.columns()} | {WALL_TIME}
+        return {self.summary_name(k): v for k, v in final.items() if k in wanted}
+
+    def key_of(self, name: str) -> str:
+        """The key of an MLflow metric name: a per-round key, a summary key (``final_global_acc``), or the
+        name itself (an old run's, or an undeclared key)."""
+        if name.startswith(SUMMARY):
+            rest = name[len(SUMMARY) :]
+            for window in ("final", f"last{WINDOW}"):
+                if rest.endswith("." + window):
+                    base = rest[: -len(window) - 1]
+                    return f"{window}_{self.keys.get(base.replace('.', '/'), base)}"
+            return rest
+        return self.keys.get(name, name)
+
+    def read_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """A run's latest metrics (``run.data.metrics``) by key; a key logged under both names keeps the new
+        name's value."""
+        out = dict(metrics)
+        out.update({self.key_of(n): v for n, v in metrics.items()})
+        return out
+
+    def history(self, client: Any, run_id: str, key: str) -> list:
+        """The MLflow metric history of a per-round key, under its name (else, for an old run, its key)."""
+        hist = client.get_metric_history(run_id, self.name(key))
+        if not hist and self.name(key) != key:
+            hist = client.get_metric_history(run_id, key)
+        return hist
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
@@ -110,21 +187,25 @@ def log_run_outputs(
 
 
 def component_tags(rs: ResolvedSpec) -> dict[str, str]:
-    """MLflow tags naming the run's components, metrics and their providers."""
+    """MLflow tags naming the run's components and metrics, and in one tag (``fedreg.providers``) the
+    distribution and version that provided each (``fedreg 0.9.0: dataset, model; other 1.0: metric.x``)."""
     tags = {}
+    providers: dict[str, list[str]] = {}
     for kind, comp in rs.components.items():
         tags[f"fedreg.{kind}"] = comp.name
-        tags[f"fedreg.{kind}.provider"] = comp.info.provider
+        providers.setdefault(comp.info.provider, []).append(kind)
     tags["fedreg.metrics"] = ",".join(m.name for m in rs.metrics)
     tags["fedreg.local_model_role"] = rs.components["objective"].info.cls.local_model_role
     tags["fedreg.global_model_role"] = rs.components["objective"].info.cls.global_model_role
     for m in rs.metrics:
-        tags[f"fedreg.metric.{m.name}.provider"] = m.info.provider
+        providers.setdefault(m.info.provider, []).append(f"metric.{m.name}")
+    tags["fedreg.providers"] = "; ".join(f"{p}: {', '.join(what)}" for p, what in providers.items())
     return tags
 
 
-def log_partition(tracker: RunTracker, run_id: str, fed: FederatedData) -> None:
-    """The partition's statistics, label counts and label histogram (artifacts), its size range (metrics)."""
+def log_partition(tracker: Tracker, run_id: str, fed: FederatedData) -> None:
+    """The partition's statistics, label counts and label histogram (artifacts), its size range (params
+    ``partition.train_size_min``/``_max``: facts of the data, not a chart)."""
     stats = fed.stats()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -138,11 +219,10 @@ def log_partition(tracker: RunTracker, run_id: str, fed: FederatedData) -> None:
         plot_label_histogram(stats, str(d / "label_histogram.png"))
         for name in ("stats.json", "label_counts.csv", "label_histogram.png"):
             tracker.log_file(run_id, d / name, "partition")
-    tracker.log_metrics(
+    tracker.log_params(
         run_id,
         {
-            "partition_train_size_min": stats["train_size_min"],
-            "partition_train_size_max": stats["train_size_max"],
+            "partition.train_size_min": stats["train_size_min"],
+            "partition.train_size_max": stats["train_size_max"],
         },
-        step=0,
     )

@@ -45,7 +45,7 @@ from fedreg.data import FederatedData
 from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
 from fedreg.evaluation import call, check_state, predict
 from fedreg.figures import figures_of, progress_keys
-from fedreg.outputs import TRAIN_LOSS, log_run_outputs, summarize
+from fedreg.outputs import TRAIN_LOSS, MetricNames, log_run_outputs, summarize
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import RunTracker
 
@@ -122,6 +122,7 @@ class FederatedRun:
         self.aggregator = comps["aggregation"].instantiate()
         self.metrics = [m.instantiate() for m in rs.metrics]
         self.figures = figures_of(type(m) for m in self.metrics)  # how their scalars read
+        self.names = MetricNames(self.figures)  # their names in MLflow
         needs = set().union(*(m.requires for m in self.metrics)) if self.metrics else set()
         self.need_global_test = GLOBAL_TEST in needs
         self.need_local = LOCAL in needs
@@ -373,7 +374,7 @@ class FederatedRun:
                 # a resumed run re-runs the rounds after its checkpoint; those its history already holds
                 # (logged before the interruption) are not logged twice: each step is recorded once
                 if st.round > self.logged_through:
-                    self.tracker.log_metrics(self.run_id, scalars, step=st.round)
+                    self.tracker.log_metrics(self.run_id, self.names.per_round(scalars), step=st.round)
                 if every and (st.round % every == 0 or st.round == spec.federation.rounds):
                     self.save_checkpoint(st, time.perf_counter() - t0)
                 bar.update(1)
@@ -389,7 +390,7 @@ class FederatedRun:
         wall = time.perf_counter() - t0
         final = summarize(st.history)
         final["wall_time_s"] = wall
-        self.tracker.log_metrics(self.run_id, final, step=st.round)
+        self.tracker.log_metrics(self.run_id, self.names.summary(final, self.figures), step=0)
         log_run_outputs(
             self.tracker,
             self.run_id,

@@ -113,12 +113,15 @@ def fedreg_commit() -> str | None:
 
 
 def _is_outage(exc: BaseException) -> bool:
-    """A tracking server that cannot be reached (as opposed to a request it rejected)."""
+    """A tracking server that cannot be reached (as opposed to a request it rejected), or a SQLite store
+    still locked by other writers after MLflow's own wait (parallel sweeps): either is retried later."""
     import requests
 
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
         return True
     text = str(exc)
+    if "database is locked" in text:
+        return True
     return isinstance(exc, MlflowException) and any(
         s in text
         for s in (
@@ -300,6 +303,12 @@ class Tracker:
             p.write_text(text)
             self.log_file(run_id, p, str(Path(name).parent) if Path(name).parent != Path(".") else None)
 
+    def log_table(self, run_id: str, columns: list[str], rows: list[list], artifact_file: str) -> None:
+        """A table the MLflow UI shows (its evaluation view): ``artifact_file`` (.json) in the format of
+        ``mlflow.log_table`` (pandas' split orient), listed in the run's ``mlflow.loggedArtifacts`` tag.
+        Logging it again replaces it (``log_table`` would append the rows)."""
+        self._call("log_table", run_id, list(columns), [list(r) for r in rows], artifact_file)
+
     def last_step(self, run_id: str, key: str) -> int:
         """The highest step at which ``key`` is recorded in the run (0 if none), after delivering what is
         queued; 0 as well when the server cannot be reached (what it holds cannot be known then)."""
@@ -335,11 +344,29 @@ class Tracker:
     def _log_file(self, run_id, path, artifact_path):
         self.client.log_artifact(run_id, path, artifact_path)
 
+    def _log_table(self, run_id, columns, rows, artifact_file):
+        log_table(self.client, run_id, columns, rows, artifact_file)
+
     def _set_status(self, run_id, status):
         self.client.update_run(run_id, status=status)
 
     def _end_run(self, run_id, status):
         self.client.set_terminated(run_id, status=status)
+
+
+def log_table(client: MlflowClient, run_id: str, columns: list, rows: list, artifact_file: str) -> None:
+    """Write a table as ``mlflow.log_table`` does (JSON, pandas' split orient, tagged in
+    ``mlflow.loggedArtifacts`` so the UI lists it), replacing an earlier one of the same name."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / Path(artifact_file).name
+        p.write_text(json.dumps({"columns": list(columns), "data": [list(r) for r in rows]}))
+        folder = str(Path(artifact_file).parent)
+        client.log_artifact(run_id, str(p), None if folder == "." else folder)
+    tag = "mlflow.loggedArtifacts"
+    logged = json.loads(client.get_run(run_id).data.tags.get(tag, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, tag, json.dumps([*logged, entry]))
 
 
 def replay(folder: str | os.PathLike, uri: str | None = None) -> int:

@@ -23,9 +23,24 @@ class GlobalAccuracy(Metric):
     name = "global_accuracy"
     default = True  # used where a spec names no component of this kind
     figures = (
-        Figure("global_acc", "global acc", curve=True, column=True, final=True, progress=True, order=10),
-        Figure("global_bacc", "global balanced acc", order=11),
-        Figure("global_loss", "global loss", higher_is_better=False, order=12),
+        Figure(
+            "global_acc",
+            "global acc",
+            curve=True,
+            column=True,
+            final=True,
+            progress=True,
+            order=10,
+            tracked_as="accuracy/global",
+        ),
+        Figure("global_bacc", "global balanced acc", order=11, tracked_as="balanced_accuracy/global"),
+        Figure(
+            "global_loss",
+            "global loss",
+            higher_is_better=False,
+            order=12,
+            tracked_as="probabilities/global_loss",
+        ),
     )
     requires = frozenset({GLOBAL_TEST})
 
@@ -58,6 +73,7 @@ class LocalAccuracy(Metric):
             column=True,
             progress=True,
             order=20,
+            tracked_as="accuracy/local_mean",
             note=(
                 "Local accuracy is each round's participating clients' trained models on their own local "
                 "test sets (personal models where the method has them); 'worst participant of the round' "
@@ -72,9 +88,17 @@ class LocalAccuracy(Metric):
             curve=True,
             column=True,
             order=21,
+            tracked_as="accuracy/local_worst",
         ),
-        Figure("local_bacc_mean", "local balanced acc mean", order=22),
-        Figure("local_bacc_worst", "worst participant of the round, local balanced acc", order=23),
+        Figure(
+            "local_bacc_mean", "local balanced acc mean", order=22, tracked_as="balanced_accuracy/local_mean"
+        ),
+        Figure(
+            "local_bacc_worst",
+            "worst participant of the round, local balanced acc",
+            order=23,
+            tracked_as="balanced_accuracy/local_worst",
+        ),
     )
     requires = frozenset({LOCAL})
 
@@ -103,8 +127,18 @@ class GlobalOnLocalAccuracy(Metric):
 
     name = "global_on_local"
     figures = (
-        Figure("global_on_local_acc_mean", "global model on local tests, mean", order=30),
-        Figure("global_on_local_acc_worst", "global model on local tests, worst client", order=31),
+        Figure(
+            "global_on_local_acc_mean",
+            "global model on local tests, mean",
+            order=30,
+            tracked_as="global_on_local/acc_mean",
+        ),
+        Figure(
+            "global_on_local_acc_worst",
+            "global model on local tests, worst client",
+            order=31,
+            tracked_as="global_on_local/acc_worst",
+        ),
     )
     requires = frozenset({GLOBAL_ON_LOCAL})
 
@@ -124,12 +158,26 @@ class Flips(Metric):
 
     name = "flips"
     figures = (
-        Figure("global_nfr", "global NFR", higher_is_better=False, curve=True, column=True, order=40),
-        Figure("global_pfr", "global PFR", order=43),
-        Figure("global_consistency", "global consistency", column=True, order=42),
-        Figure("local_nfr", "local NFR", higher_is_better=False, order=44),
-        Figure("local_pfr", "local PFR", order=45),
-        Figure("local_consistency", "local consistency", order=46),
+        Figure(
+            "global_nfr",
+            "global NFR",
+            higher_is_better=False,
+            curve=True,
+            column=True,
+            order=40,
+            tracked_as="forgetting/nfr",
+        ),
+        Figure("global_pfr", "global PFR", order=43, tracked_as="forgetting/pfr"),
+        Figure(
+            "global_consistency",
+            "global consistency",
+            column=True,
+            order=42,
+            tracked_as="forgetting/consistency",
+        ),
+        Figure("local_nfr", "local NFR", higher_is_better=False, order=44, tracked_as="forgetting/local_nfr"),
+        Figure("local_pfr", "local PFR", order=45, tracked_as="forgetting/local_pfr"),
+        Figure("local_consistency", "local consistency", order=46, tracked_as="forgetting/local_consistency"),
     )
     requires = frozenset({GLOBAL_TEST, LOCAL})
 
@@ -173,7 +221,7 @@ class BackwardTransfer(Metric):
     set now) minus (that accuracy right after the round in which the client was last sampled)."""
 
     name = "bwt"
-    figures = (Figure("bwt", "BwT", column=True, order=41),)
+    figures = (Figure("bwt", "BwT", curve=True, column=True, order=41, tracked_as="forgetting/bwt"),)
     requires = frozenset({GLOBAL_ON_LOCAL})
 
     def __init__(self, params=None):
@@ -219,12 +267,18 @@ class GlobalAUC(Metric):
             "global AUC",
             column=True,
             order=50,
+            tracked_as="probabilities/global_auc",
             note=(
                 "Global AUC is the one-vs-rest AUC of the global model's class probabilities on the test "
                 "split, averaged over the classes present in it (absent classes are skipped)."
             ),
         ),
-        Figure("global_auc_classes", "classes in the global AUC", order=53),
+        Figure(
+            "global_auc_classes",
+            "classes in the global AUC",
+            order=53,
+            tracked_as="probabilities/global_auc_classes",
+        ),
     )
     requires = frozenset({GLOBAL_TEST})
 
@@ -245,6 +299,7 @@ class GlobalECE(Metric):
             higher_is_better=False,
             column=True,
             order=51,
+            tracked_as="probabilities/global_ece",
             note=(
                 "ECE: expected calibration error of the global model on the test split, 15 equal-width "
                 "bins of the top-class probability (0 is perfectly calibrated)."
@@ -268,6 +323,7 @@ class GlobalBrier(Metric):
             higher_is_better=False,
             column=True,
             order=52,
+            tracked_as="probabilities/global_brier",
             note="Brier: mean over test samples of sum_c (p_c - [y = c])^2, global model (0 is perfect).",
         ),
     )

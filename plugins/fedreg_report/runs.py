@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import re
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fedreg.errors import FedregError
+from fedreg.figures import installed_figures
+from fedreg.outputs import MetricNames
 from fedreg_report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS
 from fedreg_report.store import find_runs
 
@@ -105,9 +108,15 @@ def last_at_participation(
     return out, metric
 
 
+@functools.cache
+def metric_names() -> MetricNames:
+    """The MLflow names of the installed metrics' keys (runs logged before names existed read by key)."""
+    return MetricNames(installed_figures())
+
+
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     pts = {}
-    for m in client.get_metric_history(run_id, key):
+    for m in metric_names().history(client, run_id, key):
         pts[int(m.step)] = float(m.value)  # the latest value of a step (a resumed run may repeat one)
     return sorted((s, v) for s, v in pts.items() if not math.isnan(v))
 
@@ -178,7 +187,7 @@ def read_run(client, run, details: bool = True) -> RunData:
         name=run.info.run_name or "",
         start_time=run.info.start_time or 0,
         end_time=run.info.end_time,
-        summary=dict(run.data.metrics),
+        summary=metric_names().read_metrics(run.data.metrics),
         tags=dict(run.data.tags),
         params=dict(run.data.params),
     )
