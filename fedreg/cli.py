@@ -216,6 +216,40 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def latest_parent_url(uri: str, base: str) -> str | None:
+    """The MLflow UI's runs view (model-training mode) of the experiment holding the latest parent run in
+    the store, or None when it has no parent run (or cannot be read)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+        runs = client.search_runs(
+            ids, "tags.`fedreg.role` = 'parent'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+    except Exception:  # noqa: BLE001 - the UI starts anyway; only the link is missing
+        return None
+    if not runs:
+        return None
+    return f"{base}/#/experiments/{runs[0].info.experiment_id}/runs?workflowType=machine_learning"
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> float | None:
+    """Seconds until ``url``/health answers (None: the server ended or did not answer in time)."""
+    import time
+    import urllib.request
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            time.sleep(0.25)
+    return None
+
+
 def cmd_ui(args) -> int:
     from fedreg.tracking import checked_uri
 
@@ -235,11 +269,25 @@ def cmd_ui(args) -> int:
         args.host,
         "--port",
         str(args.port),
+        "--workers",  # one is plenty for one user, and ready in seconds (MLflow's default 4 is not)
+        "1",
     ]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", file=sys.stderr)
+    base = f"http://{args.host}:{args.port}"
+    print(f"starting the MLflow UI on {base} for {uri}", file=sys.stderr)
+    proc = subprocess.Popen(cmd)
     try:
-        return subprocess.call(cmd)
+        ready = wait_ready(base, proc)
+        if ready is not None:
+            url = latest_parent_url(uri, base) or f"{base}/#/experiments?workflowType=machine_learning"
+            print(f"MLflow UI ready in {ready:.1f} s. Latest comparison: {url}", flush=True)
+            if args.open:
+                import webbrowser
+
+                webbrowser.open(url)
+        return proc.wait()
     except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
         return 0
 
 
@@ -321,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tracking-uri", default=None)
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--open", action="store_true", help="open the latest comparison in a web browser")
     sp.set_defaults(func=cmd_ui)
     add_plugin_commands(sub)
     return p
