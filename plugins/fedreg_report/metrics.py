@@ -7,11 +7,13 @@ from __future__ import annotations
 #: trailing window of the 'last-10' figures and of the smoothed curves (evaluated rounds)
 WINDOW = 10
 #: per-round metrics read for the curves (besides elapsed_s)
-CURVE_KEYS = ("global_acc", "local_acc_worst", "global_nfr")
+CURVE_KEYS = ("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr", "bwt")
 CURVE_TITLES = {
     "global_acc": "global accuracy",
+    "local_acc_mean": "local accuracy, mean of the round's participants",
     "local_acc_worst": "local accuracy of the round's worst participant",
     "global_nfr": "global NFR",
+    "bwt": "BwT",
 }
 #: forgetting metrics: (per-round key, title, higher is better); local ones are shown where a run logged them
 FORGETTING: list[tuple[str, str, bool]] = [

@@ -41,6 +41,23 @@ def _styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _round_axis(ax) -> None:
+    """Whole rounds on the x axis (no 1.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def smooth_text(smooth: int | None, runs: list[RunData], key: str = "global_acc") -> str:
+    """' (trailing 10-round mean)', or what the window is when the runs are shorter than it."""
+    if not smooth:
+        return ""
+    longest = max((len(rd.curves.get(key, [])) for rd in runs), default=0)
+    if longest < smooth:
+        return f" (mean of all rounds so far: the runs have {longest}, fewer than the {smooth}-round window)"
+    return f" (trailing {smooth}-round mean)"
+
+
 def _legend(fig, axes, n: int) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
@@ -56,9 +73,15 @@ def plot_curves(
     styles = _styles(list(by_method))
     keys = [k for k in CURVE_KEYS if any(rd.curves.get(k) for rs in by_method.values() for rd in rs)]
     rows = math.ceil(len(by_method) / 7)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.4 + 0.25 * rows), squeeze=False)
-    axes = axes[0]
+    cols = min(3, len(keys))
+    grid = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(grid, cols, figsize=(5.2 * cols, 4.0 * grid + 0.4 + 0.25 * rows), squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    axes = axes.flat[: len(keys)]
+    runs = [rd for rs in by_method.values() for rd in rs]
     for ax, key in zip(axes, keys, strict=True):
+        _round_axis(ax)
         scale = 100.0
         for m, rs in by_method.items():
             pts = curve_over_seeds([rd.curves.get(key, []) for rd in rs], smooth)
@@ -83,9 +106,7 @@ def plot_curves(
                     alpha=0.12 if len(by_method) <= 6 else 0.06,
                     linewidth=0,
                 )
-        ax.set_title(
-            CURVE_TITLES.get(key, key) + (f" (trailing {smooth}-round mean)" if smooth else ""), fontsize=10
-        )
+        ax.set_title(CURVE_TITLES.get(key, key) + smooth_text(smooth, runs, key), fontsize=10, wrap=True)
         ax.set_xlabel("round")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
@@ -133,6 +154,7 @@ def plot_small_multiples(
                 markersize=3,
             )
         ax.set_title(f"{m} (n={len(by_method[m])})", fontsize=9)
+        _round_axis(ax)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(curves) :]:
         ax.set_visible(False)
@@ -143,8 +165,9 @@ def plot_small_multiples(
     for ax in axes[:, 0]:
         ax.set_ylabel("%")
     fig.suptitle(
-        f"{CURVE_TITLES.get(key, key)} (trailing {smooth}-round mean)\nline: mean over seeds; band: "
-        "min-max over seeds; grey: the other methods' means",
+        CURVE_TITLES.get(key, key)
+        + smooth_text(smooth, [rd for v in by_method.values() for rd in v], key)
+        + "\nline: mean over seeds; band: min-max over seeds; grey: the other methods' means",
         fontsize=10,
     )
     fig.tight_layout()
@@ -204,10 +227,11 @@ def make_plots(
     plots: dict[str, str] = {}
     plot_curves(by_method, out / "curves.png", smooth=WINDOW)
     plots["curves.png"] = (
-        f"Global accuracy, the local accuracy of each round's worst participant (the worse of that round's "
-        f"sampled clients: not the worst client, see the worst-client section) and global NFR per round, "
-        f"each smoothed by a trailing {WINDOW}-round mean within each seed; line: mean over seeds, "
-        f"shaded band: min-max over seeds."
+        f"Global accuracy, the mean local accuracy of each round's participants, the local accuracy of each "
+        f"round's worst participant (the worse of that round's sampled clients: not the worst client, see "
+        f"the worst-client section), global NFR and BwT per round, each smoothed by a trailing "
+        f"{WINDOW}-round mean within each seed (a mean of all rounds so far while a run has fewer); line: "
+        f"mean over seeds, shaded band: min-max over seeds."
     )
     plot_small_multiples(by_method, out / "curves_by_method.png")
     plots["curves_by_method.png"] = (
