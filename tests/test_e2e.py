@@ -16,10 +16,13 @@ from fedreg import hookimpl
 from fedreg.components import Objective
 from fedreg.errors import PluginError
 from fedreg.experiment import run_experiment
-from fedreg.outputs import TIMING_KEYS
+from fedreg.figures import installed_figures
+from fedreg.outputs import TIMING_KEYS, MetricNames
 from fedreg.registry import build_registry
 from fedreg.spec import resolve
 from testhelpers import REPO, base_spec, make_medmnist_npz, write_spec
+
+NAMES = MetricNames(installed_figures())
 
 pytestmark = pytest.mark.slow
 
@@ -50,19 +53,19 @@ def test_fedavg_on_real_bloodmnist(data_dir, tracking_uri, registry):
     assert p["data.partition.params.alpha"] == "1.0" and p["metrics.4.name"] == "bwt"
     t = run.data.tags
     assert t["fedreg.objective"] == "cross_entropy" and t["fedreg.aggregation"] == "fedavg"
-    assert t["fedreg.aggregation.provider"].startswith("fedreg ")
+    assert t["fedreg.providers"].startswith("fedreg ") and "aggregation" in t["fedreg.providers"]
     assert t["fedreg.dataset.md5"] == "7053d0359d879ad8a5505303e11de1dc"
-    hist = client.get_metric_history(r.run_id, "global_acc")
+    hist = client.get_metric_history(r.run_id, "accuracy/global")
     assert [m.step for m in hist] == [1, 2, 3]
     for key in (
-        "global_loss",
-        "local_acc_mean",
-        "local_acc_worst",
-        "global_on_local_acc_mean",
-        "global_nfr",
-        "bwt",
-        "final_global_acc",
-        "last10_global_acc",
+        "probabilities/global_loss",
+        "accuracy/local_mean",
+        "accuracy/local_worst",
+        "global_on_local/acc_mean",
+        "forgetting/nfr",
+        "forgetting/bwt",
+        "summary/accuracy.global.final",
+        "summary/accuracy.global.last10",
     ):
         assert key in run.data.metrics, key
     arts = set(artifacts(client, r.run_id))
@@ -150,7 +153,7 @@ def test_hook_raising_marks_run_failed_and_keeps_logs(tmp_path, tracking_uri):
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     assert run.info.status == "FAILED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "global_acc")] == [1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy/global")] == [1]
 
 
 def test_ctrl_c_marks_run_killed(tmp_path):
@@ -179,7 +182,7 @@ def test_ctrl_c_marks_run_killed(tmp_path):
         time.sleep(1)
         exp = client.get_experiment_by_name("test") if (tmp_path / "mlflow.db").exists() else None
         runs = client.search_runs([exp.experiment_id]) if exp else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "global_acc"):
+        if runs and client.get_metric_history(runs[0].info.run_id, "accuracy/global"):
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -225,7 +228,7 @@ def test_fedkper_variants_under_one_parent_and_compare(data_dir, tracking_uri, r
     for v, (obj, agg) in expect.items():
         t = by_variant[v].data.tags
         assert (t["fedreg.objective"], t["fedreg.aggregation"]) == (obj, agg)
-        m = by_variant[v].data.metrics
+        m = NAMES.read_metrics(by_variant[v].data.metrics)
         for key in (
             "global_acc",
             "local_acc_mean",

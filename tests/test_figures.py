@@ -32,7 +32,7 @@ def test_figures_are_sorted_by_order_and_a_key_keeps_its_first_declaration():
 
 def test_first_party_headline_figures(registry):
     figs = installed_figures(registry)
-    assert curve_keys(figs) == ("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr")
+    assert curve_keys(figs) == ("global_acc", "local_acc_mean", "local_acc_worst", "global_nfr", "bwt")
     assert progress_keys(figs) == ("global_acc", "local_acc_mean")
     assert [k for _, k in table_columns(figs)] == [
         "final_global_acc",
@@ -58,3 +58,35 @@ def test_every_scalar_a_first_party_metric_logs_is_declared(registry):
     core_keys = {"round", "lr", "train_loss", "clients_ok", "clients_failed", "round_time_s", "elapsed_s"}
     assert metric_keys - core_keys <= declared, metric_keys - core_keys - declared
     assert declared <= metric_keys  # and nothing is declared that no metric logs
+
+
+def test_mlflow_names_group_the_chart_view_and_read_back(registry):
+    """Keys are logged under '/'-grouped names (MLflow's chart view sections: accuracy first, system last);
+    summaries under summary/ at step 0; readers map names back, and an old run's names read as they are."""
+    from fedreg.outputs import MetricNames
+
+    figs = installed_figures(registry)
+    names = MetricNames(figs)
+    logged = names.per_round({"global_acc": 0.5, "bwt": -0.1, "train_loss": 1.0, "elapsed_s": 3.0})
+    assert logged == {
+        "accuracy/global": 0.5,
+        "forgetting/bwt": -0.1,
+        "training/loss": 1.0,
+        "system/elapsed_s": 3.0,
+    }
+    summary = names.summary(
+        {"final_global_acc": 0.5, "last10_global_acc": 0.4, "final_global_bacc": 0.3, "wall_time_s": 9.0},
+        figs,
+    )
+    assert summary == {
+        "summary/accuracy.global.final": 0.5,
+        "summary/accuracy.global.last10": 0.4,
+        "summary/wall_time_s": 9.0,
+    }
+    assert names.read_metrics({**logged, **summary})["last10_global_acc"] == 0.4
+    assert (
+        names.key_of("forgetting/nfr") == "global_nfr"
+        and names.key_of("last10_global_acc") == "last10_global_acc"
+    )
+    sections = sorted({n.rsplit("/", 1)[0] for f in figs if (n := names.name(f.key)) and "/" in n})
+    assert sections[0] == "accuracy"

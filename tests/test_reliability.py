@@ -56,7 +56,7 @@ def cli_proc(*args, cwd=None, **kw) -> subprocess.Popen:
     )
 
 
-def steps_logged(uri: str, key: str = "global_acc") -> int:
+def steps_logged(uri: str, key: str = "accuracy/global") -> int:
     try:
         c = MlflowClient(uri)
         exp = c.get_experiment_by_name("rel")
@@ -234,10 +234,10 @@ def test_tracking_outage_training_continues_and_metrics_are_flushed(tmp_path, se
     c = MlflowClient(server.uri)
     (run,) = c.search_runs([c.get_experiment_by_name("rel").experiment_id])
     assert run.info.status == "FINISHED"
-    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "global_acc")}) == list(
+    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "accuracy/global")}) == list(
         range(1, rounds + 1)
     )
-    assert "final_global_acc" in run.data.metrics
+    assert "summary/accuracy.global.final" in run.data.metrics
     assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"metrics", "model", "partition", "plots"}
 
 
@@ -264,7 +264,7 @@ def test_undelivered_calls_are_spooled_and_replayed(tmp_path, server):
     c = MlflowClient(server.uri)
     (run,) = c.search_runs([c.get_experiment_by_name("rel").experiment_id])
     assert run.info.status == "FINISHED"
-    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "global_acc")}) == list(
+    assert sorted({m.step for m in c.get_metric_history(run.info.run_id, "accuracy/global")}) == list(
         range(1, rounds + 1)
     )
     assert "model" in {a.path for a in c.list_artifacts(run.info.run_id)}

@@ -95,7 +95,7 @@ def assert_each_step_once(uri: str, run_id: str, rounds: int) -> None:
     for key in c.get_run(run_id).data.metrics:
         steps = [m.step for m in c.get_metric_history(run_id, key)]
         assert len(steps) == len(set(steps)), (key, sorted(steps))
-    for key in ("train_loss", "global_acc", "lr", "clients_ok"):
+    for key in ("training/loss", "accuracy/global", "training/lr", "system/clients_ok"):
         steps = [m.step for m in c.get_metric_history(run_id, key)]
         assert sorted(steps) == list(range(1, rounds + 1)), (key, sorted(steps))
 
@@ -191,7 +191,7 @@ def test_resumed_run_logs_each_step_once(env, capsys):
     assert code == 2, err
     run_id = only_run(uri).info.run_id
     c = MlflowClient(uri)
-    assert sorted(m.step for m in c.get_metric_history(run_id, "train_loss")) == [1, 2, 3]
+    assert sorted(m.step for m in c.get_metric_history(run_id, "training/loss")) == [1, 2, 3]
     (ck,) = checkpoint_files(tmp)
     assert checkpoint.load(ck)["round"] == 2
     FailAt.rounds = set()
@@ -383,7 +383,7 @@ def test_sigterm_marks_runs_killed_and_prints_a_resume_command_that_works(env):
     def logged() -> int:
         try:
             rs = runs(uri)
-            return len(MlflowClient(uri).get_metric_history(rs[0].info.run_id, "train_loss")) if rs else 0
+            return len(MlflowClient(uri).get_metric_history(rs[0].info.run_id, "training/loss")) if rs else 0
         except Exception:  # noqa: BLE001 - being written
             return 0
 
