@@ -5,6 +5,7 @@ its overrides merged in."""
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -255,10 +256,50 @@ def merge_variant(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
     return out
 
 
+def grid_points(params: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values ({path: value}), the last path varying fastest."""
+    return [dict(zip(params, combo, strict=True)) for combo in itertools.product(*params.values())]
+
+
+def short_names(paths: list[str]) -> dict[str, str]:
+    """The shortest distinct dotted suffix of each path: ``training.objective.params.tau`` -> ``tau``
+    (``objective.params.tau`` when another gridded path also ends in ``tau``)."""
+    out: dict[str, str] = {}
+    for path in paths:
+        parts = path.split(".")
+        for n in range(1, len(parts) + 1):
+            short = ".".join(parts[-n:])
+            if sum(1 for p in paths if p == short or p.endswith("." + short)) == 1:
+                break
+        out[path] = short
+    return out
+
+
+def format_value(value: Any) -> str:
+    """A grid value as it reads in a run name: ``2``, ``0.5``, ``1e-05``, ``true``, ``cnn``."""
+    if isinstance(value, bool) or value is None:
+        return yaml.safe_dump(value).split("\n", 1)[0]
+    return str(value)
+
+
+def grid_label(point: dict[str, Any]) -> str:
+    """A grid point in a run name: ``tau=2.lambda_max=0.5`` (see :func:`short_names`)."""
+    names = short_names(list(point))
+    return ".".join(f"{names[p]}={format_value(v)}" for p, v in point.items())
+
+
+def apply_grid_point(data: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each path of a grid point set to its value (a component shorthand keeps its name)."""
+    data = copy.deepcopy(data)
+    for path, value in point.items():
+        set_path(data, path, copy.deepcopy(value))
+    return data
+
+
 def expand_variants(raw: dict[str, Any]) -> list[tuple[str | None, dict[str, Any] | None, str]]:
     """(variant name, raw dict, path prefix for errors) for every variant, or the base spec alone; the raw
-    dict is None for a variant that is not a mapping."""
-    base = {k: v for k, v in raw.items() if k != "variants"}
+    dict is None for a variant that is not a mapping. The grid (``grid:``) is left to the caller."""
+    base = {k: v for k, v in raw.items() if k not in ("variants", "grid")}
     variants = raw.get("variants") or {}
     if not isinstance(variants, dict) or not variants:
         return [(None, base, "")]

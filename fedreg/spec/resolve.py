@@ -14,10 +14,10 @@ from fedreg.components.metrics import GLOBAL_ON_LOCAL, LOCAL
 from fedreg.errors import SpecError, SpecIssue
 from fedreg.registry import Registry
 from fedreg.spec.defaults import fill_defaults
-from fedreg.spec.loading import expand_variants, load_raw
+from fedreg.spec.loading import apply_grid_point, expand_variants, grid_label, grid_points, load_raw
 from fedreg.spec.presets import _preset_shadowed, expand_method
 from fedreg.spec.references import ResolvedComponent, _pydantic_issues, _raw_get, _resolve_ref
-from fedreg.spec.schema import COMPONENT_PATHS, RunSpec
+from fedreg.spec.schema import COMPONENT_PATHS, GridSpec, RunSpec
 
 
 class ResolvedSpec:
@@ -31,6 +31,7 @@ class ResolvedSpec:
         variant: str | None,
         raw: dict[str, Any],
         swept: bool = False,
+        grid: dict[str, Any] | None = None,
     ):
         self.spec = spec
         self.components = components  # key: dataset/partition/model/objective/selection/aggregation
@@ -38,23 +39,41 @@ class ResolvedSpec:
         self.variant = variant
         self.raw = raw  # the variant's raw dict (without 'variants')
         self.swept = swept  # one run of a 'seeds' sweep: its seed is part of its name
+        self.grid = grid or {}  # the grid point this run is ({dotted path: value}; {} outside a grid)
 
     @property
     def key(self) -> str | None:
-        """The run's name within its invocation: the variant, with ``.seed<N>`` in a seed sweep."""
-        if not self.swept:
+        """The run's name within its invocation: the variant, then the grid point (``tau=2``) and
+        ``seed<N>`` in a sweep, joined by dots: ``fedkper.tau=2.seed1``."""
+        if not self.swept and not self.grid:
             return self.variant
-        return f"{self.variant or self.spec.name}.seed{self.spec.seed}"
+        parts = [self.variant or self.spec.name]
+        if self.grid:
+            parts.append(grid_label(self.grid))
+        if self.swept:
+            parts.append(f"seed{self.spec.seed}")
+        return ".".join(parts)
+
+    def __reduce__(self):
+        # component classes may be made at run time (one per MedMNIST flavour) and do not pickle by
+        # reference: a worker process or Ray task resolves the run's raw spec again with its own registry
+        return (_unpickle, (self.raw, self.variant, self.swept, self.grid))
 
     def with_seed(self, seed: int) -> ResolvedSpec:
         spec = self.spec.model_copy(update={"seed": seed, "seeds": None})
         return ResolvedSpec(
-            spec, self.components, self.metrics, self.variant, {**self.raw, "seed": seed}, swept=True
+            spec,
+            self.components,
+            self.metrics,
+            self.variant,
+            {**self.raw, "seed": seed},
+            swept=True,
+            grid=self.grid,
         )
 
     def resolved_dict(self) -> dict[str, Any]:
         """The spec with every default filled in and every component's params validated."""
-        d = self.spec.model_dump(mode="json", exclude={"variants", "seeds"})
+        d = self.spec.model_dump(mode="json", exclude={"variants", "seeds", "grid"})
         for path, kind in COMPONENT_PATHS.items():
             if kind not in self.components:  # an optional reference the spec left out (method)
                 continue
@@ -67,6 +86,18 @@ class ResolvedSpec:
         if self.variant:
             d["variant"] = self.variant
         return d
+
+
+def _unpickle(raw: dict[str, Any], variant: str | None, swept: bool, grid: dict[str, Any]) -> ResolvedSpec:
+    from fedreg.registry import get_registry
+
+    res, issues = validate_one(raw, get_registry(), variant=variant)
+    if res is None:
+        raise SpecError(issues)
+    if swept:
+        res.spec = res.spec.model_copy(update={"seeds": None})
+    res.swept, res.grid = swept, grid
+    return res
 
 
 def _vectorizable(cls: type[Component]) -> bool:
@@ -206,6 +237,7 @@ def resolve(
                 )
             )
         expanded = [e for e in expanded if e[0] in only]
+    grid, gridded = _grid(raw, names, issues)
     base_keys: set[str] | None = None
     for name, data, prefix in expanded:
         if data is None:
@@ -225,8 +257,29 @@ def resolve(
                 issues.append(i)
             else:
                 issues.append(SpecIssue(f"{prefix}.{i.path}" if i.path else prefix, i.message))
-        if res is not None:
+        if res is None:
+            continue
+        if grid is None or (gridded is not None and name not in gridded):
             resolved.append(res)
+            continue
+        # every grid point validated; a problem the point shares with its variant is reported once, above
+        known = {str(i) for i in found} | (base_keys or set())
+        for point in grid_points(grid.params):
+            where = f"{prefix}[{grid_label(point)}]" if prefix else f"grid[{grid_label(point)}]"
+            try:
+                point_data = apply_grid_point(data, point)
+            except (ValueError, IndexError, TypeError, AttributeError) as exc:
+                issues.append(SpecIssue(where, f"cannot set the grid's paths here: {exc}"))
+                continue
+            res_point, found_point = validate_one(point_data, registry, variant=name)
+            issues.extend(
+                SpecIssue(f"{where}.{i.path}" if i.path else where, i.message)
+                for i in found_point
+                if str(i) not in known
+            )
+            if res_point is not None:
+                res_point.grid = point
+                resolved.append(res_point)
     # a seed sweep runs seed-major (every variant with the first seed, then the next seed), so a sweep cut
     # short still holds complete comparisons
     swept = [
@@ -247,6 +300,33 @@ def resolve(
                 unique.append(i)
         raise SpecError(unique, source=source)
     return resolved
+
+
+def _grid(
+    raw: dict[str, Any], variant_names: list[str], issues: list[SpecIssue]
+) -> tuple[GridSpec | None, set[str | None] | None]:
+    """The spec's grid (None: none, or invalid and reported) and the variants it crosses (None: all)."""
+    if raw.get("grid") is None:
+        return None, None
+    try:
+        grid = GridSpec.model_validate(raw["grid"])
+    except ValidationError as exc:
+        issues.extend(
+            SpecIssue(f"grid.{i.path}" if i.path else "grid", i.message) for i in _pydantic_issues(exc)
+        )
+        return None, None
+    if grid.variants is None:
+        return grid, None
+    for i, v in enumerate(grid.variants):
+        if v not in variant_names:
+            issues.append(
+                SpecIssue(
+                    f"grid.variants.{i}",
+                    f"unknown variant '{v}'; the spec declares: "
+                    f"{', '.join(variant_names) or '(no variants)'}",
+                )
+            )
+    return grid, set(grid.variants)
 
 
 def load_spec(

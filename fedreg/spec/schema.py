@@ -111,8 +111,8 @@ class EvaluationSpec(Strict):
 
 
 class ExecutionSpec(Strict):
-    """Where and how the round's clients train. Changes speed, not results (``vectorized``: within float
-    tolerance)."""
+    """Where and how the round's clients train, and where a sweep's child runs run. Changes speed, not
+    results (``vectorized``: within float tolerance)."""
 
     backend: Literal["local", "ray", "vectorized"] = "local"
     threads: int | None = Field(
@@ -126,6 +126,57 @@ class ExecutionSpec(Strict):
     # where clients train and the global model is evaluated ("cpu", "cuda", "cuda:1"); Ray workers train on
     # a GPU when gpus_per_client > 0
     device: str = "cpu"
+    # where the child runs of a sweep (variants x grid points x seeds) run: "local" on this machine (one at
+    # a time in this process, or ``jobs`` worker processes), "ray" as Ray tasks (a local Ray when neither
+    # execution.address nor $RAY_ADDRESS names a cluster). Shared by all variants; see docs/execution.md
+    sweep: Literal["local", "ray"] = "local"
+    # child runs at once; None: 1 with sweep 'local' (in this process), as many as the Ray cluster's CPUs
+    # allow with sweep 'ray'. Each worker trains with one intra-op thread unless 'threads' says otherwise
+    jobs: int | None = Field(default=None, ge=1, le=1024)
+
+
+#: spec keys a grid may not vary (they say what the grid crosses, or name the invocation)
+UNGRIDDABLE = ("variants", "grid", "seeds", "seed", "name", "tracking", "checkpoint")
+
+
+class GridSpec(Strict):
+    """A parameter grid: every combination of the ``params`` values (dotted spec paths to lists of
+    values), crossed with the variants named (all when none) and the seeds. A mapping without ``params``
+    is shorthand for ``{params: <the mapping>}``."""
+
+    params: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(min_length=1)
+    variants: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "params" not in value and "variants" not in value:
+            return {"params": value}
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _paths(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        problems = []
+        for path, values in value.items():
+            parts = path.split(".")
+            if not path or any(not p for p in parts):
+                problems.append(f"'{path}' is not a dotted spec path like training.objective.params.tau")
+            elif parts[0] in UNGRIDDABLE:
+                problems.append(
+                    f"'{path}': a grid cannot vary '{parts[0]}' (use 'seeds' for seeds, 'variants' for "
+                    "named alternatives)"
+                )
+            elif len({repr(v) for v in values}) != len(values):
+                problems.append(f"'{path}' lists a value twice: {values}")
+            elif any(isinstance(v, dict | list) for v in values):
+                problems.append(
+                    f"'{path}': grid values must be single values (numbers, strings, booleans); to vary a "
+                    "whole mapping, grid its keys one by one or use variants"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class FaultsSpec(Strict):
@@ -178,6 +229,7 @@ class RunSpec(Strict):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    grid: GridSpec | None = None  # see GridSpec; expanded into child runs before validation
 
     @field_validator("name")
     @classmethod
