@@ -40,13 +40,14 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _run(specs, raw, source, progress, resume=None) -> int:
+def _run(specs, raw, source, progress, resume=None, args=None) -> int:
     """Run an experiment; Ctrl-C (exit status 130) and SIGTERM (143) mark its runs KILLED and print the
-    command that continues it."""
+    command that continues it. Child runs that fail are listed at the end (exit status 1)."""
     from fedreg.experiment import Experiment
     from fedreg.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
-    exp = Experiment(specs, source, progress, print, raw, resume)
+    jobs, sweep = getattr(args, "jobs", None), getattr(args, "sweep", None)
+    exp = Experiment(specs, source, progress, print, raw, resume, jobs, sweep)
     try:
         with sigterm_as_interrupt():
             res = exp.run()
@@ -72,7 +73,7 @@ def cmd_run(args) -> int:
         from fedreg.resume import find_resumable
 
         resume = find_resumable(specs)  # the latest unfinished folder recording this very spec
-    return _run(specs, raw, args.spec, not args.no_progress, resume)
+    return _run(specs, raw, args.spec, not args.no_progress, resume, args)
 
 
 #: where ``fedreg resume`` looks when the run's tags do not name its folder (``checkpoint.dir``'s default)
@@ -108,7 +109,7 @@ def cmd_resume(args) -> int:
         raise FedregError(f"'{exp.meta_path}' does not hold the spec; resume with 'fedreg run SPEC --resume'")
     # every variant of the original invocation: started ones continue, the others start
     specs = resolve(raw, _registry(), only=meta.get("variants") or None, source=meta.get("spec_file"))
-    return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp)
+    return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp, args)
 
 
 def params_schema(model) -> dict[str, dict[str, Any]]:
@@ -291,6 +292,17 @@ def cmd_ui(args) -> int:
         return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type of ``--jobs``: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is less than 1")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedreg", description="Federated-learning registry for medical imaging.")
     p.add_argument("--version", action="version", version=f"fedreg {__version__}")
@@ -314,8 +326,27 @@ def build_parser() -> argparse.ArgumentParser:
             help="run only this variant (repeatable)",
         )
 
+    def sweep_args(sp):
+        sp.add_argument(
+            "--jobs",
+            type=positive_int,
+            default=None,
+            metavar="N",
+            help="run N child runs (variants x grid points x seeds) at once in worker processes, each "
+            "with one intra-op thread unless execution.threads says otherwise (default: execution.jobs, "
+            "else one at a time)",
+        )
+        sp.add_argument(
+            "--sweep",
+            choices=["local", "ray"],
+            default=None,
+            help="where child runs run: 'local' (this machine) or 'ray' (Ray tasks on a local Ray, or the "
+            "cluster of execution.address / $RAY_ADDRESS); default: execution.sweep",
+        )
+
     sp = sub.add_parser("run", help="run a spec (all its variants) and log to MLflow")
     spec_args(sp)
+    sweep_args(sp)
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument(
         "--resume",
@@ -337,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the store holding the run's tags (default: $MLFLOW_TRACKING_URI, else MLflow's local store)",
     )
     sp.add_argument("--no-progress", action="store_true")
+    sweep_args(sp)
     sp.set_defaults(func=cmd_resume)
 
     sp = sub.add_parser("validate", help="check a spec without running it")

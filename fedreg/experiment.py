@@ -26,9 +26,21 @@ from fedreg.describe import DESCRIPTION, ParentRun, describe_child, overrides_of
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg.figures import figures_of
 from fedreg.outputs import CORE_NAMES, TRAIN_LOSS, component_tags, log_partition, summarize
+from fedreg.progress import SweepProgress
 from fedreg.resume import identities, recorded_identities, run_key
-from fedreg.rounds import FederatedRun, RunResult
+from fedreg.rounds import RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
+from fedreg.sweep import (
+    ChildOutcome,
+    ChildTask,
+    Pool,
+    ProcessPool,
+    RayPool,
+    expected_cost,
+    failure_reason,
+    grid_tags,
+    train_child,
+)
 from fedreg.tracking import Tracker, fedreg_commit, flatten, git_commit, tracking_uri
 
 
@@ -41,8 +53,25 @@ def headline_keys(rs: ResolvedSpec) -> set[str]:
 @dataclass
 class ExperimentResult:
     parent_run_id: str | None
-    results: list[RunResult]
+    results: list[RunResult]  # the runs that finished, in the spec's order
     tracking_uri: str
+
+
+class SweepFailed(FedregError):
+    """Some child runs of a sweep failed; the others finished. Exit status 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class Prepared:
+    """A child run opened (or re-opened) in the tracking store, ready to train."""
+
+    name: str
+    run_id: str
+    checkpoint_file: Path | None
+    checkpoint: dict[str, Any] | None  # the checkpoint it continues from
+    logged_through: int
 
 
 @dataclass(eq=False)
@@ -57,6 +86,8 @@ class Experiment:
     echo: Callable[[str], Any] = print
     original: dict | None = None  # the spec as written, with its variants and overrides applied
     resume: checkpoint.ExperimentDir | None = None  # the experiment folder to continue
+    jobs: int | None = None  # child runs at once (None: execution.jobs)
+    sweep: str | None = None  # "local" or "ray" (None: execution.sweep)
 
     # set while running
     tracker: Tracker = field(init=False, repr=False)
@@ -72,6 +103,8 @@ class Experiment:
     parent: str | None = field(init=False, default=None)  # the parent run's id
     base_tags: dict[str, str] = field(init=False, default_factory=dict)
     results: list[RunResult] = field(init=False, default_factory=list)
+    failed: list[tuple[str, str]] = field(init=False, default_factory=list)  # (child, why)
+    pool: Pool | None = field(init=False, default=None, repr=False)
 
     @property
     def first(self) -> RunSpec:
@@ -117,6 +150,7 @@ class Experiment:
                 check_model_fits(model, fed.dataset)
         if self.first.checkpoint.every:
             checkpoint.ensure_writable(self.ck_root)
+        self.pool = self.make_pool()  # a Ray sweep refuses a store its nodes cannot share, before any run
         self.tracker = Tracker(
             self.stored["tracking_uri"] if self.stored else self.first.tracking.uri,
             self.first.tracking.experiment,
@@ -139,6 +173,31 @@ class Experiment:
                 raise FedregError(
                     "all variants must share 'tracking' and 'checkpoint'; move them out of the variants"
                 )
+            if (rs.spec.execution.sweep, rs.spec.execution.jobs) != (
+                first.execution.sweep,
+                first.execution.jobs,
+            ):
+                raise FedregError(
+                    "all variants must share execution.sweep and execution.jobs (they say how the whole "
+                    "sweep runs); move them out of the variants and the grid"
+                )
+
+    @property
+    def sweep_mode(self) -> str:
+        return self.sweep or self.first.execution.sweep
+
+    @property
+    def job_count(self) -> int | None:
+        return self.jobs or self.first.execution.jobs
+
+    def make_pool(self) -> Pool | None:
+        """Where the children run: None in this process, one after another (one run, or one job)."""
+        if self.sweep_mode == "ray":
+            uri = self.stored["tracking_uri"] if self.stored else tracking_uri(self.first.tracking.uri)
+            threads = max(rs.spec.execution.threads or 1 for rs in self.specs)
+            return RayPool(self.first.execution.address, self.job_count, threads, uri)
+        jobs = min(self.job_count or 1, len(self.specs))
+        return ProcessPool(jobs) if jobs > 1 else None
 
     def load_checkpoints(self) -> dict[str | None, dict[str, Any]]:
         """The checkpoints of the resumed runs, by variant key, each checked against its spec."""
@@ -178,8 +237,11 @@ class Experiment:
         else:
             self.meta = self.new_meta()
         try:
-            for rs, fed in zip(self.specs, self.feds, strict=True):
-                self.results.append(self.run_variant(rs, fed))
+            if self.pool is None:
+                for rs, fed in zip(self.specs, self.feds, strict=True):
+                    self.run_variant(rs, fed)
+            else:
+                self.run_parallel(self.pool)
         except KeyboardInterrupt:
             self.end_open_run("KILLED")
             if self.parent:
@@ -243,8 +305,48 @@ class Experiment:
             "status": "RUNNING",
         }
 
-    def run_variant(self, rs: ResolvedSpec, fed: FederatedData) -> RunResult:
-        """One variant: kept as it is when it finished before, else started (or resumed) and trained."""
+    def run_variant(self, rs: ResolvedSpec, fed: FederatedData) -> None:
+        """One child in this process: kept as it is when it finished before, else started (or resumed)
+        and trained. A failed child of a sweep is recorded and the sweep goes on; a single run's failure is
+        raised."""
+        prep = self.prepare(rs, fed)
+        if isinstance(prep, RunResult):
+            self.results.append(prep)
+            return
+        self.open_run = None  # from here on, train_child ends the run whatever happens
+        status, result, exc = train_child(
+            rs,
+            fed,
+            self.tracker,
+            prep.run_id,
+            prep.name,
+            prep.checkpoint_file,
+            prep.checkpoint,
+            prep.logged_through,
+            progress=self.progress,
+        )
+        if exc is None:
+            self.results.append(result)
+            self.echo(self.headline(rs, prep.name, result))
+            return
+        if not self.parent:
+            if isinstance(exc, ComponentFailure):
+                raise PluginError(f"{exc}") from exc
+            raise exc
+        self.child_failed(prep.name, ChildOutcome(0, status, reason=failure_reason(exc)))
+
+    def headline(self, rs: ResolvedSpec, name: str, result: RunResult) -> str:
+        return f"{name}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in result.final.items() if k in headline_keys(rs)
+        )
+
+    def child_failed(self, name: str, outcome: ChildOutcome) -> None:
+        self.failed.append((name, outcome.reason or outcome.status))
+        self.echo(f"{name}: {outcome.status}: {outcome.reason or ''}")
+
+    def prepare(self, rs: ResolvedSpec, fed: FederatedData) -> RunResult | Prepared:
+        """The result of a child that finished before (kept as it is), or the child's MLflow run, started
+        or set running again, with its checkpoint file and the checkpoint it continues from."""
         key = run_key(rs)
         name = rs.key or self.first.tracking.run_name or rs.spec.name
         ck = self.checkpoints.get(rs.key)
@@ -269,11 +371,90 @@ class Experiment:
             self.open_run = run_id
             logged = self.tracker.last_step(run_id, CORE_NAMES[TRAIN_LOSS])  # logged every round
             self.echo(f"{name}: resuming run {run_id} after round {ck['round'] if ck else 0}")
-        result = self.train(rs, fed, run_id, self.checkpoint_file(rs, run_id), ck, logged)
-        self.echo(
-            f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.final.items() if k in headline_keys(rs))
+        return Prepared(name, run_id, self.checkpoint_file(rs, run_id), ck, logged)
+
+    # -- children in parallel ----------------------------------------------------------------------------
+    def run_parallel(self, pool: Pool) -> None:
+        """The children in worker processes or Ray tasks, ``pool.capacity`` at a time, the longest
+        expected first (so the sweep does not end waiting for one long child); a failed child is recorded
+        and the others go on."""
+        costs = [expected_cost(rs, fed) for rs, fed in zip(self.specs, self.feds, strict=True)]
+        order = sorted(range(len(self.specs)), key=lambda i: -costs[i])  # stable: ties keep the spec's order
+        progress = SweepProgress(len(order), sum(costs), self.echo, enabled=self.progress)
+        done: dict[int, RunResult] = {}
+        running: dict[int, Prepared] = {}
+        pending = list(order)
+        try:
+            while pending or running:
+                while pending and len(running) < pool.capacity:
+                    i = pending.pop(0)
+                    rs = self.specs[i]
+                    prep = self.prepare(rs, self.feds[i])
+                    if isinstance(prep, RunResult):
+                        done[i] = prep
+                        progress.skip(costs[i])
+                        continue
+                    where = pool.submit(self.task(i, prep))
+                    self.open_run = None  # the worker ends it
+                    running[i] = prep
+                    start = prep.checkpoint["round"] if prep.checkpoint else 0
+                    progress.started(i, prep.name, rs.spec.federation.rounds, costs[i], start, where)
+                for event in pool.events(0.5):
+                    if event[0] == "round":
+                        progress.round(event[1], event[2], event[3])
+                    elif event[0] == "started":
+                        progress.moved(event[1], event[2])
+                    elif event[0] == "done":
+                        outcome: ChildOutcome = event[1]
+                        prep = running.pop(outcome.index)
+                        self.child_ended(prep, outcome, progress)
+                        if outcome.result is not None:
+                            done[outcome.index] = outcome.result
+        except KeyboardInterrupt:
+            pool.stop()
+            for prep in running.values():  # what a worker could not mark itself
+                self.tracker.end_run(prep.run_id, "KILLED")
+            raise
+        finally:
+            progress.close()
+        self.results = [done[i] for i in range(len(self.specs)) if i in done]
+
+    def task(self, i: int, prep: Prepared) -> ChildTask:
+        rs = self.specs[i]
+        resume_file = None
+        if prep.checkpoint is not None and self.resume is not None:
+            resume_file = str(self.resume.run_file(rs.key).resolve())
+        spool = Path(self.first.checkpoint.dir).parent / "spool" / checkpoint.safe_part(prep.name)
+        return ChildTask(
+            index=i,
+            rs=rs,
+            label=prep.name,
+            run_id=prep.run_id,
+            tracking_uri=self.tracker.uri,
+            experiment=self.first.tracking.experiment,
+            spool_dir=str(spool.resolve()),
+            checkpoint_file=str(prep.checkpoint_file.resolve()) if prep.checkpoint_file else None,
+            resume_file=resume_file,
+            logged_through=prep.logged_through,
+            threads=rs.spec.execution.threads or 1,
+            fingerprint=checkpoint.fingerprint(rs.resolved_dict()),
         )
-        return result
+
+    def child_ended(self, prep: Prepared, outcome: ChildOutcome, progress: SweepProgress) -> None:
+        rs = self.specs[outcome.index]
+        if outcome.status == "FINISHED":
+            progress.ended(outcome.index, outcome.status, self.headline(rs, prep.name, outcome.result))
+        else:
+            # a worker that died could not end its run: end it here (again, harmlessly, otherwise)
+            self.tracker.set_tags(prep.run_id, {"fedreg.failure": (outcome.reason or outcome.status)[:5000]})
+            self.tracker.end_run(prep.run_id, "FAILED" if outcome.status != "KILLED" else "KILLED")
+            self.failed.append((prep.name, outcome.reason or outcome.status))
+            progress.ended(outcome.index, outcome.status, f"{prep.name}: {outcome.status}: {outcome.reason}")
+        if outcome.spool:
+            self.echo(
+                f"warning: {prep.name}: tracking calls that could not be delivered are kept in "
+                f"'{outcome.spool}'; send them with: fedreg replay {outcome.spool}"
+            )
 
     def start_child(self, rs: ResolvedSpec, fed: FederatedData, name: str) -> str:
         """A new MLflow run for one variant, with its tags, parameters, resolved spec and partition."""
@@ -288,6 +469,7 @@ class Experiment:
             tags["fedreg.variant"] = rs.variant
         tags[DESCRIPTION] = describe_child(rs, overrides_of(self.original, rs.variant))
         tags["fedreg.seed"] = str(rs.spec.seed)
+        tags.update(grid_tags(rs))
         run_id = self.tracker.start_run(name, tags, parent=self.parent)
         self.open_run = run_id
         self.tracker.log_params(run_id, flatten(rs.resolved_dict()))
@@ -317,47 +499,29 @@ class Experiment:
         )
         return ck_file
 
-    def train(
-        self,
-        rs: ResolvedSpec,
-        fed: FederatedData,
-        run_id: str,
-        ck_file: Path | None,
-        ck: dict | None,
-        logged_through: int = 0,
-    ) -> RunResult:
-        """Run the variant's rounds; its MLflow run ends FINISHED, KILLED (interrupted) or FAILED."""
-        try:
-            self.open_run = None  # from here on, this method ends the run whatever happens
-            result = FederatedRun(
-                rs,
-                fed,
-                self.tracker,
-                run_id,
-                progress=self.progress,
-                checkpoint_file=ck_file,
-                resume=ck,
-                logged_through=logged_through,
-            ).run()
-        except KeyboardInterrupt:
-            self.tracker.end_run(run_id, "KILLED")
-            raise
-        except ComponentFailure as exc:
-            self.tracker.end_run(run_id, "FAILED")
-            raise PluginError(f"{exc}") from exc
-        except BaseException:
-            self.tracker.end_run(run_id, "FAILED")
-            raise
-        self.tracker.end_run(run_id, "FINISHED")
-        return result
-
     def finish(self) -> ExperimentResult:
+        """End the parent run and the experiment folder: FINISHED, or FAILED (still resumable) when a
+        child failed, raising :class:`SweepFailed` with the failed children and how to continue."""
+        status = "FAILED" if self.failed else "FINISHED"
         if self.parent:
             ParentRun.of(self).finished(self.results)
-            self.tracker.end_run(self.parent, "FINISHED")
+            self.tracker.end_run(self.parent, status)
         if self.exp_dir is not None:
-            self.meta["status"] = "FINISHED"
+            self.meta["status"] = status
             self.exp_dir.write(self.meta)
+        if self.failed:
+            listed = "\n".join(f"  - {name}: {why}" for name, why in self.failed)
+            cmd = self.resume_command()
+            how = (
+                f"Fix the cause, then continue the failed ones from their checkpoints with: {cmd}"
+                + (f" --jobs {self.job_count}" if self.job_count and self.job_count > 1 else "")
+                if cmd
+                else "Fix the cause and run the spec again"
+            )
+            raise SweepFailed(
+                f"{len(self.failed)} of {len(self.specs)} child runs failed (parent run {self.parent}; the "
+                f"others finished):\n{listed}\n{how}"
+            )
         return ExperimentResult(self.parent, self.results, self.tracker.uri)
 
     def resume_command(self) -> str | None:
@@ -411,8 +575,11 @@ def run_experiment(
     echo=print,
     original: dict | None = None,
     resume: checkpoint.ExperimentDir | None = None,
+    jobs: int | None = None,
+    sweep: str | None = None,
 ) -> ExperimentResult:
     """Run every resolved variant; with variants, as MLflow child runs under one parent run (which keeps
     ``original``, the spec as written with its variants and overrides applied). With ``resume``, continue
-    the runs recorded there from their checkpoints, in the same MLflow runs."""
-    return Experiment(specs, source, progress, echo, original, resume).run()
+    the runs recorded there from their checkpoints, in the same MLflow runs. ``jobs`` / ``sweep``: run the
+    children in parallel (see :mod:`fedreg.sweep`)."""
+    return Experiment(specs, source, progress, echo, original, resume, jobs, sweep).run()

@@ -9,6 +9,7 @@ them and keeps the run's state explicit in :class:`RunState`, which it checkpoin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,15 @@ class FederatedRun:
         checkpoint_file: Path | None = None,
         resume: dict[str, Any] | None = None,
         logged_through: int = 0,
+        on_round: Callable[[int, dict[str, float]], None] | None = None,
     ):
         """``logged_through``: the last round the run's tracking history already holds (a resumed run's
-        rounds up to there are run again from the checkpoint but not logged again, see :meth:`run`)."""
+        rounds up to there are run again from the checkpoint but not logged again, see :meth:`run`).
+        ``on_round(round, scalars)`` is called after each round (a sweep's progress display)."""
         self.rs, self.spec, self.fed = rs, rs.spec, fed
         self.checkpoint_file, self.resume = checkpoint_file, resume
         self.logged_through = logged_through
+        self.on_round = on_round
         self.tracker, self.run_id = tracker, run_id
         self.progress, self.label = progress, label or rs.key or rs.spec.name
         comps = rs.components
@@ -383,6 +387,8 @@ class FederatedRun:
                 }
                 if shown:
                     bar.set_postfix(shown)
+                if self.on_round is not None:
+                    self.on_round(st.round, scalars)
         finally:
             bar.close()
             backend.close()
