@@ -16,6 +16,7 @@ from fedreg_report.metrics import REPORT_FILES
 from fedreg_report.plots import make_plots
 from fedreg_report.render import render_html, render_markdown
 from fedreg_report.runs import collect, datasets_of
+from fedreg_report.sensitivity import sensitivity
 from fedreg_report.store import open_store
 from fedreg_report.summary import aggregate, group, matched_budget
 from fedreg_report.tables import write_tables
@@ -64,10 +65,16 @@ def report(
     datasets = datasets_of(col.finished)
     claims = judge_claims(col.finished, col.methods, datasets[0] if len(datasets) == 1 else None)
     blocks = build_blocks(col, summaries, budget, budget_rows, plots, time_methods, generated, claims)
+    sens_blocks, sens_plots, sens_files = sensitivity(col.finished, out)  # nothing without a grid
+    plots.update(sens_plots)
+    blocks += sens_blocks
     (out / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
     (out / "report.html").write_text(render_html(blocks, out, title=str(blocks[0][2])), encoding="utf-8")
     files = (
-        list(REPORT_FILES[:2]) + write_tables(out, col, summaries, budget, budget_rows, claims) + list(plots)
+        list(REPORT_FILES[:2])
+        + write_tables(out, col, summaries, budget, budget_rows, claims)
+        + sens_files
+        + list(plots)
     )
     echo(render_markdown([b for b in blocks if b[0] == "table"][:1]).rstrip())
     echo(f"wrote {', '.join(files)} to {out}/")

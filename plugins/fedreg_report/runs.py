@@ -68,10 +68,12 @@ class Collection:
 
 
 def method_of(run) -> str:
-    """A run's method: its ``fedreg.variant`` tag, else its name without the ``.seed<N>`` suffix."""
+    """A run's method: its ``fedreg.variant`` tag (with its grid point, ``kd.tau=2``, in a grid), else its
+    name without the ``.seed<N>`` suffix."""
     tags = run.data.tags
     if tags.get("fedreg.variant"):
-        return tags["fedreg.variant"]
+        point = tags.get("fedreg.grid_label")
+        return f"{tags['fedreg.variant']}.{point}" if point else tags["fedreg.variant"]
     name = run.info.run_name or tags.get("fedreg.spec") or run.info.run_id
     return re.sub(r"\.seed\d+$", "", name)
 
