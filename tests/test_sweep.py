@@ -1,0 +1,377 @@
+"""Sweeps: child runs in worker processes and on Ray give the metrics they give alone or one after another;
+a parameter grid names, tags and validates its child runs and the report plots the sensitivity; a failed or
+killed child fails alone and is resumable; concurrent writers lose nothing in one SQLite store. Real CLI, real
+MLflow store, real worker processes, a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fedreg.cli import main
+from fedreg.errors import FedregError
+from fedreg.figures import installed_figures
+from fedreg.outputs import TIMING_KEYS, TRAIN_LOSS, MetricNames
+from fedreg.progress import SweepProgress
+from fedreg.sweep import check_cluster_store, local_store
+from fedreg.tracking import Tracker
+from testhelpers import small_medmnist_spec, write_spec
+
+NAMES = MetricNames(installed_figures())  # how keys are named in MLflow
+
+
+@pytest.fixture
+def env(tmp_path, tracking_uri):
+    """A small MedMNIST-format file, a spec on it (one intra-op thread, checkpoints in tmp) and the store."""
+    raw, _ = small_medmnist_spec(tmp_path, n_train=240, n_test=60)
+    raw["execution"] = {"threads": 1}
+    raw["checkpoint"] = {"dir": str(tmp_path / "ck"), "every": 1}
+    raw["federation"]["rounds"] = 3
+    raw["metrics"] = ["global_accuracy", "flips"]
+    return tmp_path, raw, tracking_uri
+
+
+def children(uri: str) -> dict[str, object]:
+    """The child runs of the store's latest parent run, by run name."""
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time DESC"]
+    )
+    parent = next(r for r in runs if r.data.tags.get("fedreg.role") == "parent")
+    return {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+
+
+def metrics_of(uri: str, run) -> dict[str, list[tuple[int, float]]]:
+    """Every metric history of a run except wall-clock timings."""
+    client = MlflowClient(uri)
+    out = {}
+    for key in run.data.metrics:
+        if NAMES.key_of(key) in (*TIMING_KEYS, "wall_time_s"):
+            continue
+        out[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+    return out
+
+
+def same(a: dict, b: dict) -> bool:
+    """Equal histories, NaN equal to NaN (bit for bit otherwise)."""
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        if len(a[k]) != len(b[k]):
+            return False
+        for (s1, v1), (s2, v2) in zip(a[k], b[k], strict=True):
+            if s1 != s2 or not (v1 == v2 or (math.isnan(v1) and math.isnan(v2))):
+                return False
+    return True
+
+
+def sweep_spec(raw: dict) -> dict:
+    raw = dict(raw)
+    raw["seeds"] = [0, 1]
+    raw["variants"] = {
+        "fedavg": {},
+        "fedprox": {"training.objective": {"name": "fedprox", "params": {"mu": 0.01}}},
+    }
+    return raw
+
+
+def test_child_metrics_identical_alone_sequential_in_processes_and_on_ray(env, capsys):
+    tmp, raw, _ = env
+    spec = write_spec(tmp / "sweep.yaml", sweep_spec(raw))
+    logged: dict[str, dict[str, dict]] = {}
+    for how, extra in [
+        ("sequential", []),
+        ("processes", ["--jobs", "2"]),
+        ("ray", ["--sweep", "ray", "--jobs", "2"]),
+    ]:
+        uri = f"sqlite:///{tmp / how}.db"
+        assert main(["run", str(spec), "--no-progress", "--set", f"tracking.uri={uri}", *extra]) == 0, how
+        kids = children(uri)
+        assert sorted(kids) == ["fedavg.seed0", "fedavg.seed1", "fedprox.seed0", "fedprox.seed1"], how
+        assert all(r.info.status == "FINISHED" for r in kids.values()), how
+        logged[how] = {name: metrics_of(uri, r) for name, r in kids.items()}
+        # what a sequential sweep writes: params, the resolved spec and the partition
+        for r in kids.values():
+            assert r.data.params["federation.rounds"] == "3"
+            arts = {a.path for a in MlflowClient(uri).list_artifacts(r.info.run_id)}
+            assert "spec.yaml" in arts, (how, arts)
+    out = capsys.readouterr().out
+    assert re.search(r"fedprox\.seed1: started \(pid \d+\)", out)  # worker processes
+    assert "started (Ray task)" in out
+    # one child alone
+    uri = f"sqlite:///{tmp / 'alone'}.db"
+    assert (
+        main(["run", str(spec), "--no-progress", "--variant", "fedprox", "--set", f"tracking.uri={uri}"]) == 0
+    )
+    alone = {name: metrics_of(uri, r) for name, r in children(uri).items()}
+    assert len(logged["sequential"]["fedavg.seed0"]) >= 5  # several metric keys compared
+    for how in ("processes", "ray"):
+        for name, hist in logged["sequential"].items():
+            assert same(hist, logged[how][name]), (how, name)
+    for name in ("fedprox.seed0", "fedprox.seed1"):
+        assert same(alone[name], logged["sequential"][name]), name
+
+
+def test_grid_2x2_two_seeds_names_tags_params_and_report_sensitivity(env, capsys):
+    tmp, raw, uri = env
+    raw["federation"]["rounds"] = 2
+    raw["seeds"] = [0, 1]
+    raw["grid"] = {"training.optimizer.lr": [0.01, 0.05], "training.local_epochs": [1, 2]}
+    spec = write_spec(tmp / "grid.yaml", raw)
+    assert main(["run", str(spec), "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    kids = children(uri)
+    expected = {f"t.lr={lr}.local_epochs={e}.seed{s}" for lr in (0.01, 0.05) for e in (1, 2) for s in (0, 1)}
+    assert set(kids) == expected
+    for name, r in kids.items():
+        lr, epochs = re.match(r"t\.lr=([\d.]+)\.local_epochs=(\d)\.seed\d", name).groups()
+        tags, params = r.data.tags, r.data.params
+        assert json.loads(tags["fedreg.grid"]) == {
+            "training.optimizer.lr": float(lr),
+            "training.local_epochs": int(epochs),
+        }
+        assert tags["fedreg.grid.training.optimizer.lr"] == lr
+        assert params["training.optimizer.lr"] == lr and params["training.local_epochs"] == epochs
+        assert r.info.status == "FINISHED"
+    # longest expected first: the two-epoch children start before the one-epoch ones
+    started = re.findall(r"^(\S+): started", out, re.M)
+    assert all("local_epochs=2" in s for s in started[:4]), started
+    assert "sweep: 8/8 done" in out
+
+    parent = next(iter(kids.values())).data.tags["mlflow.parentRunId"]
+    assert main(["report", parent, "--out", str(tmp / "rep"), "--no-log"]) == 0
+    md = (tmp / "rep" / "report.md").read_text()
+    assert "## Sensitivity" in md and "`training.optimizer.lr`" in md and "`training.local_epochs`" in md
+    for f in ("sensitivity_training.optimizer.lr.png", "sensitivity_training.local_epochs.png"):
+        assert (tmp / "rep" / f).stat().st_size > 10_000
+    rows = (tmp / "rep" / "sensitivity.csv").read_text().splitlines()
+    assert rows[0] == "parameter,series,value,metric,mean,std,n"
+    # per parameter: 2 series (the other parameter's values) x 2 values x figures, each over 2 seeds
+    lr_rows = [r.split(",") for r in rows[1:] if r.startswith("training.optimizer.lr,")]
+    assert {r[1] for r in lr_rows} == {"t local_epochs=1", "t local_epochs=2"}
+    assert {r[2] for r in lr_rows} == {"0.01", "0.05"}
+    assert all(r[-1] == "2" for r in lr_rows)
+    # the table row's mean is the mean over the two seeds' final accuracies
+    client = MlflowClient(uri)
+    finals = [
+        client.get_run(kids[f"t.lr=0.05.local_epochs=2.seed{s}"].info.run_id).data.metrics for s in (0, 1)
+    ]
+    key = NAMES.summary_name("final_global_acc")
+    row = next(
+        r for r in lr_rows if r[1] == "t local_epochs=2" and r[2] == "0.05" and r[3] == "final_global_acc"
+    )
+    assert float(row[4]) == pytest.approx((finals[0][key] + finals[1][key]) / 2)
+
+
+def test_every_grid_point_is_validated_before_anything_runs(env, capsys):
+    tmp, raw, uri = env
+    raw["variants"] = {"a": {}, "b": {"training.local_epochs": 2}}
+    raw["grid"] = {
+        "variants": ["a", "zz"],
+        "params": {"training.optimizer.lr": [0.01, -1.0], "training.batch_size": [16, 0]},
+    }
+    spec = write_spec(tmp / "bad.yaml", raw)
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "grid.variants.1: unknown variant 'zz'" in err
+    assert "variants.a[lr=-1.0.batch_size=16].training.optimizer.lr" in err
+    assert "variants.a[lr=0.01.batch_size=0].training.batch_size" in err
+    assert "variants.a[lr=-1.0.batch_size=0].training.batch_size" in err
+    assert "Traceback" not in err
+    assert not (tmp / "ck").exists()
+    assert not MlflowClient(uri).search_experiments(filter_string="name = 'test'")
+    # paths a grid may not vary, and mappings as values
+    raw["grid"] = {"seed": [1, 2], "training.optimizer": [{"lr": 1}]}
+    write_spec(spec, raw)
+    assert main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "a grid cannot vary 'seed'" in err and "grid values must be single values" in err
+
+
+def test_a_failed_child_fails_alone(env, capsys):
+    """A diverging child with faults.divergence: stop fails; the others finish; exit 1 lists it; sequential
+    sweeps behave the same as parallel ones."""
+    tmp, raw, uri = env
+    raw["variants"] = {
+        "ok": {},
+        "diverges": {"training.optimizer.lr": 1.0e12, "faults.divergence": "stop"},
+        "ok2": {"training.local_epochs": 2},
+    }
+    spec = write_spec(tmp / "fail.yaml", raw)
+    for extra in ([], ["--jobs", "2"]):
+        assert main(["run", str(spec), "--no-progress", *extra]) == 1, extra
+        err = capsys.readouterr().err
+        assert "1 of 3 child runs failed" in err and "  - diverges:" in err, err
+        kids = children(uri)
+        assert {n: r.info.status for n, r in kids.items()} == {
+            "ok": "FINISHED",
+            "diverges": "FAILED",
+            "ok2": "FINISHED",
+        }
+        assert kids["diverges"].data.tags["fedreg.failure"]
+        parent = MlflowClient(uri).get_run(kids["ok"].data.tags["mlflow.parentRunId"])
+        assert parent.info.status == "FAILED"
+
+
+def test_a_killed_worker_ends_its_child_only_and_resume_jobs_continues_it(env):
+    tmp, raw, uri = env
+    raw["federation"]["rounds"] = 25
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}, "c": {"training.optimizer.lr": 0.03}}
+    spec = write_spec(tmp / "kill.yaml", raw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedreg", "run", str(spec), "--jobs", "2", "--no-progress"],
+        cwd=tmp,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        pid = None
+        while pid is None:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+            if m := re.match(r"b: started \(pid (\d+)\)", line):
+                pid = int(m.group(1))
+        ck = tmp / "ck"
+        deadline = time.monotonic() + 240
+        while not list(ck.rglob("b.pt")) and time.monotonic() < deadline:  # after its first checkpoint
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines) + out
+    assert proc.returncode == 1, err
+    assert "b: FAILED: its worker process" in out and "SIGKILL" in out
+    assert "1 of 3 child runs failed" in err and "--jobs 2" in err
+    kids = children(uri)
+    assert {n: r.info.status for n, r in kids.items()} == {"a": "FINISHED", "b": "FAILED", "c": "FINISHED"}
+    killed_id = kids["b"].info.run_id
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedreg", "run", str(spec), "--resume", "--jobs", "2", "--no-progress"],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "a: finished before, kept as it is" in resumed.stdout
+    assert f"b: resuming run {killed_id}" in resumed.stdout
+    kids = children(uri)
+    assert {n: r.info.status for n, r in kids.items()} == {"a": "FINISHED", "b": "FINISHED", "c": "FINISHED"}
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(killed_id, NAMES.name(TRAIN_LOSS))]
+    assert sorted(steps) == list(range(1, 26))  # each step logged once
+
+
+def _writer(uri: str, run_id: str, n: int, worker: int) -> None:
+    tracker = Tracker(uri, "test", spool_dir=f"spool{worker}")
+    for step in range(1, n + 1):
+        tracker.log_metrics(run_id, {f"m{j}": step * 10 + j for j in range(8)}, step)
+        if step % 25 == 0:
+            tracker.set_tags(run_id, {f"tag{step}": str(worker)})
+    tracker.log_params(run_id, {f"p{j}": str(worker) for j in range(50)})
+    assert tracker.close() is None  # everything delivered
+
+
+def test_four_concurrent_writers_lose_nothing_in_one_sqlite_store(tmp_path, tracking_uri):
+    tracker = Tracker(tracking_uri, "test")  # the parent creates the store, as fedreg run does
+    runs = [tracker.start_run(f"w{i}", {}) for i in range(4)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(tracking_uri, r, 150, i)) for i, r in enumerate(runs)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    client = MlflowClient(tracking_uri)
+    for i, r in enumerate(runs):
+        run = client.get_run(r)
+        assert len(run.data.params) == 50
+        assert sum(k.startswith("tag") for k in run.data.tags) == 6
+        for j in range(8):
+            hist = client.get_metric_history(r, f"m{j}")
+            assert sorted(m.step for m in hist) == list(range(1, 151)), (i, j)
+            assert all(m.value == m.step * 10 + j for m in hist)
+
+
+def test_a_multi_node_sweep_refuses_a_store_on_one_disk():
+    for uri in ("sqlite:///mlflow.db", "mlruns", "file:///tmp/mlruns"):
+        assert local_store(uri)
+        check_cluster_store(uri, nodes=1, client_mode=False)  # one node shares its own disk
+        with pytest.raises(FedregError, match="mlflow server") as exc:
+            check_cluster_store(uri, nodes=3, client_mode=False)
+        assert "tracking.uri" in str(exc.value)
+        with pytest.raises(FedregError, match="Ray Client"):
+            check_cluster_store(uri, nodes=1, client_mode=True)
+    assert not local_store("http://head:5000")
+    check_cluster_store("http://head:5000", nodes=3, client_mode=True)
+
+
+def test_progress_lines_live_and_plain():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    live = Tty()
+    p = SweepProgress(2, 200.0, stream=live)
+    p.started(0, "a.seed0", 10, 100.0, 0, "pid 1")
+    p.round(0, 1, {"global_acc": 0.5})
+    text = live.getvalue()
+    assert "a.seed0: round 1/10 global_acc=0.5000 ETA" in text and "sweep: 0/2 done, 1 running" in text
+    p.ended(0, "FINISHED", "a.seed0: done")
+    p.close()
+    assert "a.seed0: done" in live.getvalue()
+
+    printed = []
+    plain = SweepProgress(2, 200.0, echo=printed.append, stream=io.StringIO(), every_s=0)
+    plain.started(1, "b.seed1", 4, 100.0, 2, "Ray task")
+    plain.round(1, 3, {})
+    plain.ended(1, "FAILED", "b.seed1: FAILED: boom")
+    assert printed[0] == "b.seed1: started (Ray task) after round 2"
+    assert printed[1].startswith("b.seed1: round 3/4 ETA")
+    assert "sweep: 1/2 done, 0 running, 1 failed" in printed[2]
+
+
+def test_a_ray_sweep_on_two_nodes_refuses_a_sqlite_store_before_any_run(env):
+    """A real two-node Ray cluster (two raylets on this machine): the sweep stops before any MLflow run."""
+    from ray.cluster_utils import Cluster
+
+    tmp, raw, uri = env
+    raw["seeds"] = [0, 1]
+    spec = write_spec(tmp / "cluster.yaml", raw)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        res = subprocess.run(
+            [sys.executable, "-m", "fedreg", "run", str(spec), "--sweep", "ray", "--no-progress"],
+            cwd=tmp,
+            env={**os.environ, "RAY_ADDRESS": cluster.address},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        cluster.shutdown()
+    assert res.returncode == 2, res.stderr
+    assert "run on 2 nodes, which cannot share it" in res.stderr and "mlflow server" in res.stderr
+    assert "Traceback" not in res.stderr
+    client = MlflowClient(uri)
+    assert not any(client.search_runs([e.experiment_id]) for e in client.search_experiments())
