@@ -375,3 +375,52 @@ def test_a_ray_sweep_on_two_nodes_refuses_a_sqlite_store_before_any_run(env):
     assert "Traceback" not in res.stderr
     client = MlflowClient(uri)
     assert not any(client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def test_sigterm_during_a_parallel_sweep_ends_every_run_killed_and_the_hint_continues_it(env):
+    tmp, raw, uri = env
+    raw["federation"]["rounds"] = 25
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}}
+    spec = write_spec(tmp / "term.yaml", raw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedreg", "run", str(spec), "--jobs", "2", "--no-progress"],
+        cwd=tmp,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids = []
+    try:
+        while len(pids) < 2:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            if m := re.match(r"\w: started \(pid (\d+)\)", line):
+                pids.append(int(m.group(1)))
+        deadline = time.monotonic() + 240
+        while len(list((tmp / "ck").rglob("*.pt"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    for pid in pids:  # no worker left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    kids = children(uri)
+    assert {n: r.info.status for n, r in kids.items()} == {"a": "KILLED", "b": "KILLED"}
+    parent = MlflowClient(uri).get_run(kids["a"].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED"
+    hint = err.split("Continue with: ")[1].strip()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedreg", *hint.split()[1:], "--jobs", "2", "--no-progress"],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert {n: r.info.status for n, r in children(uri).items()} == {"a": "FINISHED", "b": "FINISHED"}
