@@ -7,6 +7,7 @@ from fedreg.figures import Figure, curve_keys, figures_of, installed_figures, pr
 from fedreg.testing import tiny_federation
 
 FIRST_PARTY_METRICS = [
+    "personalization",
     "global_accuracy",
     "local_accuracy",
     "global_on_local",

@@ -56,7 +56,8 @@ BAD = [
     (
         lambda s: s["federation"].update(aggregation="fedavgg"),
         "federation.aggregation",
-        "unknown aggregation 'fedavgg'. Registered aggregation components: fedadam, fedavg, fedavgm",
+        "unknown aggregation 'fedavgg'. Registered aggregation components: fedadam, fedavg, fedavg_shared, "
+        "fedavgm",
     ),
     (lambda s: s["data"].update(dataset="bloodmnst"), "data.dataset", "Did you mean 'bloodmnist'?"),
     (

@@ -35,8 +35,6 @@ class EndOfRunPersonalization(Metric):
         Figure(
             "personalized_acc_mean",
             "end-of-run acc, all clients' own models, mean",
-            column=True,
-            final=True,
             order=24,
             note=(
                 "End-of-run accuracy: after the last round, every client's own model (its personal model "
@@ -44,7 +42,7 @@ class EndOfRunPersonalization(Metric):
                 "mean and the worst over all clients, participants or not."
             ),
         ),
-        Figure("personalized_acc_worst", "end-of-run acc, worst client", column=True, final=True, order=25),
+        Figure("personalized_acc_worst", "end-of-run acc, worst client", order=25),
         Figure("personalized_bacc_mean", "end-of-run balanced acc, mean", order=26),
         Figure("personalized_bacc_worst", "end-of-run balanced acc, worst client", order=27),
     )
