@@ -93,11 +93,33 @@ def grid_tags(rs: Any) -> dict[str, str]:
 
 
 def expected_cost(rs: Any, fed: Any) -> float:
-    """A child's expected training work, for ordering a sweep longest first: the samples a round's clients
-    hold on average x local epochs x rounds."""
+    """A child's expected work, for ordering a sweep longest first: the training samples of the clients its
+    selection draws, round by round, x local epochs, plus its evaluations (a forward pass of the test sets,
+    counted as a third of a training step). The draws are those of the run's own sampling stream with a
+    fresh selector (one that learns from the run is simulated without that feedback); under label skew the
+    clients' sizes differ widely, so two seeds of one spec can differ by half in cost."""
+    from fedreg.components import RunInfo
+    from fedreg.evaluation import call
+    from fedreg.rounds import _select
+
     s = rs.spec
-    mean_client = sum(len(c.train_idx) for c in fed.clients) / max(1, len(fed.clients))
-    return mean_client * s.federation.clients_per_round * s.training.local_epochs * s.federation.rounds
+    fr = s.federation
+    sizes = [len(c.train_idx) for c in fed.clients]
+    try:
+        selector = rs.components["selection"].instantiate()
+        infos = fed.infos()
+        info = RunInfo(tuple(infos), fed.dataset.num_classes, fr.clients_per_round, fr.rounds, s.seed)
+        call(selector, "start_run", 0, None, info)
+        trained = sum(
+            sizes[c]
+            for r in range(1, fr.rounds + 1)
+            for c in _select(selector, r, infos, fr.clients_per_round, s.seed)
+        )
+    except Exception:  # noqa: BLE001 - a selector that cannot run ahead: the mean client instead
+        trained = sum(sizes) / max(1, len(sizes)) * fr.clients_per_round * fr.rounds
+    evaluations = -(-fr.rounds // s.evaluation.every)
+    tested = len(fed.dataset.test_y) + sum(len(c.test_idx) for c in fed.clients)
+    return trained * s.training.local_epochs + evaluations * tested / 3
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -56,5 +56,15 @@ def test_the_readme_spec_is_valid(registry):
     block = re.search(r"## A spec\n+```yaml\n(.*?)```", readme, re.S)
     assert block, "README.md has no yaml block under '## A spec'"
     resolved = resolve(yaml.safe_load(block.group(1)), registry)
-    assert [r.variant for r in resolved] == ["fedkper", "kd-only"]
-    assert [r.components["aggregation"].name for r in resolved] == ["reliability_diversity", "fedavg"]
+    # its grid crosses fedkper with 4 values of tau; every run once per seed, seed by seed
+    first_seed = [r for r in resolved if r.spec.seed == 1]
+    assert [r.key for r in first_seed] == [
+        "fedkper.tau=0.5.seed1",
+        "fedkper.tau=1.seed1",
+        "fedkper.tau=2.seed1",
+        "fedkper.tau=4.seed1",
+        "kd-only.seed1",
+    ]
+    assert len(resolved) == 15
+    assert [r.components["aggregation"].name for r in first_seed] == ["reliability_diversity"] * 4 + ["fedavg"]
+    assert [r.components["objective"].params.tau for r in first_seed[:4]] == [0.5, 1, 2, 4]

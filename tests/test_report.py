@@ -840,12 +840,12 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     spec = REPO / "specs" / "paper" / "bloodmnist.yaml"
     variants = list(yaml.safe_load(spec.read_text())["variants"])
     assert len(variants) == 13
-    # tiny scale: 2 rounds (NFR and BwT need a previous round), 40 small clients, one thread
+    # tiny scale: 2 rounds (NFR and BwT need a previous round), 16 clients, one thread, 2 child runs at once
     overrides = [
         "seeds=[1,2]",
         "federation.rounds=2",
         "training.local_epochs=1",
-        "data.num_clients=40",
+        "data.num_clients=16",
         "data.local_test.fraction=0.1",
         "federation.clients_per_round=2",
         "checkpoint.every=0",
@@ -853,7 +853,7 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
         f"tracking.uri={tracking_uri}",
     ]
     t0 = time.perf_counter()
-    argv = ["run", str(spec), "--no-progress"] + [x for o in overrides for x in ("--set", o)]
+    argv = ["run", str(spec), "--no-progress", "--jobs", "2"] + [x for o in overrides for x in ("--set", o)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     parent = re.search(r"parent run: ([0-9a-f]{32})", printed).group(1)
@@ -923,7 +923,7 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
         assert re.search(
             r"seed 1: client \d+, [\d.]+% on \d+ local test samples.*; seed 2: client \d+", row
         ), row
-        assert re.search(r"\| \d+/40, \d+/40 \|", row), row  # covered clients of 40, per seed
+        assert re.search(r"\| \d+/16, \d+/16 \|", row), row  # covered clients of 16, per seed
     forgetting = md.split("## Forgetting")[1].split("\n## ")[0]
     assert "global NFR, its only round %" in forgetting and "global NFR, last 1 round (all) %" in forgetting
     assert "local_acc_worst_client" not in md and "local_acc_worst_client" not in page
