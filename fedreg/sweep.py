@@ -295,8 +295,12 @@ class ProcessPool:
 
         self.capacity = jobs
         self.ctx = mp.get_context("forkserver")
-        # the server imports these once; each worker is forked from it with them loaded
-        self.ctx.set_forkserver_preload(["fedreg.sweep", "fedreg.rounds", "fedreg.tracking", "fedreg.data"])
+        # the server imports these (and builds the plugin registry) once, starting now, while the parent
+        # opens the first child runs; each worker is forked from it with them loaded
+        self.ctx.set_forkserver_preload(["fedreg._worker_preload"])
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
         self.procs: dict[int, tuple[Any, Connection, bool]] = {}
 
     def submit(self, task: ChildTask) -> str:
