@@ -130,7 +130,12 @@ def test_comparison_in_the_mlflow_ui(data_dir, tracking_uri, shots, tmp_path):
             # the chart view: its first section is accuracy, global accuracy for all four
             page.locator("label:has(input[value='CHART'])").click()  # the chart view
             expect(page.get_by_text("System metrics").first).to_be_visible()
-            page.wait_for_timeout(3000)  # the charts draw their lines
+            # the first charts have drawn their lines (plotly's traces) before the screenshot
+            page.wait_for_function(
+                "document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 4",
+                timeout=90_000,
+            )
+            page.wait_for_timeout(1000)
             page.screenshot(path=shots / "charts.png")
             body = page.inner_text("body")
             sections = re.findall(r"^([A-Za-z_ ]+)\n\((\d+)\)$", body, re.M)
