@@ -66,5 +66,6 @@ def test_the_readme_spec_is_valid(registry):
         "kd-only.seed1",
     ]
     assert len(resolved) == 15
-    assert [r.components["aggregation"].name for r in first_seed] == ["reliability_diversity"] * 4 + ["fedavg"]
+    aggregations = [r.components["aggregation"].name for r in first_seed]
+    assert aggregations == ["reliability_diversity"] * 4 + ["fedavg"]
     assert [r.components["objective"].params.tau for r in first_seed[:4]] == [0.5, 1, 2, 4]
