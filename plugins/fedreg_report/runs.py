@@ -20,7 +20,7 @@ from typing import Any
 from fedreg.errors import FedregError
 from fedreg.figures import installed_figures
 from fedreg.outputs import MetricNames
-from fedreg_report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS
+from fedreg_report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS, OPTIONAL_KEYS
 from fedreg_report.store import find_runs
 
 
@@ -110,6 +110,16 @@ def last_at_participation(
     return out, metric
 
 
+def _with_final_values(summary: dict[str, float]) -> dict[str, float]:
+    """The end-of-run figures (logged once, at the last round, and not as summaries) as their ``final_``
+    keys: their latest value is their final value."""
+    for key in OPTIONAL_KEYS:
+        base = key.removeprefix("final_")
+        if key not in summary and base in summary:
+            summary[key] = summary[base]
+    return summary
+
+
 @functools.cache
 def metric_names() -> MetricNames:
     """The MLflow names of the installed metrics' keys (runs logged before names existed read by key)."""
@@ -189,7 +199,7 @@ def read_run(client, run, details: bool = True) -> RunData:
         name=run.info.run_name or "",
         start_time=run.info.start_time or 0,
         end_time=run.info.end_time,
-        summary=metric_names().read_metrics(run.data.metrics),
+        summary=_with_final_values(metric_names().read_metrics(run.data.metrics)),
         tags=dict(run.data.tags),
         params=dict(run.data.params),
     )
