@@ -180,7 +180,7 @@ def work(task: ChildTask, send: Callable[[tuple], None]) -> ChildOutcome:
 
     from fedreg import checkpoint
     from fedreg.data import DataCache
-    from fedreg.figures import progress_keys
+    from fedreg.figures import figures_of, progress_keys
     from fedreg.tracking import Tracker
 
     if Path(task.cwd).is_dir():  # relative paths in the spec mean what they mean to the parent
@@ -208,14 +208,9 @@ def work(task: ChildTask, send: Callable[[tuple], None]) -> ChildOutcome:
         return ChildOutcome(
             task.index, "FAILED", reason=f"set-up in the worker failed: {failure_reason(exc)}"
         )
-    keys: tuple[str, ...] = ()
+    keys = progress_keys(figures_of(m.info.cls for m in task.rs.metrics))  # what the progress line shows
 
     def on_round(r: int, scalars: dict[str, float]) -> None:
-        nonlocal keys
-        if not keys:
-            from fedreg.figures import figures_of
-
-            keys = progress_keys(figures_of(m.info.cls for m in task.rs.metrics))
         send(("round", task.index, r, {k: scalars[k] for k in keys if k in scalars}))
 
     try:

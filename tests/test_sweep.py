@@ -223,12 +223,9 @@ def test_a_failed_child_fails_alone(env, capsys):
         assert parent.info.status == "FAILED"
 
 
-def test_a_killed_worker_ends_its_child_only_and_resume_jobs_continues_it(env):
-    tmp, raw, uri = env
-    raw["federation"]["rounds"] = 25
-    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}, "c": {"training.optimizer.lr": 0.03}}
-    spec = write_spec(tmp / "kill.yaml", raw)
-    proc = subprocess.Popen(
+def start_parallel_sweep(tmp, spec) -> subprocess.Popen:
+    """``fedreg run SPEC --jobs 2 --no-progress`` in a subprocess, its output read line by line."""
+    return subprocess.Popen(
         [sys.executable, "-m", "fedreg", "run", str(spec), "--jobs", "2", "--no-progress"],
         cwd=tmp,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -236,6 +233,14 @@ def test_a_killed_worker_ends_its_child_only_and_resume_jobs_continues_it(env):
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_a_killed_worker_ends_its_child_only_and_resume_jobs_continues_it(env):
+    tmp, raw, uri = env
+    raw["federation"]["rounds"] = 25
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}, "c": {"training.optimizer.lr": 0.03}}
+    spec = write_spec(tmp / "kill.yaml", raw)
+    proc = start_parallel_sweep(tmp, spec)
     lines = []
     try:
         pid = None
@@ -382,14 +387,7 @@ def test_sigterm_during_a_parallel_sweep_ends_every_run_killed_and_the_hint_cont
     raw["federation"]["rounds"] = 25
     raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}}
     spec = write_spec(tmp / "term.yaml", raw)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedreg", "run", str(spec), "--jobs", "2", "--no-progress"],
-        cwd=tmp,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_parallel_sweep(tmp, spec)
     pids = []
     try:
         while len(pids) < 2:
