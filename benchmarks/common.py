@@ -90,7 +90,9 @@ def plain_rounds(run: FederatedRun, state: dict, rounds: int, tensors: list | No
             x, y, tx, ty = tensors[cid]
             model.load_state_dict(state)
             model.train()
-            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            opt = torch.optim.SGD(
+                model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=True
+            )
             g = seeding.torch_generator(spec.seed, seeding.CLIENT_SHUFFLE, r - 1, cid)
             for _ in range(spec.training.local_epochs):
                 perm = torch.randperm(len(y), generator=g)
