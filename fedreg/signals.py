@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 #: the exit status after SIGTERM (128 + 15)
 EXIT_TERMINATED = 128 + int(signal.SIGTERM)
@@ -50,3 +51,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM wait: a signal that arrives is handled (its ``KeyboardInterrupt``
+    or :class:`Terminated` raised) when the block ends, not inside it. Around a tracking store's write, so
+    that an interrupt cannot stop a SQLite transaction half-way and leave the store locked for the writes
+    that mark the run ``KILLED``. Outside the main thread the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[tuple[int, Any]] = []
+    held: dict[int, Any] = {}
+
+    def hold(signum, frame):
+        pending.append((signum, frame))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):  # a Python-level handler (Ctrl-C's default one, or sigterm_as_interrupt's)
+            held[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for num, previous in held.items():
+            signal.signal(num, previous)
+        if pending:
+            signum, frame = pending[0]
+            held[signum](signum, frame)

@@ -193,7 +193,10 @@ class Tracker:
 
     # -- delivery ------------------------------------------------------------------------------------------
     def _send(self, op: str, args: tuple) -> None:
-        getattr(self, "_" + op)(*args)
+        from fedreg.signals import interrupts_deferred
+
+        with interrupts_deferred():  # a write is not cut half-way (a SQLite store would stay locked)
+            getattr(self, "_" + op)(*args)
 
     def flush(self, force: bool = False) -> bool:
         """Send queued calls in order; False if the server is still unreachable."""

@@ -417,3 +417,15 @@ def test_sigterm_marks_runs_killed_and_prints_a_resume_command_that_works(env):
     assert f"resuming run {run.info.run_id}" in resumed.stdout
     assert [r.info.status for r in runs(uri)] == ["FINISHED"]
     assert_each_step_once(uri, run.info.run_id, 20)
+
+
+def test_an_interrupt_during_a_tracking_write_waits_for_the_write_to_end():
+    from fedreg.signals import interrupts_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler would have run here
+            done.append("write")  # the write goes on to its end
+    assert done == ["write"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
