@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedreg.errors import FedregError
+from fedreg.signals import interrupts_deferred
 
 
 def tracking_uri(spec_uri: str | None) -> str:
@@ -193,8 +194,6 @@ class Tracker:
 
     # -- delivery ------------------------------------------------------------------------------------------
     def _send(self, op: str, args: tuple) -> None:
-        from fedreg.signals import interrupts_deferred
-
         with interrupts_deferred():  # a write is not cut half-way (a SQLite store would stay locked)
             getattr(self, "_" + op)(*args)
 
