@@ -34,3 +34,18 @@ def weighted_average(states: Sequence[StateDict], weights: Sequence[float]) -> S
         else:
             out[key] = ref.clone()
     return out
+
+
+#: how a server weights its clients' updates: by their training samples (FedAvg's n_k) or equally
+WEIGHTINGS = ("samples", "uniform")
+
+
+def client_weights(num_samples: Sequence[int], weighting: str) -> list[float]:
+    """The weights of a round's client updates: ``"samples"`` gives each client its number of training
+    samples n_k (McMahan et al.'s FedAvg), ``"uniform"`` gives every client 1 (the mean over the round's
+    clients, as the official code of SCAFFOLD's, FedRep's, FedBABU's and APFL's references averages)."""
+    if weighting == "samples":
+        return [float(n) for n in num_samples]
+    if weighting == "uniform":
+        return [1.0] * len(num_samples)
+    raise ValueError(f"unknown weighting {weighting!r}; use one of {list(WEIGHTINGS)}")

@@ -123,8 +123,16 @@ class TrainingConfig:
         )
 
     def make_optimizer_factory(self, lr: float):
-        def make(params):
-            return sgd(params, lr, self.momentum, self.weight_decay, self.nesterov)
+        def make(params, **overrides):
+            """SGD at ``lr`` with the spec's settings; ``overrides`` (``lr``, ``momentum``,
+            ``weight_decay``, ``nesterov``) replace them for a method's own optimizer (FedBABU's
+            fine-tuning)."""
+            unknown = set(overrides) - {"lr", "momentum", "weight_decay", "nesterov"}
+            if unknown:
+                raise TypeError(f"make_optimizer got unknown settings {sorted(unknown)}")
+            s: dict[str, Any] = {"lr": lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
+            s |= {"nesterov": self.nesterov} | overrides
+            return sgd(params, s["lr"], s["momentum"], s["weight_decay"], bool(s["nesterov"]))
 
         return make
 
@@ -185,6 +193,16 @@ class ModelBuilder:
         return m.to(memory_format=torch.channels_last)
 
 
+def initial_weights(seed: int, build_model: ModelBuilder) -> StateDict:
+    """The run's initial global weights: the spec's model built under a torch seed drawn from the run's
+    ``MODEL_INIT`` stream (the caller's torch random state is left as it was). The server starts from
+    them, and any client can compute them alone (``LocalContext.initial_state``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seeding.rng(seed, seeding.MODEL_INIT).integers(2**62)))
+        model = build_model()
+    return clone_state(model.state_dict())
+
+
 class ClientRunner:
     """The per-client code every backend runs: build the client's context, train it with the objective,
     then report (aggregator), evaluate locally and package the update."""
@@ -194,9 +212,16 @@ class ClientRunner:
         self.build_model = build_model  # () -> a fresh model (channels_last)
         self.tensors = tensors  # cid -> (train_x, train_y, test_x, test_y), e.g. FederatedData.client_tensors
         self._work_model: nn.Module | None = None
+        self._initial: StateDict | None = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_work_model": None}  # workers build their own
+        return {**self.__dict__, "_work_model": None, "_initial": None}  # workers build their own
+
+    def initial_state(self) -> StateDict:
+        """The run's initial weights on this runner's device, computed once per process."""
+        if self._initial is None:
+            self._initial = to_device(initial_weights(self.config.seed, self.build_model), self.device)
+        return self._initial
 
     @property
     def device(self) -> torch.device:
@@ -248,6 +273,8 @@ class ClientRunner:
             broadcast=broadcast,
             build_model=self.new_model,
             momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            load_initial=self.initial_state,
         )
 
     def run(self, job: ClientJob, rin: RoundInput) -> ClientResult:
@@ -271,6 +298,7 @@ class ClientRunner:
         ctx = self.context(ClientJob(rin.round, cid, lr, dict(state)), rin, model)
         if not len(ctx.test_y):
             return None
+        ctx.final = True
         ctx.generator = seeding.torch_generator(self.config.seed, seeding.FINAL_EVAL, cid)
         with self.config.autocast():
             chosen = call(rin.objective, "eval_model", rin.round, cid, ctx)

@@ -27,6 +27,7 @@ from fedreg.clients import (
     RoundInput,
     TrainingConfig,
     backend_class,
+    initial_weights,
 )
 from fedreg.components import (
     FINAL_LOCAL,
@@ -40,7 +41,6 @@ from fedreg.components import (
     RoundEvaluation,
     RunInfo,
     StateDict,
-    clone_state,
 )
 from fedreg.data import FederatedData
 from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
@@ -155,10 +155,17 @@ class FederatedRun:
 
     # -- models ----------------------------------------------------------------------------------------
     def initial_state(self) -> RunState:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seeding.rng(self.spec.seed, seeding.MODEL_INIT).integers(2**62)))
-            model = self.build_model()
-        return RunState(round=0, global_state=clone_state(model.state_dict()))
+        return RunState(round=0, global_state=initial_weights(self.spec.seed, self.build_model))
+
+    def evaluated_state(self, st: RunState) -> StateDict:
+        """The weights evaluated as the global model after round ``st.round``: the aggregator's
+        ``evaluated_state`` where it names other weights than those it sends (FedDyn's reported models),
+        else the global weights."""
+        r = st.round
+        chosen = call(self.aggregator, "evaluated_state", r, None, r, st.global_state)
+        if chosen is None:
+            return st.global_state
+        return check_state(chosen, st.global_state, describe(self.aggregator), "evaluated_state")
 
     def lr_at(self, r: int) -> float:
         """Learning rate of round ``r`` (1-based): lr * gamma ** ((r - 1) // step_rounds)."""
@@ -212,7 +219,7 @@ class FederatedRun:
         }
         last = st.round == spec.federation.rounds
         if st.round % spec.evaluation.every == 0 or last:
-            eval_model.load_state_dict(st.global_state)
+            eval_model.load_state_dict(self.evaluated_state(st))
             with self.config.autocast():
                 ev = self.evaluate(st.round, chosen, eval_model, local_preds)
             if last and self.need_final_local:
@@ -275,7 +282,7 @@ class FederatedRun:
     def final_local(self, st: RunState, lr: float) -> dict[int, Predictions]:
         """After the last round: every client's end-of-run model (``Objective.eval_model`` without training,
         from the final global weights and the client's state) on its own local test set."""
-        rin = RoundInput(st.round, st.global_state, {}, self.objective, self.aggregator)
+        rin = RoundInput(st.round, self.evaluated_state(st), {}, self.objective, self.aggregator)
         out = {}
         for cid in range(len(self.infos)):
             preds = self.runner.final_eval(cid, rin, st.client_states.get(cid, {}), lr)
@@ -402,7 +409,7 @@ class FederatedRun:
             self.run_id,
             self.label,
             st.history,
-            st.global_state,
+            self.evaluated_state(st),
             self.per_client_rows,
             self.failure_rows,
             log_model=self.spec.tracking.log_model,

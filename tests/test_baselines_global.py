@@ -30,12 +30,14 @@ def test_fedprox_mu_zero_equals_fedavg_to_the_bit():
 
 
 def test_scaffold_first_round_equals_fedavg():
-    a = tiny_federation({"federation.rounds": 1})
+    """With no control variates yet, SCAFFOLD's first round is FedAvg with SCAFFOLD's uniform weights."""
+    uniform = {"federation.aggregation": {"name": "fedavg", "params": {"weighting": "uniform"}}}
+    a = tiny_federation({"federation.rounds": 1, **uniform})
     b = tiny_federation(
         {"federation.rounds": 1, "training.objective": "scaffold", "federation.aggregation": "scaffold"}
     )
     assert states_equal(a.global_state, b.global_state)
-    a3 = tiny_federation({"federation.rounds": 3})
+    a3 = tiny_federation({"federation.rounds": 3, **uniform})
     b3 = tiny_federation(
         {"federation.rounds": 3, "training.objective": "scaffold", "federation.aggregation": "scaffold"}
     )
@@ -65,13 +67,14 @@ def test_scaffold_control_updates_hand_computed():
 
 
 def test_feddyn_server_update_hand_computed():
-    h = {"w": torch.tensor([0.0])}
+    """The authors' server: drift += (1/N) sum (theta_k - theta); theta = mean theta_k + drift."""
+    drift = {"w": torch.tensor([0.5])}
     prev = {"w": torch.tensor([1.0])}
-    new, h2 = feddyn_server_update(
-        h, prev, [{"w": torch.tensor([2.0])}, {"w": torch.tensor([4.0])}], alpha=0.5, num_clients=10
+    new, d2 = feddyn_server_update(
+        drift, prev, [{"w": torch.tensor([2.0])}, {"w": torch.tensor([4.0])}], num_clients=10
     )
-    assert float(h2["w"]) == pytest.approx(-(0.5 / 10) * (1.0 + 3.0))
-    assert float(new["w"]) == pytest.approx(3.0 - float(h2["w"]) / 0.5)
+    assert float(d2["w"]) == pytest.approx(0.5 + (1.0 + 3.0) / 10)
+    assert float(new["w"]) == pytest.approx(3.0 + float(d2["w"]))
 
 
 def test_not_true_logits_and_distillation():

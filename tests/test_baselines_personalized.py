@@ -111,6 +111,7 @@ def make_ctx(state=None, epochs=1, lr=0.05, momentum=0.0, seed=0):
 
     torch.manual_seed(seed)
     model = build()
+    initial = clone_state(model.state_dict())  # the run's initial weights: what this client receives
     return LocalContext(
         round=1,
         client_id=0,
@@ -124,11 +125,17 @@ def make_ctx(state=None, epochs=1, lr=0.05, momentum=0.0, seed=0):
         epochs=epochs,
         batch_size=16,
         lr=lr,
-        make_optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum),
+        make_optimizer=lambda p, **o: torch.optim.SGD(
+            p,
+            lr=o.get("lr", lr),
+            momentum=o.get("momentum", momentum),
+            weight_decay=o.get("weight_decay", 0.0),
+        ),
         generator=torch.Generator().manual_seed(seed),
         state={} if state is None else state,
         broadcast={},
         build_model=build,
+        load_initial=lambda: initial,
     )
 
 
@@ -180,7 +187,7 @@ def test_ditto_loss_hand_computed():
 # --- every method in a federation --------------------------------------------------------------------------
 
 METHODS = ["ditto", "fedper", "fedrep", "fedbabu", "apfl", "local_only"]
-FAST = {"fedrep": {"name": "fedrep", "params": {"head_epochs": 2}}}
+FAST = {"fedrep": {"name": "fedrep", "params": {"rep_epochs": 1}}}
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -240,7 +247,8 @@ def test_head_is_restored_over_the_received_body(cls):
 
 @pytest.mark.parametrize("name", ["fedper", "fedrep"])
 def test_heads_are_personal_and_bodies_shared(registry, name):
-    result, st, _ = federate(registry, FAST.get(name, name))
+    # FedRep trains the head in all but the last rep_epochs (1) of the local epochs: 2 epochs, 1 for the head
+    result, st, _ = federate(registry, FAST.get(name, name), **{"training.local_epochs": 2})
     heads = {c: s["head"] for c, s in st.client_states.items()}
     assert len(heads) >= 2 and all(set(h) == set(HEAD) for h in heads.values())  # only the head is kept
     hs = list(heads.values())
@@ -249,14 +257,25 @@ def test_heads_are_personal_and_bodies_shared(registry, name):
 
 
 def test_fedrep_phases_train_only_their_part():
-    ctx = make_ctx(epochs=0)  # head phase only: the body must not move
-    FedRep(FedRep.Params(head_epochs=1)).train(ctx)
-    now = ctx.model.state_dict()
-    assert all(torch.equal(now[k], ctx.global_state[k]) for k in now if k not in HEAD)
-    assert not torch.equal(now["fc.weight"], ctx.global_state["fc.weight"])
+    ctx = make_ctx(epochs=2)
+    seen = []
+    obj = FedRep(FedRep.Params(rep_epochs=1))
+    run_epochs = obj.run_epochs
+
+    def spy(ctx, model, params=None, epochs=None, **kw):
+        before = clone_state(model.state_dict())
+        out = run_epochs(ctx, model, params, epochs, **kw)
+        after = model.state_dict()
+        seen.append((epochs, {k for k in after if not torch.equal(after[k], before[k])}))
+        return out
+
+    obj.run_epochs = spy
+    obj.train(ctx)
+    body = {k for k in ctx.model.state_dict() if k not in HEAD}
+    assert seen == [(1, set(HEAD)), (1, body)]  # the head alone first, then the body alone
     assert all(p.requires_grad for p in ctx.model.parameters())  # the shared model is left unfrozen
-    ctx = make_ctx(epochs=1)  # body phase only: the head must not move
-    FedRep(FedRep.Params(head_epochs=0)).train(ctx)
+    ctx = make_ctx(epochs=1)  # one epoch, the body's: the head must not move
+    FedRep(FedRep.Params(rep_epochs=1)).train(ctx)
     now = ctx.model.state_dict()
     assert all(torch.equal(now[k], ctx.global_state[k]) for k in HEAD)
     assert not torch.equal(now["conv1.0.weight"], ctx.global_state["conv1.0.weight"])
@@ -304,24 +323,36 @@ def test_fedbabu_finetuned_copy_does_not_leak():
     assert not torch.equal(tuned["fc.weight"], before["fc.weight"])  # the whole network is fine-tuned
 
 
-def test_apfl_alpha_zero_evaluates_the_trained_global_copy():
+@pytest.mark.parametrize("mixing", ["outputs", "parameters"])
+def test_apfl_alpha_zero_evaluates_the_trained_global_copy(mixing):
     ctx = make_ctx()
-    obj = APFL(APFL.Params(alpha=0.0, adaptive_alpha=False))  # the fixed form
+    obj = APFL(APFL.Params(alpha=0.0, adaptive_alpha=False, mixing=mixing))  # the fixed form
     obj.train(ctx)
-    assert states_equal(obj.eval_model(ctx).state_dict(), ctx.model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(obj.eval_model(ctx)(ctx.test_x), ctx.model.eval()(ctx.test_x))
     params = [k for k, _ in ctx.model.named_parameters()]
     assert all(torch.equal(ctx.state["personal"][k], ctx.global_state[k]) for k in params)  # no gradient to v
 
 
-def test_apfl_personal_model_trains_and_mixes():
+@pytest.mark.parametrize("mixing", ["outputs", "parameters"])
+def test_apfl_personal_model_trains_and_mixes(mixing):
     ctx = make_ctx()
-    obj = APFL(APFL.Params(alpha=0.5))
+    obj = APFL(APFL.Params(alpha=0.5, mixing=mixing))
     obj.train(ctx)
     v = ctx.state["personal"]
     assert distance(v, ctx.global_state, list(v)) > 0
-    assert ctx.state["alpha"] != 0.5  # adaptive by default: each client's alpha is learned
-    expected = mix_states(v, ctx.model.state_dict(), ctx.state["alpha"])
-    assert states_equal(obj.eval_model(ctx).state_dict(), expected)
+    a = ctx.state["alpha"]
+    assert a != 0.5  # adaptive by default: each client's alpha is learned
+    with torch.no_grad():
+        got = obj.eval_model(ctx)(ctx.test_x)
+        if mixing == "parameters":
+            expected = mix_states(v, ctx.model.state_dict(), a)
+            assert states_equal(obj.eval_model(ctx).state_dict(), expected)
+        else:  # the authors' prediction: alpha * v(x) + (1 - alpha) * w(x)
+            vm = ctx.build_model()
+            vm.load_state_dict(v)
+            want = a * vm.eval()(ctx.test_x) + (1 - a) * ctx.model.eval()(ctx.test_x)
+            assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_apfl_global_model_is_fedavg_to_the_bit(registry):

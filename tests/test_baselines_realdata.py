@@ -89,11 +89,10 @@ def test_method_improves_on_its_start(variant, blood_subset, registry):
         # Krum keeps the m clients closest to the others: under label skew that is a few clients' classes
         # (its papers assume honest clients of one distribution), so it is checked on IID clients
         over["data.partition"] = "iid"
-    if variant == "fedrep":
-        over["training.objective"] = {
-            "name": "fedrep",
-            "params": {"personal_layers": ["fc"], "head_epochs": 2},
-        }
+    if variant == "fedrep":  # of 3 local epochs, 2 for the head and the last for the body (rep_epochs 1)
+        params = {"personal_layers": ["fc"], "rep_epochs": 1}
+        over["training.objective"] = {"name": "fedrep", "params": params}
+        over["training.local_epochs"] = 3
     start = initial_accuracy({"model": "cnn", "data.num_clients": 6}, dataset=blood_subset)
     res = tiny_federation(over, dataset=blood_subset)
     obj = res.history and tiny_objective_role(registry, over)

@@ -244,7 +244,8 @@ def test_server_adam_step_by_hand():
     lr, b1, b2, tau = 0.01, 0.9, 0.99, 1e-3
     prev = {"w": torch.tensor([1.0, -2.0]), "count": torch.tensor(0)}
     avg = {"w": torch.tensor([1.5, -2.0]), "count": torch.tensor(2)}
-    new, m, v = server_adam_step(prev, avg, {}, {}, lr, b1, b2, tau)
+    # the paper's Algorithm 2: no bias correction, v from tau^2
+    new, m, v = server_adam_step(prev, avg, {}, {}, lr, b1, b2, tau, v0=tau * tau)
     # d = [0.5, 0]; m = 0.1 d = [0.05, 0]; v = 0.99 tau^2 + 0.01 d^2 = [0.0025 + 9.9e-7, 9.9e-7]
     assert m["w"].tolist() == pytest.approx([0.05, 0.0])
     assert v["w"].tolist() == pytest.approx([0.00250099, 9.9e-7], rel=1e-12)
@@ -253,7 +254,7 @@ def test_server_adam_step_by_hand():
     assert new["w"].dtype == torch.float32 and new["count"].item() == 2
     # second step: d = [w0 - ... ] from a new average
     avg2 = {"w": torch.tensor([1.0, -1.0]), "count": torch.tensor(3)}
-    new2, m2, v2 = server_adam_step(new, avg2, m, v, lr, b1, b2, tau)
+    new2, m2, v2 = server_adam_step(new, avg2, m, v, lr, b1, b2, tau, v0=tau * tau)
     prev0 = float(new["w"][0])
     d = [1.0 - prev0, -1.0 - (-2.0)]
     m_exp = [0.9 * 0.05 + 0.1 * d[0], 0.1 * d[1]]
@@ -326,7 +327,7 @@ def test_server_optimizers_average_by_sample_counts():
     out = FedAvgM(FedAvgM.Params(momentum=0.0)).aggregate(1, prev, ups, [])
     assert out["w"].tolist() == [3.0]  # (1*0 + 3*4) / 4
     p = FedAdam.Params()
-    assert (p.server_lr, p.beta1, p.beta2, p.tau) == (1e-2, 0.9, 0.99, 1e-3)
+    assert (p.server_lr, p.beta1, p.beta2, p.tau, p.bias_correction) == (1e-2, 0.9, 0.999, 1e-3, True)
     q = FedAvgM.Params()
     assert (q.server_lr, q.momentum) == (1.0, 0.9)
 

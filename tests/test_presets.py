@@ -36,7 +36,7 @@ def test_preset_expands_into_its_parts_with_its_params(registry):
     (rs,) = resolve(spec_with(method="scaffold"), registry)
     assert parts(rs) == (
         {"name": "scaffold", "params": {}},
-        {"name": "scaffold", "params": {"global_lr": 1.0}},
+        {"name": "scaffold", "params": {"weighting": "uniform", "global_lr": 1.0}},
     )
 
 

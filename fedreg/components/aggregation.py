@@ -43,6 +43,7 @@ class Aggregator(Component):
         "broadcast",
         "client_report",
         "aggregate",
+        "evaluated_state",
         "state_dict",
         "load_state_dict",
     )
@@ -61,3 +62,11 @@ class Aggregator(Component):
     ) -> StateDict:
         """Return the new global weights (same keys, shapes and dtypes as ``global_state``)."""
         raise NotImplementedError
+
+    def evaluated_state(self, round: int, global_state: StateDict) -> StateDict | None:
+        """The weights evaluated and reported as the global model after ``round`` (global test, global on
+        local, the logged model, the end-of-run model of a global method), where a method reports other
+        weights than those it sends to clients (FedDyn's authors report the average of the participants or
+        of all clients, not the server's corrected model). Called after ``aggregate`` in each evaluated
+        round, with the new global weights. None (the default): the global weights themselves."""
+        return None

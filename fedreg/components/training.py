@@ -39,15 +39,29 @@ class LocalContext:
     momentum: float = (
         0.0  # the optimizer's momentum (methods whose math assumes plain SGD may correct for it)
     )
+    weight_decay: float = 0.0  # the optimizer's weight decay (contract version 5)
     #: the mean training loss of this round's local training (``TrainOutput.loss``): set after training,
     #: before ``Aggregator.client_report`` runs (NaN before; contract version 4)
     train_loss: float = float("nan")
+    #: True in the end-of-run evaluation (``eval_model`` called once per client after the last round,
+    #: without training); False during a round (contract version 5)
+    final: bool = False
+    #: () -> the run's initial global weights; read it through :meth:`initial_state`
+    load_initial: Callable[[], StateDict] | None = None
     _global_model: nn.Module | None = None
     _functional: FunctionalContext | None = None
 
     @property
     def num_samples(self) -> int:
         return int(self.train_y.shape[0])
+
+    def initial_state(self) -> StateDict:
+        """The run's initial global weights (what every client received in round 1; do not modify): derived
+        from the spec's seed, so every backend, worker and site computes the same weights. For methods whose
+        client-side models start there (Ditto's and APFL's personal models, as in their authors' code)."""
+        if self.load_initial is None:
+            raise FedregError("this context was built without the run's initial weights (load_initial)")
+        return self.load_initial()
 
     def global_model(self) -> nn.Module:
         """A frozen copy of the model the client received (built on first use, in eval mode)."""
@@ -239,14 +253,18 @@ class Objective(Component):
         epochs: int | None = None,
         loss_method: str = "loss",
         lr: float | None = None,
+        optimizer: Mapping[str, Any] | None = None,
     ) -> tuple[float, int]:
         """The one local-training loop: ``epochs`` (default ``ctx.epochs``) passes over ``ctx.batches()``;
         per batch the method ``loss_method`` (called as ``loss(model, x, y, ctx)``), backward,
         ``before_step``, an optimizer step over ``params`` (default all of ``model``'s) at ``lr`` (default
-        the round's). The loss method may return a pair (the loss to minimise, the loss to report), as
-        APFL does with its two models. A failure is named after the method that raised; a non-finite loss
-        is a ``NonFiniteLoss`` failure of ``loss_method``. Returns (sum of the reported losses, steps)."""
-        opt = ctx.make_optimizer(list(model.parameters() if params is None else params))
+        the round's) with the spec's SGD settings, or those ``optimizer`` replaces (``momentum``,
+        ``weight_decay``, ``nesterov``: passed to ``ctx.make_optimizer``). The loss method may return a
+        pair (the loss to minimise, the loss to report), as APFL does with its two models. A failure is
+        named after the method that raised; a non-finite loss is a ``NonFiniteLoss`` failure of
+        ``loss_method``. Returns (sum of the reported losses, steps)."""
+        chosen = list(model.parameters() if params is None else params)
+        opt = ctx.make_optimizer(chosen, **optimizer) if optimizer else ctx.make_optimizer(chosen)
         if lr is not None:
             for group in opt.param_groups:
                 group["lr"] = lr

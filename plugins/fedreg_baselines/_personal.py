@@ -20,6 +20,7 @@ from fedreg.components import Aggregator, Objective
 from fedreg.errors import FedregError
 from fedreg.losses import cross_entropy
 from fedreg_baselines._pairing import pairing_problems
+from fedreg_baselines.fedavg import UniformWeightingParams, averaging_weights
 from fedreg_baselines.personal_math import average_shared, split_keys
 
 #: the payload key under which a client names the state-dict entries it keeps (never aggregated)
@@ -88,11 +89,15 @@ class FedAvgShared(Aggregator):
     """FedAvg over the shared entries only: the entries the clients keep (FedPer's and FedRep's heads,
     FedBABU's fixed head, all of local-only's weights) are not aggregated and keep their global values.
 
-    Each client names the entries it keeps in its payload (``kept_keys``). Sample-weighted, as ``fedavg``.
-    The global model is therefore the averaged shared part with the kept part as it was initialised, which
-    is also what a client receives at its first participation."""
+    Each client names the entries it keeps in its payload (``kept_keys``). The plain mean over the round's
+    clients by default (``weighting: uniform``), as the official code of FedRep (lgcollins/FedRep
+    ``main_fedrep.py``, also its ``--alg fedper``) and FedBABU (jhoon-oh/FedBABU ``main_fed.py``) averages;
+    ``weighting: samples`` weights by sample counts, as ``fedavg``. The global model is therefore the
+    averaged shared part with the kept part as it was initialised, which is also what a client receives at
+    its first participation."""
 
     name = "fedavg_shared"
+    Params = UniformWeightingParams
 
     def aggregate(self, round, global_state, updates, failures):
         missing = [u.client_id for u in updates if KEPT_KEYS not in u.payload]
@@ -104,7 +109,7 @@ class FedAvgShared(Aggregator):
             )
         kept = {k for u in updates for k in u.payload[KEPT_KEYS]}
         return average_shared(
-            global_state, [u.state for u in updates], [u.num_samples for u in updates], kept
+            global_state, [u.state for u in updates], averaging_weights(self.params, updates), kept
         )
 
 

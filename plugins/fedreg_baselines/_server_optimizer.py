@@ -1,7 +1,8 @@
 """What the server optimizers (FedAvgM, FedAdam) share: their base class, which holds the optimizer state.
 
-The sample-weighted average of client weights minus the previous global weights is a pseudo-gradient step,
-which a server-side optimizer (momentum, Adam) applies to the global weights.
+The average of client weights (by sample counts unless ``weighting: uniform``) minus the previous global
+weights is a pseudo-gradient step, which a server-side optimizer (momentum, Adam) applies to the global
+weights.
 
 The update rules are plain functions in each method's module; the components hold the optimizer state
 (float64 tensors by parameter name) and expose it through ``state_dict`` / ``load_state_dict``. Only floating
@@ -18,14 +19,16 @@ import torch
 
 from fedreg.aggregate import weighted_average
 from fedreg.components import Aggregator, StateDict
+from fedreg_baselines.fedavg import averaging_weights
 
 
 def f64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float64)
 
 
-def client_average(updates) -> StateDict:
-    return weighted_average([u.state for u in updates], [u.num_samples for u in updates])
+def client_average(updates, params) -> StateDict:
+    """The average of the clients' weights under the aggregator's ``weighting``."""
+    return weighted_average([u.state for u in updates], averaging_weights(params, updates))
 
 
 def _copy_tensors(d: Any, what: str) -> StateDict:

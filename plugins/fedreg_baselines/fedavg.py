@@ -3,8 +3,12 @@ AISTATS 2017) as three components."""
 
 from __future__ import annotations
 
-from fedreg.aggregate import weighted_average
-from fedreg.components import Aggregator, Objective, Selector
+from typing import Literal
+
+from pydantic import Field
+
+from fedreg.aggregate import client_weights, weighted_average
+from fedreg.components import Aggregator, Objective, Params, Selector
 from fedreg.losses import cross_entropy
 
 
@@ -19,14 +23,40 @@ class CrossEntropy(Objective):
         return cross_entropy(forward(params, x), y, weight)
 
 
+def weighting_field(default: str):
+    return Field(
+        default=default,
+        description="how the round's client updates are weighted: 'samples' (each client's number of "
+        "training samples, FedAvg's n_k) or 'uniform' (the plain mean over the round's clients)",
+    )
+
+
+class WeightingParams(Params):
+    """The ``weighting`` parameter of the averaging aggregators (default: by samples, as FedAvg)."""
+
+    weighting: Literal["samples", "uniform"] = weighting_field("samples")
+
+
+class UniformWeightingParams(WeightingParams):
+    """``weighting`` defaulting to the plain mean, for the methods whose official code averages uniformly."""
+
+    weighting: Literal["samples", "uniform"] = weighting_field("uniform")
+
+
+def averaging_weights(params: WeightingParams, updates) -> list[float]:
+    """The weights of ``updates`` under the aggregator's ``weighting``."""
+    return client_weights([u.num_samples for u in updates], params.weighting)
+
+
 class FedAvg(Aggregator):
-    """Average of client weights, weighted by client sample counts."""
+    """Average of client weights, weighted by client sample counts (``weighting: uniform``: plain mean)."""
 
     name = "fedavg"
     default = True  # used where a spec names no component of this kind
+    Params = WeightingParams
 
     def aggregate(self, round, global_state, updates, failures):
-        return weighted_average([u.state for u in updates], [u.num_samples for u in updates])
+        return weighted_average([u.state for u in updates], averaging_weights(self.params, updates))
 
 
 class UniformSelection(Selector):

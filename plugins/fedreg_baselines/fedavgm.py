@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedreg.components import Params, StateDict
+from fedreg.components import StateDict
 from fedreg_baselines._server_optimizer import ServerOptimizer, client_average, f64
+from fedreg_baselines.fedavg import WeightingParams
 
 
 def server_momentum_step(
@@ -32,7 +33,7 @@ def server_momentum_step(
     return new, vel
 
 
-class FedAvgMParams(Params):
+class FedAvgMParams(WeightingParams):
     server_lr: float = Field(default=1.0, gt=0, description="server learning rate")
     momentum: float = Field(
         default=0.9, ge=0, lt=1, description="server momentum (0: FedAvg when server_lr is 1)"
@@ -54,7 +55,7 @@ class FedAvgM(ServerOptimizer):
     def aggregate(self, round, global_state, updates, failures):
         new, self._state["velocity"] = server_momentum_step(
             global_state,
-            client_average(updates),
+            client_average(updates, self.params),
             self._state["velocity"],
             self.params.server_lr,
             self.params.momentum,

@@ -17,8 +17,9 @@ class FedBABUParams(Params):
     head_layers: list[str] = layers_field(
         "module-name prefixes of the head, never trained during federation (matched as in fedper)"
     )
-    # The authors' code (jhoon-oh/FedBABU, utils/options.py) fine-tunes for --ft_ep 5 epochs before
-    # evaluation, the whole model (body and head at the same rate), as in the paper's personalisation.
+    # The authors' personalisation (jhoon-oh/FedBABU analysis.ipynb; --ft_ep 5 in utils/options.py)
+    # fine-tunes the whole model, body and head at one rate, for 5 epochs with SGD at lr 1e-3 (constant),
+    # momentum 0.9 and no weight decay.
     finetune_epochs: int = Field(
         default=5, ge=0, description="epochs of fine-tuning of the received global model before evaluation"
     )
@@ -26,7 +27,13 @@ class FedBABUParams(Params):
         default="full", description="which part is fine-tuned: the whole model, the head or the body"
     )
     finetune_lr: float | None = Field(
-        default=None, gt=0, description="fine-tuning learning rate; None: the round's learning rate"
+        default=1e-3, gt=0, description="fine-tuning learning rate; None: the round's learning rate"
+    )
+    finetune_momentum: float | None = Field(
+        default=0.9, ge=0, lt=1, description="fine-tuning SGD momentum; None: training.optimizer's"
+    )
+    finetune_weight_decay: float | None = Field(
+        default=0.0, ge=0, description="fine-tuning weight decay; None: training.optimizer's"
     )
 
 
@@ -39,8 +46,9 @@ class FedBABU(KeptLayers):
     ``fedavg_shared``: the head is kept out of the average, so the global head stays at its random
     initialisation, and the global model (trained body, fixed head) is the paper's global model.
     ``eval_model`` fine-tunes a copy of the received global model (``finetune_part`` of it, for
-    ``finetune_epochs``) on the client's training data and returns it; at the end of the run that is the
-    final global model. The copy never reaches the server.
+    ``finetune_epochs``, by SGD at ``finetune_lr`` with ``finetune_momentum`` and ``finetune_weight_decay``,
+    the authors' 1e-3, 0.9 and 0) on the client's training data and returns it; at the end of the run that
+    is the final global model. The copy never reaches the server.
     """
 
     name = "fedbabu"
@@ -59,8 +67,11 @@ class FedBABU(KeptLayers):
         m.load_state_dict(ctx.global_state)
         head, body = split_parameters(m, self.params.head_layers, "head_layers")
         part = {"full": [*head, *body], "head": head, "body": body}[self.params.finetune_part]
-        lr = self.params.finetune_lr if self.params.finetune_lr is not None else ctx.lr
-        with frozen(p for p in m.parameters() if all(p is not q for q in part)):
-            self.run_epochs(ctx, m, part, self.params.finetune_epochs, lr=lr)
+        p = self.params
+        lr = p.finetune_lr if p.finetune_lr is not None else ctx.lr
+        settings = {"momentum": p.finetune_momentum, "weight_decay": p.finetune_weight_decay}
+        optimizer = {k: v for k, v in settings.items() if v is not None}
+        with frozen(q for q in m.parameters() if all(q is not r for r in part)):
+            self.run_epochs(ctx, m, part, p.finetune_epochs, lr=lr, optimizer=optimizer)
         m.eval()
         return m

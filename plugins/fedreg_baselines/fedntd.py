@@ -21,15 +21,18 @@ def not_true_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def not_true_distillation(
     local_logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor, tau: float
 ) -> torch.Tensor:
-    """FedNTD: tau^2 * KL(softmax(g~/tau) || softmax(z~/tau)) on not-true classes, batch mean."""
+    """FedNTD: KL(softmax(g~/tau) || softmax(z~/tau)) on the not-true classes, batch mean, without the
+    tau^2 factor of other distillation losses (as the authors' NTD_Loss, Lee-Gihun/FedNTD
+    algorithms/fedntd/criterion.py)."""
     z = not_true_logits(local_logits, y)
     g = not_true_logits(global_logits.detach(), y)
-    return (tau**2) * F.kl_div(
+    return F.kl_div(
         F.log_softmax(z / tau, 1), F.log_softmax(g / tau, 1), reduction="batchmean", log_target=True
     )
 
 
 class FedNTDParams(Params):
+    # Lee-Gihun/FedNTD config/fedntd.json: tau 1, beta 1 (NTD_Loss's own constructor defaults: tau 3, beta 1)
     beta: float = Field(default=1.0, ge=0, description="weight of not-true distillation")
     tau: float = Field(default=1.0, gt=0, description="temperature")
 

@@ -32,6 +32,8 @@ class ObjectiveAndAggregation(Method):
     objective: ClassVar[type[Objective]] = CrossEntropy
     aggregation: ClassVar[type[Aggregator]] = FedAvg
     params_of: ClassVar[str] = ""  # "objective", "aggregation" or "" (no parameters)
+    #: the aggregation's parameters this preset sets (a spec's federation.aggregation.params win)
+    aggregation_params: ClassVar[dict[str, Any]] = {}
 
     def parts(self) -> dict[str, Any]:
         params = self.params.model_dump(mode="json")
@@ -42,16 +44,29 @@ class ObjectiveAndAggregation(Method):
             },
             "federation.aggregation": {
                 "name": self.aggregation.name,
-                "params": params if self.params_of == "aggregation" else {},
+                "params": {
+                    **self.aggregation_params,
+                    **(params if self.params_of == "aggregation" else {}),
+                },
             },
         }
 
 
-def preset(name: str, objective: type[Objective], aggregation: type[Aggregator], params_of: str = ""):
-    """A preset class: ``objective`` + ``aggregation``, taking the parameters of ``params_of``."""
+def preset(
+    name: str,
+    objective: type[Objective],
+    aggregation: type[Aggregator],
+    params_of: str = "",
+    aggregation_params: dict[str, Any] | None = None,
+):
+    """A preset class: ``objective`` + ``aggregation``, taking the parameters of ``params_of``, with
+    ``aggregation_params`` set on the aggregation."""
     owner = {"objective": objective, "aggregation": aggregation}.get(params_of)
-    doc = f"{name}: objective '{objective.name}' + aggregation '{aggregation.name}'" + (
-        f" (parameters: the {params_of}'s)" if owner else ""
+    fixed = ", ".join(f"{k}: {v}" for k, v in (aggregation_params or {}).items())
+    doc = (
+        f"{name}: objective '{objective.name}' + aggregation '{aggregation.name}'"
+        + (f" ({fixed})" if fixed else "")
+        + (f" (parameters: the {params_of}'s)" if owner else "")
     )
     attrs = {
         "__doc__": doc,
@@ -60,6 +75,7 @@ def preset(name: str, objective: type[Objective], aggregation: type[Aggregator],
         "objective": objective,
         "aggregation": aggregation,
         "params_of": params_of,
+        "aggregation_params": dict(aggregation_params or {}),
     }
     if owner is not None:
         attrs["Params"] = owner.Params
@@ -79,7 +95,8 @@ PRESETS = [
     preset("fedper", FedPer, FedAvgShared, "objective"),
     preset("fedrep", FedRep, FedAvgShared, "objective"),
     preset("fedbabu", FedBABU, FedAvgShared, "objective"),
-    preset("apfl", APFL, FedAvg, "objective"),
+    # FedTorch (the APFL authors' code) averages the round's clients uniformly (fedavg_aggregation)
+    preset("apfl", APFL, FedAvg, "objective", {"weighting": "uniform"}),
     preset("local_only", LocalOnly, FedAvgShared),
     preset("median", CrossEntropy, CoordinateMedian),
     preset("trimmed_mean", CrossEntropy, TrimmedMean, "aggregation"),

@@ -10,10 +10,11 @@ import torch
 from pydantic import Field
 
 from fedreg.aggregate import weighted_average
-from fedreg.components import Aggregator, Objective, Params, StateDict
+from fedreg.components import Aggregator, Objective, StateDict
 from fedreg.errors import FedregError
 from fedreg.losses import cross_entropy
 from fedreg_baselines._pairing import broadcast_value, pairing_problems
+from fedreg_baselines.fedavg import UniformWeightingParams, averaging_weights
 
 
 def scaffold_client_control(
@@ -78,12 +79,13 @@ class Scaffold(Objective):
         return {"scaffold_delta_c": delta}
 
 
-class ScaffoldAggParams(Params):
+class ScaffoldAggParams(UniformWeightingParams):
     global_lr: float = Field(default=1.0, gt=0, description="server step size eta_g")
 
 
 class ScaffoldAggregator(Aggregator):
-    """SCAFFOLD server: keeps the server control variate c; weights average by sample counts as FedAvg
+    """SCAFFOLD server: keeps the server control variate c; the clients' weights are averaged uniformly, as
+    in the paper and FL-bench's implementation (``weighting: samples``: by sample counts, as NIID-Bench's)
     (Karimireddy et al., ICML 2020). Pair with the ``scaffold`` objective."""
 
     name = "scaffold"
@@ -107,7 +109,7 @@ class ScaffoldAggregator(Aggregator):
         return {"scaffold_c": self.c}
 
     def aggregate(self, round, global_state, updates, failures):
-        avg = weighted_average([u.state for u in updates], [u.num_samples for u in updates])
+        avg = weighted_average([u.state for u in updates], averaging_weights(self.params, updates))
         if self.params.global_lr != 1.0:
             avg = {
                 k: (global_state[k] + self.params.global_lr * (v - global_state[k]))

@@ -1,7 +1,7 @@
 """fedreg's standard set-up components: MedMNIST 2D datasets, partitions (Dirichlet label skew with an
 optional balance cap, IID, k-classes-per-client shards, and the FedKPer authors' NumPy-seeded partition),
-two CNNs (``cnn`` and the FedKPer authors' ``medmnist_net``), the authors' round-seeded client sampling and
-``round_robin`` selection.
+two CNNs (``cnn`` and the FedKPer authors' ``medmnist_net``), the authors' round-seeded client sampling,
+``round_robin`` and ``size_proportional`` selection.
 Loaded through the ``fedreg`` entry-point group like any third-party plugin."""
 
 from fedreg import hookimpl
@@ -13,7 +13,7 @@ from fedreg_standard.partitions import (
     NumpyLegacyDirichletPartition,
     ShardPartition,
 )
-from fedreg_standard.selection import NumpySeededByRound, RoundRobin
+from fedreg_standard.selection import NumpySeededByRound, RoundRobin, SizeProportional
 
 
 @hookimpl
@@ -40,3 +40,4 @@ def fedreg_register_models(register):
 def fedreg_register_selectors(register):
     register(NumpySeededByRound)
     register(RoundRobin)
+    register(SizeProportional)

@@ -13,10 +13,18 @@ class CNN(nn.Module):
     fc classes.
 
     ``padding`` pads both convolutions (0: each shrinks the image by 4; 2: sizes are kept). The classifier
-    head is the module ``fc`` (personalised methods name it)."""
+    head is the module ``fc`` (personalised methods name it). ``projection_dim`` > 0 inserts MOON's
+    projection head before it (the module ``proj``: fc hidden -> ReLU -> fc projection_dim, as
+    ``ModelFedCon`` in the MOON authors' code), so the classifier reads the projection."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, image_size: int = 28, hidden: int = 512, padding: int = 0
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: int = 28,
+        hidden: int = 512,
+        padding: int = 0,
+        projection_dim: int = 0,
     ):
         super().__init__()
         self.conv1 = nn.Sequential(
@@ -38,10 +46,15 @@ class CNN(nn.Module):
                 )
             )
         self.fc1 = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, hidden), nn.ReLU(inplace=True))
-        self.fc = nn.Linear(hidden, num_classes)  # the classifier head
+        self.proj = (
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim))
+            if projection_dim
+            else nn.Identity()
+        )
+        self.fc = nn.Linear(projection_dim or hidden, num_classes)  # the classifier head, the last module
 
     def forward(self, x):
-        return self.fc(self.fc1(self.conv2(self.conv1(x))))
+        return self.fc(self.proj(self.fc1(self.conv2(self.conv1(x)))))
 
 
 def cnn_side(image_size: int, padding: int) -> int:
@@ -50,9 +63,20 @@ def cnn_side(image_size: int, padding: int) -> int:
     return ((image_size - shrink) // 2 - shrink) // 2
 
 
+def projection_field():
+    # QinbinLi/MOON main.py: --use_project_head 1, --out_dim 256 (model.py ModelFedCon)
+    return Field(
+        default=0,
+        ge=0,
+        description="output width of a projection head (fc hidden -> ReLU -> fc) between the hidden layer "
+        "and the classifier, as MOON's authors build their networks (256 there); 0: none",
+    )
+
+
 class CNNParams(Params):
     hidden: int = Field(default=512, ge=1, description="width of the hidden fully connected layer")
     padding: int = Field(default=0, ge=0, le=2, description="padding of both 5x5 convolutions")
+    projection_dim: int = projection_field()
 
 
 class SmallCNN(Model):
@@ -64,11 +88,13 @@ class SmallCNN(Model):
     Params = CNNParams
 
     def build(self, in_channels, num_classes, image_size):
-        return CNN(in_channels, num_classes, image_size, self.params.hidden, self.params.padding)
+        p = self.params
+        return CNN(in_channels, num_classes, image_size, p.hidden, p.padding, p.projection_dim)
 
 
 class MedMNISTNetParams(Params):
     hidden: int = Field(default=512, ge=1, description="width of the hidden fully connected layer")
+    projection_dim: int = projection_field()
 
 
 class MedMNISTNet(Model):
@@ -79,4 +105,5 @@ class MedMNISTNet(Model):
     Params = MedMNISTNetParams
 
     def build(self, in_channels, num_classes, image_size):
-        return CNN(in_channels, num_classes, image_size, self.params.hidden, padding=2)
+        p = self.params
+        return CNN(in_channels, num_classes, image_size, p.hidden, 2, p.projection_dim)

@@ -48,3 +48,18 @@ class RoundRobin(Selector):
 
     def load_state_dict(self, state):
         self.next = int(state.get("next", 0))
+
+
+class SizeProportional(Selector):
+    """k distinct clients drawn with probabilities proportional to their training samples, from the run's
+    sampling stream: how Ditto's authors sample (litian96/ditto ``fedbase.select_clients``, ``sampling 2``),
+    to be paired with a uniform average (``weighting: uniform``) for their exact scheme."""
+
+    name = "size_proportional"
+
+    def select(self, round, clients, k, rng):
+        sizes = np.array([max(c.num_train, 0) for c in clients], dtype=np.float64)
+        if sizes.sum() <= 0:
+            sizes = np.ones(len(clients))
+        chosen = rng.choice(len(clients), size=k, replace=False, p=sizes / sizes.sum())
+        return sorted(clients[int(i)].client_id for i in chosen)
