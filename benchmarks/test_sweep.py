@@ -26,8 +26,8 @@ from common import FEDAVG, REPO
 from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
-from fedreg.figures import installed_figures
 from fedreg.outputs import TIMING_KEYS, MetricNames
+from fedreg.registry import installed_figures
 
 HERE = Path(__file__).resolve().parent
 PLAIN_STEPS = 300

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -11,8 +13,9 @@ from mlflow.tracking import MlflowClient
 from fedreg.describe import TABLE_FILE
 from fedreg.describe import fmt as _fmt
 from fedreg.errors import FedregError
-from fedreg.figures import WINDOW, Figure, curve_keys, installed_figures, table_columns
+from fedreg.figures import WINDOW, Figure, curve_keys, table_columns
 from fedreg.outputs import MetricNames, plot_curves, write_csv
+from fedreg.registry import installed_figures
 from fedreg.tracking import log_table, tracking_uri
 
 NOTE = (
@@ -21,9 +24,22 @@ NOTE = (
 )
 
 
-def columns(figures: list[Figure]) -> list[tuple[str, str]]:
+def columns(figures: list[Figure], evaluated: int | None = None) -> list[tuple[str, str]]:
     """(header, summary key in the child run): the declared table figures, then the wall time."""
-    return [*table_columns(figures), ("wall time s", "wall_time_s")]
+    return [*table_columns(figures, evaluated), ("wall time s", "wall_time_s")]
+
+
+def evaluated_rounds(children) -> int | None:
+    """The fewest evaluated rounds of the child runs (from their params), for honest window labels."""
+    counts = []
+    for ch in children:
+        try:
+            rounds = int(ch.data.params["federation.rounds"])
+            every = int(ch.data.params.get("evaluation.every", 1))
+        except (KeyError, ValueError):
+            continue
+        counts.append(-(-rounds // every))
+    return min(counts) if counts else None
 
 
 def notes(figures: list[Figure]) -> str:
@@ -70,12 +86,79 @@ def table_rows(children, cols: list[tuple[str, str]], names: MetricNames | None 
     return rows
 
 
-def markdown(rows: list[dict], cols: list[tuple[str, str]], note: str) -> str:
+def figure_of(key: str, figures: list[Figure]) -> Figure | None:
+    """The figure a summary key (``final_global_acc``, ``last10_global_nfr``) summarises."""
+    base = key.split("_", 1)[1] if key.startswith(("final_", f"last{WINDOW}_")) else key
+    return next((f for f in figures if f.key == base), None)
+
+
+def cell(v: float | None, fig: Figure | None) -> str:
+    """A value as tables show it: a percentage figure in percent (1 decimal), others as :func:`_fmt`."""
+    if fig is not None and fig.percent and v is not None and not math.isnan(v):
+        return f"{100 * v:.1f}"
+    return _fmt(v)
+
+
+def winners(rows: list[dict], cols: list[tuple[str, str]], figures: list[Figure]) -> dict[str, set[int]]:
+    """Per column header, the rows holding its best value (higher or lower as the figure says)."""
+    out: dict[str, set[int]] = {}
+    for header, key in cols:
+        fig = figure_of(key, figures)
+        vals = {i: r[header] for i, r in enumerate(rows) if isinstance(r.get(header), int | float)}
+        vals = {i: v for i, v in vals.items() if not math.isnan(v)}
+        if not vals or fig is None or len(vals) < 2:
+            continue
+        best = (max if fig.higher_is_better else min)(vals.values())
+        out[header] = {i for i, v in vals.items() if v == best}
+    return out
+
+
+def markdown(rows: list[dict], cols: list[tuple[str, str]], note: str, figures: Sequence[Figure] = ()) -> str:
+    figures = list(figures)
+    best = winners(rows, cols, figures)
     headers = ["variant"] + [h for h, _ in cols] + ["status"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for r in rows:
-        lines.append("| " + " | ".join([r["variant"]] + [_fmt(r[h]) for h, _ in cols] + [r["status"]]) + " |")
+    for i, r in enumerate(rows):
+        cells = [
+            f"**{cell(r[h], figure_of(k, figures))}**"
+            if i in best.get(h, ())
+            else cell(r[h], figure_of(k, figures))
+            for h, k in cols
+        ]
+        lines.append("| " + " | ".join([r["variant"], *cells, r["status"]]) + " |")
     return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def terminal(rows: list[dict], cols: list[tuple[str, str]], figures: list[Figure], width: int = 100) -> str:
+    """The table for a terminal: one line per figure, one column per run, in blocks of runs that fit
+    ``width`` characters; ``*`` marks each figure's best run."""
+    best = winners(rows, cols, figures)
+    label_w = min(max([len(h) for h, _ in cols] + [6]), 52)
+    names = [r["variant"] for r in rows]
+    col_w = [max(8, min(len(n), 18)) + 2 for n in names]
+    blocks, start = [], 0
+    while start < len(rows):
+        end, used = start, label_w
+        while end < len(rows) and (end == start or used + col_w[end] <= width):
+            used += col_w[end]
+            end += 1
+        blocks.append(range(start, end))
+        start = end
+    out = []
+    for block in blocks:
+        head = "".ljust(label_w) + "".join(names[i][: col_w[i] - 2].rjust(col_w[i]) for i in block)
+        out += [head, "-" * len(head)]
+        for h, k in cols:
+            fig = figure_of(k, figures)
+            label = h if len(h) <= label_w else h[: label_w - 1] + "~"
+            vals = "".join(
+                (cell(rows[i][h], fig) + ("*" if i in best.get(h, ()) else " ")).rjust(col_w[i])
+                for i in block
+            )
+            out.append(label.ljust(label_w) + vals)
+        out.append("status".ljust(label_w) + "".join(rows[i]["status"][:8].rjust(col_w[i]) for i in block))
+        out.append("")
+    return "\n".join(out)
 
 
 def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=print) -> int:
@@ -85,11 +168,12 @@ def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=
     names = MetricNames(figures)
     logged = [names.read_metrics(ch.data.metrics) for ch in children]
     # only the columns some child logged (a metric installed but not in the spec shows nothing)
-    cols = [(h, k) for h, k in columns(figures) if any(k in m for m in logged)]
+    cols = [(h, k) for h, k in columns(figures, evaluated_rounds(children)) if any(k in m for m in logged)]
     rows = table_rows(children, cols, names)
     shown = {k for _, k in cols}
-    text = markdown(rows, cols, notes([f for f in figures if any(k in shown for _, k in f.columns())]))
-    echo(text)
+    note = notes([f for f in figures if any(k in shown for _, k in f.columns())])
+    text = markdown(rows, cols, note, figures)
+    echo(terminal(rows, cols, figures) + "* best of the column. " + note)
     if log:
         histories = {}
         for ch in children:

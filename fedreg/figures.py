@@ -9,7 +9,7 @@ key is logged under in MLflow (``tracked_as``; :class:`fedreg.outputs.MetricName
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,15 +33,38 @@ class Figure:
     #: the MLflow metric name, '/'-grouped into the sections of MLflow's chart view (e.g.
     #: "accuracy/global"); "" logs it under ``key``
     tracked_as: str = ""
+    #: a fraction shown in percent wherever a table shows it (the MLflow UI's summary columns, ``fedreg
+    #: compare``, ``fedreg report``); curves keep the fraction
+    percent: bool = False
+    #: with ``column``: a column of the mean of the last WINDOW evaluated rounds (False: the final value only,
+    #: for a figure that is already a summary of the run so far, such as a running minimum)
+    mean: bool = True
+    #: the same value every round of a run (e.g. a count of classes): logged once as the run tag
+    #: ``fedreg.constant.<key>``, not as a metric
+    constant: bool = False
 
-    def columns(self) -> list[tuple[str, str]]:
-        """(header, summary key) of this figure's table columns."""
+    @property
+    def unit(self) -> str:
+        return " %" if self.percent else ""
+
+    def columns(self, evaluated: int | None = None) -> list[tuple[str, str]]:
+        """(header, summary key) of this figure's table columns; ``evaluated``: the runs' evaluated rounds,
+        so that a window longer than the runs is labelled as what it is."""
         out = []
         if self.column and self.final:
-            out.append((f"{self.label} (final)", f"final_{self.key}"))
-        if self.column:
-            out.append((f"{self.label} (last-{WINDOW} mean)", f"last{WINDOW}_{self.key}"))
+            span = " (final)" if self.mean else ""  # a final-only figure is its own summary
+            out.append((f"{self.label}{span}{self.unit}", f"final_{self.key}"))
+        if self.column and self.mean:
+            out.append((f"{self.label} ({window_text(evaluated)}){self.unit}", f"last{WINDOW}_{self.key}"))
         return out
+
+
+def window_text(evaluated: int | None = None) -> str:
+    """What the 'last-N' summaries cover: the mean of the last WINDOW evaluated rounds, or of all of them
+    when a run has fewer."""
+    if evaluated is not None and evaluated < WINDOW:
+        return f"mean of all {evaluated} rounds"
+    return f"mean of last {WINDOW} rounds"
 
 
 def figures_of(metric_classes: Iterable[Any]) -> list[Figure]:
@@ -54,13 +77,32 @@ def figures_of(metric_classes: Iterable[Any]) -> list[Figure]:
     return sorted(seen.values(), key=lambda f: f.order)
 
 
-def installed_figures(registry=None) -> list[Figure]:
-    """The figures of every installed metric component (``registry``: default the installed plugins)."""
-    if registry is None:
-        from fedreg.registry import build_registry
+def clashes(metrics: Sequence[tuple[str, Any]]) -> list[tuple[int, str]]:
+    """(position, message) for each metric of ``metrics`` (``(name, class)`` in the spec's order) that
+    declares a scalar key, or an MLflow name (``tracked_as``), that an earlier metric declares too: one would
+    overwrite the other every round."""
+    owner: dict[tuple[str, str], str] = {}
+    out = []
+    for i, (name, cls) in enumerate(metrics):
+        for fig in getattr(cls, "figures", ()):
+            for what, value in (("scalar", fig.key), ("MLflow metric name", fig.tracked_as or fig.key)):
+                other = owner.setdefault((what, value), name)
+                if other != name:
+                    out.append(
+                        (
+                            i,
+                            f"metric '{name}' declares the {what} '{value}', which metric '{other}' also "
+                            f"declares: one would overwrite the other. Keep one of the two metrics in "
+                            f"'metrics', or rename the key in the plugin (a name no other metric uses)",
+                        )
+                    )
+                    break  # a clashing key clashes in MLflow too: said once
+    return out
 
-        registry = build_registry()
-    return figures_of(info.cls for info in registry.all() if info.kind == "metric")
+
+def headline_keys(figures: Iterable[Figure]) -> set[str]:
+    """The summary keys printed when a run ends: the final-column figures and the wall time."""
+    return {k for f in figures if f.final for _, k in f.columns()} | {"wall_time_s"}
 
 
 def curve_keys(figures: Iterable[Figure]) -> tuple[str, ...]:
@@ -71,17 +113,19 @@ def progress_keys(figures: Iterable[Figure]) -> tuple[str, ...]:
     return tuple(f.key for f in figures if f.progress)
 
 
-def table_columns(figures: Iterable[Figure]) -> list[tuple[str, str]]:
+def table_columns(figures: Iterable[Figure], evaluated: int | None = None) -> list[tuple[str, str]]:
     """(header, summary key) of the comparison table, in declaration order."""
-    return [c for f in figures for c in f.columns()]
+    return [c for f in figures for c in f.columns(evaluated)]
 
 
 __all__ = [
     "WINDOW",
     "Figure",
+    "clashes",
     "figures_of",
-    "installed_figures",
     "curve_keys",
+    "headline_keys",
     "progress_keys",
     "table_columns",
+    "window_text",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,35 +28,68 @@ TIMING_KEYS = ("round_time_s", "elapsed_s")
 TRAIN_LOSS = "train_loss"
 
 
-#: MLflow names of the round loop's own per-round keys: the "training" and "system" sections of MLflow's chart
-#: view, after the metrics' sections (MLflow shows "system/" metrics last, as its own system metrics)
+#: MLflow names of the round loop's own per-round keys: the "training" and "timing" sections of MLflow's chart
+#: view, after the metrics' sections (not "system/": MLflow plots its own system metrics against wall-clock)
 CORE_NAMES = {
     TRAIN_LOSS: "training/loss",
     "lr": "training/lr",
-    "clients_ok": "system/clients_ok",
-    "clients_failed": "system/clients_failed",
-    "round_time_s": "system/round_time_s",
-    "elapsed_s": "system/elapsed_s",
+    "clients_ok": "training/clients_ok",
+    "clients_failed": "training/clients_failed",
+    "round_time_s": "timing/round_time_s",
+    "elapsed_s": "timing/elapsed_s",
 }
-#: prefix of the summary figures in MLflow: logged once, at step 0, so MLflow's chart view draws them as bar
-#: charts and its runs table as single values (``summary/accuracy.global.last10``)
+#: the names runs logged the core's keys under before (runs of older fedreg read the same)
+LEGACY_NAMES = {
+    "system/clients_ok": "clients_ok",
+    "system/clients_failed": "clients_failed",
+    "system/round_time_s": "round_time_s",
+    "system/elapsed_s": "elapsed_s",
+}
+#: prefix of the summary figures of older runs in MLflow (``summary/accuracy.global.final``); summaries are
+#: now named for reading in MLflow's runs table (``global acc final pct``), see :class:`MetricNames`
 SUMMARY = "summary/"
 #: the run's total wall time (a summary figure of the run, not of a per-round key)
 WALL_TIME = "wall_time_s"
+_SUMMARY_NAME = re.compile(r"^(?P<label>[^/]+?)(?: (?P<win>final|last\d+|all\d+))?(?P<pct> pct)?$")
+
+
+def is_summary(name: str) -> bool:
+    """Whether an MLflow metric name is a run's summary (logged once, at step 0): a name without a '/'
+    section and with a space (``global acc final pct``, ``wall time s``), or an older run's ``summary/...``.
+    Per-round names have a section (``accuracy/global``) or are a metric's key (no spaces)."""
+    return name.startswith(SUMMARY) or ("/" not in name and " " in name)
+
+
+def window_tag(evaluated: int | None = None) -> str:
+    """The window of a 'last-N' summary in its MLflow name: ``last10``, or ``all6`` for a run of 6
+    evaluated rounds (the mean then covers them all)."""
+    if evaluated is not None and evaluated < WINDOW:
+        return f"all{evaluated}"
+    return f"last{WINDOW}"
+
+
+def mlflow_safe(text: str) -> str:
+    """``text`` with only the characters MLflow allows in metric names on every system (letters, digits,
+    ``_ - . /`` and spaces), runs of spaces collapsed."""
+    return " ".join(re.sub(r"[^\w.\- /]", " ", text).split())
 
 
 class MetricNames:
     """How the per-round keys of a run (``global_acc``, ``train_loss``) and their summaries
     (``final_global_acc``, ``last10_global_acc``) are named in MLflow: per-round keys by the ``tracked_as`` of
     the figures the metric components declare (``accuracy/global``), the round loop's own keys by
-    :data:`CORE_NAMES`, other keys as they are. A summary ``final_<key>`` / ``last10_<key>`` is
-    ``summary/<name with '.' for '/'>.final`` / ``.last10``. Readers map MLflow names back to keys with
-    :meth:`key_of` and :meth:`read_metrics`; a name logged before the names existed (an old run) is its own
-    key, so old runs read the same."""
+    :data:`CORE_NAMES`, other keys as they are. Summaries are named for reading in MLflow's runs table,
+    ``<label> final`` or ``<label> last10`` (the mean of the last 10 evaluated rounds;
+    ``all6`` when a run has only 6), with `` pct`` where the figure is a percentage (``Figure.percent``:
+    logged x 100, rounded). Readers map MLflow names back to keys (and percentages back to fractions) with
+    :meth:`key_of` and :meth:`read_metrics`; names of older runs (``summary/accuracy.global.final``,
+    ``system/elapsed_s``) read the same."""
 
     def __init__(self, figures: Sequence[Figure] = ()):
+        self.figures = {f.key: f for f in figures}
         self.names = {**CORE_NAMES, **{f.key: f.tracked_as for f in figures if f.tracked_as}}
-        self.keys = {v: k for k, v in self.names.items()}
+        self.keys = {**LEGACY_NAMES, **{v: k for k, v in self.names.items()}}
+        self.by_label = {mlflow_safe(f.label): f.key for f in figures}
 
     def name(self, key: str) -> str:
         return self.names.get(key, key)
@@ -63,45 +97,78 @@ class MetricNames:
     def per_round(self, scalars: dict[str, float]) -> dict[str, float]:
         return {self.name(k): v for k, v in scalars.items()}
 
-    def summary_name(self, summary_key: str) -> str:
-        """``final_global_acc`` -> ``summary/accuracy.global.final``; ``wall_time_s`` ->
-        ``summary/wall_time_s``."""
+    def label(self, key: str) -> str:
+        fig = self.figures.get(key)
+        return mlflow_safe(fig.label if fig else key.replace("_", " "))
+
+    def percent(self, key: str) -> bool:
+        fig = self.figures.get(key)
+        return bool(fig and fig.percent)
+
+    def summary_name(self, summary_key: str, evaluated: int | None = None) -> str:
+        """``final_global_acc`` -> ``global acc final pct``; ``last10_global_acc`` -> ``global acc last10
+        pct`` (``all6`` for a run of 6 evaluated rounds); ``wall_time_s`` -> ``wall time s``."""
         for window in ("final", f"last{WINDOW}"):
             if summary_key.startswith(window + "_"):
-                return f"{SUMMARY}{self.name(summary_key[len(window) + 1 :]).replace('/', '.')}.{window}"
-        return SUMMARY + summary_key
+                key = summary_key[len(window) + 1 :]
+                fig = self.figures.get(key)
+                span = " final" if window == "final" else " " + window_tag(evaluated)
+                if fig is not None and not fig.mean:
+                    span = ""  # a final-only figure (a running summary) is named by its label alone
+                return f"{self.label(key)}{span}" + (" pct" if self.percent(key) else "")
+        return summary_key.replace("_", " ")
 
-    def summary(self, final: dict[str, float], figures: Sequence[Figure]) -> dict[str, float]:
+    def summary(
+        self, final: dict[str, float], figures: Sequence[Figure], evaluated: int | None = None
+    ) -> dict[str, float]:
         """The summaries logged to MLflow: the comparison table's columns of ``figures`` and the wall time
-        (the others stay in the run's metrics/history.json)."""
+        (the others stay in the run's metrics/history.json), percentages x 100, rounded for reading."""
         wanted = {k for f in figures for _, k in f.columns()} | {WALL_TIME}
-        return {self.summary_name(k): v for k, v in final.items() if k in wanted}
+        out = {}
+        for k, v in final.items():
+            if k not in wanted:
+                continue
+            base = k.split("_", 1)[1] if k.startswith(("final_", f"last{WINDOW}_")) else k
+            value = v * 100 if self.percent(base) else v
+            out[self.summary_name(k, evaluated)] = round(value, 2 if self.percent(base) else 4)
+        return out
 
     def key_of(self, name: str) -> str:
         """The key of an MLflow metric name: a per-round key, a summary key (``final_global_acc``), or the
-        name itself (an old run's, or an undeclared key)."""
-        if name.startswith(SUMMARY):
+        name itself (an undeclared key)."""
+        if name.startswith(SUMMARY):  # an older run's summary
             rest = name[len(SUMMARY) :]
             for window in ("final", f"last{WINDOW}"):
                 if rest.endswith("." + window):
                     base = rest[: -len(window) - 1]
                     return f"{window}_{self.keys.get(base.replace('.', '/'), base)}"
             return rest
+        if is_summary(name):
+            m = _SUMMARY_NAME.match(name)
+            if m and (m["win"] or m["label"] in self.by_label):
+                key = self.by_label.get(m["label"], m["label"].replace(" ", "_"))
+                return f"last{WINDOW}_{key}" if m["win"] and m["win"] != "final" else f"final_{key}"
+            return name.replace(" ", "_")
         return self.keys.get(name, name)
 
     def read_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """A run's latest metrics (``run.data.metrics``) by key; a key logged under both names keeps the new
-        name's value."""
+        """A run's latest metrics (``run.data.metrics``) by key, percentages as fractions; a key logged under
+        both names keeps the new name's value."""
         out = dict(metrics)
-        out.update({self.key_of(n): v for n, v in metrics.items()})
+        older = [n for n in metrics if n.startswith(SUMMARY) or n in LEGACY_NAMES]
+        for n in [*older, *(n for n in metrics if n not in older)]:  # the new names win
+            v = metrics[n]
+            out[self.key_of(n)] = v / 100 if n.endswith(" pct") else v
         return out
 
     def history(self, client: Any, run_id: str, key: str) -> list:
-        """The MLflow metric history of a per-round key, under its name (else, for an old run, its key)."""
-        hist = client.get_metric_history(run_id, self.name(key))
-        if not hist and self.name(key) != key:
-            hist = client.get_metric_history(run_id, key)
-        return hist
+        """The MLflow metric history of a per-round key, under its name (else an older run's name for it, else
+        the key itself)."""
+        for name in (self.name(key), *(old for old, k in LEGACY_NAMES.items() if k == key), key):
+            hist = client.get_metric_history(run_id, name)
+            if hist:
+                return hist
+        return []
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:

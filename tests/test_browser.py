@@ -1,13 +1,19 @@
 """The comparison as a researcher sees it in the MLflow UI, checked in a real browser: Debian's chromium,
-driven headless by Playwright's Python package (never a downloaded browser build). A tiny real run of the
-FedKPer spec's four variants, ``fedreg ui`` on a temporary store, then: the runs view at the URL it prints,
-the chart view's first section, the parent run's description, and report.html at 1280 px.
+driven headless by Playwright's Python package (never a downloaded browser build).
 
-Screenshots go to ``$FEDREG_SCREENSHOTS`` (default: the test's tmp folder); README's image is one of them.
+The store holds two comparisons of the FedKPer spec at tiny scale: the four variants, then (the latest)
+FedKPer with a grid over tau and FedAvg, two seeds each. ``fedreg ui`` prints the latest comparison's links;
+at each, with no click, the page itself must show: only that comparison's child runs, the headline columns
+with the values ``fedreg report`` computes for the same runs, the variants in the charts' legends, no GenAI
+navigation on any page (a run page reached from the table included), and, grouped by ``fedreg.group``, one
+group per variant and grid point. Then report.html at 800 px.
+
+Screenshots go to ``$FEDREG_SCREENSHOTS`` (default: the test's tmp folder); the README's images are these.
 Without chromium or playwright the test is skipped, except in CI (``CI=true``), where it fails."""
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -16,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,11 +31,10 @@ from mlflow.tracking import MlflowClient
 
 from fedreg.experiment import run_experiment
 from fedreg.spec import load_raw, resolve
-from testhelpers import REPO
+from testhelpers import REPO, child, deadline
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
-VARIANTS = ["fedkper", "kd-only", "agg-only", "fedavg"]
 #: the FedKPer spec at tiny scale: 2 rounds (a curve needs two points), 10 clients, one local epoch
 TINY = [
     "federation.rounds=2",
@@ -38,6 +45,23 @@ TINY = [
     "checkpoint.every=0",
     "execution.threads=1",
 ]
+#: the latest comparison: FedKPer over a tau grid and FedAvg, seeds 1 and 2
+GRID = [*TINY, "seeds=[1, 2]", "grid={variants: [fedkper], params: {method.params.tau: [1.0, 2.0]}}"]
+GROUPS = {"fedkper.tau=1.0", "fedkper.tau=2.0", "fedavg"}
+#: the headline columns (MLflow names in a 2-round run) and the report's runs.csv metric of each
+HEADLINE = {
+    "global acc final pct": "final_global_acc",
+    "global acc all2 pct": "last10_global_acc",
+    "worst-client local acc at last participation pct": "worst_client_local_acc",
+    "global NFR all2 pct": "last10_global_nfr",
+    "BwT all2 pct": "last10_bwt",
+    "global consistency all2 pct": "last10_global_consistency",
+}
+#: the side navigation of MLflow's GenAI mode (its model-training mode shows Runs, Models, Traces)
+GENAI_NAV = ("Observability", "Evaluation runs", "Prompts & versions", "Judges")
+
+#: seconds that ``fedreg ui`` may take to print its links
+UI_READY_S = 300
 
 
 def chromium_path() -> str:
@@ -68,106 +92,173 @@ def shots(tmp_path) -> Path:
     return d
 
 
-def start_ui(uri: str, port: int) -> tuple[subprocess.Popen, str, float]:
-    """``fedreg ui`` in its own process group; (process, the URL it prints, seconds until it printed it)."""
+@contextmanager
+def running_ui(uri: str, port: int) -> Iterator[tuple[dict[str, str], float]]:
+    """``fedreg ui`` for the block: (the links it prints by name, seconds until it printed them). When the
+    block ends, SIGTERM (as a job system stops it; fedreg ui then stops its MLflow server), and
+    :func:`testhelpers.end_child` kills whatever is left."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedreg", "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
+    cmd = [sys.executable, "-m", "fedreg", "ui", "--tracking-uri", uri, "--port", str(port)]
+    with child(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        links: dict[str, str] = {}
+        patterns = {
+            "runs": r"Latest comparison: (\S+)",
+            "charts": r"its charts: (\S+)",
+            "groups": r"grouped by fedreg.group\): (\S+)",
+        }
+        with deadline(proc, UI_READY_S):  # a UI that never prints them would keep this loop reading forever
+            for line in proc.stdout:
+                for name, pat in patterns.items():
+                    if m := re.search(pat, line):
+                        links[name] = m.group(1)
+                if len(links) == len(patterns):
+                    break
+            else:
+                raise AssertionError(f"fedreg ui printed {sorted(links)} of the links")
+        try:
+            yield links, time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass  # killed by child() on the way out
+
+
+def comparison(spec_overrides: list[str], variants: list[str] | None = None) -> str:
+    raw = load_raw(REPO / "specs" / "fedkper-bloodmnist.yaml", spec_overrides)
+    specs = resolve(raw, _registry(), variants)
+    res = run_experiment(
+        specs, source="specs/fedkper-bloodmnist.yaml", progress=False, echo=lambda *_: None, original=raw
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.search(r"Latest comparison: (\S+)", line):
-            return proc, m.group(1), time.monotonic() - t0
-    os.killpg(proc.pid, signal.SIGTERM)
-    raise AssertionError("fedreg ui printed no URL")
+    assert res.parent_run_id is not None
+    return res.parent_run_id
+
+
+ROWS_JS = """() => {
+  const rows = {};
+  document.querySelectorAll('.ag-row[row-index]').forEach(r => {
+    const i = r.getAttribute('row-index');
+    rows[i] = rows[i] || {};
+    r.querySelectorAll('[col-id]').forEach(c => { rows[i][c.getAttribute('col-id')] = c.innerText.trim(); });
+  });
+  return Object.values(rows);
+}"""
+
+
+def table_rows(page) -> list[dict[str, str]]:
+    """The runs table's rendered rows, each a dict of column id -> cell text."""
+    return page.evaluate(ROWS_JS)
+
+
+def assert_model_training_mode(page, where: str) -> None:
+    body = page.inner_text("body")
+    shown = [item for item in GENAI_NAV if item in body]
+    assert not shown, f"{where} shows MLflow's GenAI navigation: {shown}"
 
 
 def test_comparison_in_the_mlflow_ui(data_dir, tracking_uri, shots, tmp_path):
     exe = chromium_path()
-    from playwright.sync_api import expect, sync_playwright
-
-    raw = load_raw(REPO / "specs" / "fedkper-bloodmnist.yaml", TINY)
-    specs = resolve(raw, _registry())
-    res = run_experiment(
-        specs, source="specs/fedkper-bloodmnist.yaml", progress=False, echo=lambda *_: None, original=raw
-    )
-    parent = res.parent_run_id
-    assert parent is not None
-
+    first = comparison(TINY)
+    latest = comparison(GRID, ["fedkper", "fedavg"])
     from fedreg_report.command import report
 
-    out = report([parent], tracking=tracking_uri, out=tmp_path / "report", echo=lambda *_: None)
+    out = report([latest], tracking=tracking_uri, out=tmp_path / "report", echo=lambda *_: None)
+    check_ui(exe, tracking_uri, first, latest, out, shots)
 
-    proc, url, ready_s = start_ui(tracking_uri, free_port())
-    print(f"fedreg ui ready in {ready_s:.1f} s: {url}")
-    try:
-        exp_id = MlflowClient(tracking_uri).get_run(parent).info.experiment_id
-        assert url.endswith(f"/#/experiments/{exp_id}/runs?workflowType=machine_learning")
+
+def run_name(cell: str) -> str:
+    return cell.split("\n")[-1].strip()  # the cell holds the run's colour swatch, then its name
+
+
+def check_ui(exe: str, tracking_uri: str, first: str, latest: str, out: Path, shots: Path) -> None:
+    """The browser's checks of the two comparisons in the store; ``out``: fedreg report's folder for the
+    latest."""
+    from playwright.sync_api import expect, sync_playwright
+
+    client = MlflowClient(tracking_uri)
+
+    def children(parent: str):
+        exp = client.get_run(parent).info.experiment_id
+        return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+
+    latest_runs = children(latest)
+    names = {ch.info.run_name for ch in latest_runs}
+    assert len(names) == 6
+    others = {ch.info.run_name for ch in children(first)}
+    by_run = {ch.info.run_id: ch.info.run_name for ch in latest_runs}
+    expected: dict[str, dict[str, float]] = {}
+    with (out / "runs.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row["run_id"] in by_run and row["metric"] in HEADLINE.values():
+                expected.setdefault(by_run[row["run_id"]], {})[row["metric"]] = float(row["value"])
+
+    with running_ui(tracking_uri, free_port()) as (links, ready_s):
+        print(f"fedreg ui printed its links after {ready_s:.1f} s: {links['runs']}")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(30_000)
-            expect.set_options(timeout=30_000)  # two shared cores: the first load takes seconds
+            page = browser.new_page(viewport={"width": 1920, "height": 1000})
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)  # two shared cores: the first load takes seconds
 
-            # the runs view: the parent run, its four variants under it
-            page.goto(url)
-            expect(page.locator(f"a[href$='/runs/{parent}']")).to_be_visible()
-            close = page.get_by_role("button", name=re.compile("close", re.I))
-            if page.get_by_text("MLflow Assistant").count():  # the assistant's side panel takes a third
-                for i in range(close.count()):
-                    if close.nth(i).is_visible():
-                        close.nth(i).click()
-                        break
-            page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-            for name in VARIANTS:
-                expect(run_link(page, name)).to_be_visible()
+            # the printed link: this comparison's runs, headline columns, no click
+            page.goto(links["runs"])
+            expect(page.locator(".ag-row[row-index]").first).to_be_visible()
+            page.wait_for_function(f"document.querySelectorAll('.ag-row[row-index]').length >= {len(names)}")
+            page.wait_for_timeout(1500)
             page.screenshot(path=shots / "runs.png")
+            assert_model_training_mode(page, "the comparison's runs view")
+            rows = table_rows(page)
+            shown = {run_name(r.get("attributes.`Run Name`", "")) for r in rows}
+            assert shown == names, f"the table shows {sorted(shown)}, not {sorted(names)}"
+            assert not shown & others
+            for r in rows:
+                name = run_name(r["attributes.`Run Name`"])
+                for col, metric in HEADLINE.items():
+                    text = r.get(f"metrics.`{col}`")
+                    assert text is not None, f"column '{col}' is not shown for {name}: {sorted(r)}"
+                    want = round(100 * expected[name][metric], 2)
+                    assert float(text) == pytest.approx(want, abs=0.006), (name, col, text, want)
 
-            # the chart view: its first section is accuracy, global accuracy for all four
-            page.locator("label:has(input[value='CHART'])").click()  # the chart view
-            expect(page.get_by_text("System metrics").first).to_be_visible()
-            # the first charts have drawn their lines (plotly's traces) before the screenshot
+            # a run page reached from the table stays in model-training mode
+            page.locator("a[href*='/runs/']", has_text=re.compile(r"^fedavg\.seed1$")).first.click()
+            expect(page.get_by_text("Model metrics").first).to_be_visible()
+            assert_model_training_mode(page, "a run page")
+
+            # the charts: the headline section first, the legends name this comparison's runs
+            page.goto(links["charts"])
             page.wait_for_function(
-                "document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 4",
-                timeout=90_000,
+                "document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 6",
+                timeout=120_000,
             )
-            page.wait_for_timeout(1000)
+            page.wait_for_timeout(1500)
             page.screenshot(path=shots / "charts.png")
+            assert_model_training_mode(page, "the chart view")
             body = page.inner_text("body")
             sections = re.findall(r"^([A-Za-z_ ]+)\n\((\d+)\)$", body, re.M)
-            assert sections and sections[0][0] == "accuracy", sections
-            assert sections[-1][0] == "System metrics", sections
-            for name in VARIANTS:  # the legend of the first chart, accuracy/global
-                assert f"{name} (accuracy/global)" in body, name
+            assert sections and sections[0][0] == "headline", sections
+            legend = set(re.findall(r"^(\S+) \(accuracy/global\)$", body, re.M))
+            assert legend and legend <= names, legend
+            assert not legend & others
 
-            # the parent's description holds the comparison table
-            page.goto(url.split("#")[0] + f"#/experiments/{exp_id}/runs/{parent}")
-            table = page.locator("table").filter(has_text="overrides").first
-            expect(table).to_be_visible()
-            for name in VARIANTS:
-                expect(table).to_contain_text(name)
-            expect(table).to_contain_text("federation.aggregation=fedavg")
-            page.screenshot(path=shots / "parent.png", full_page=True)
+            # grouped by fedreg.group: one group per variant and grid point, the mean over the seeds
+            page.goto(links["groups"])
+            page.wait_for_function("document.querySelectorAll('.ag-row[row-index]').length >= 3")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=shots / "groups.png")
+            body = page.inner_text("body")
+            groups = set(re.findall(r"Group: (\S+) @ [0-9a-f]{8}", body))
+            assert groups == GROUPS, groups
 
-            # report.html fits a 1280 px page
-            page.set_viewport_size({"width": 1280, "height": 900})
+            # report.html is readable at 800 px: nothing wider than the window
+            page.set_viewport_size({"width": 800, "height": 900})
             page.goto((out / "report.html").resolve().as_uri())
             width = page.evaluate("document.documentElement.scrollWidth")
-            page.screenshot(path=shots / "report.png")
-            assert width <= 1280, f"report.html is {width} px wide at a 1280 px window"
+            page.screenshot(path=shots / "report-800.png")
+            assert width <= 800, f"report.html is {width} px wide at an 800 px window"
             browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def run_link(page, name: str):
-    """The link of the run named ``name`` in the runs table."""
-    return page.locator("a[href*='/runs/']", has_text=re.compile(f"^{re.escape(name)}$")).first
 
 
 def _registry():

@@ -3,7 +3,10 @@ from those declarations, never from metric keys written in the core."""
 
 from __future__ import annotations
 
-from fedreg.figures import Figure, curve_keys, figures_of, installed_figures, progress_keys, table_columns
+import pytest
+
+from fedreg.figures import Figure, curve_keys, figures_of, progress_keys, table_columns
+from fedreg.registry import installed_figures
 from fedreg.testing import tiny_federation
 
 FIRST_PARTY_METRICS = [
@@ -28,7 +31,9 @@ def test_figures_are_sorted_by_order_and_a_key_keeps_its_first_declaration():
 
     figs = figures_of([A, B])
     assert [f.key for f in figs] == ["a", "b", "c"] and figs[0].label == "A"
-    assert table_columns(figs) == [("C (final)", "final_c"), ("C (last-10 mean)", "last10_c")]
+    assert table_columns(figs) == [("C (final)", "final_c"), ("C (mean of last 10 rounds)", "last10_c")]
+    # a window longer than the runs says what it covers
+    assert table_columns(figs, 6)[1] == ("C (mean of all 6 rounds)", "last10_c")
 
 
 def test_first_party_headline_figures(registry):
@@ -38,6 +43,7 @@ def test_first_party_headline_figures(registry):
     assert [k for _, k in table_columns(figs)] == [
         "final_global_acc",
         "last10_global_acc",
+        "final_worst_client_acc",
         "last10_local_acc_mean",
         "last10_local_acc_worst",
         "last10_global_nfr",
@@ -62,8 +68,9 @@ def test_every_scalar_a_first_party_metric_logs_is_declared(registry):
 
 
 def test_mlflow_names_group_the_chart_view_and_read_back(registry):
-    """Keys are logged under '/'-grouped names (MLflow's chart view sections: accuracy first, system last);
-    summaries under summary/ at step 0; readers map names back, and an old run's names read as they are."""
+    """Keys are logged under '/'-grouped names (MLflow's chart view sections: accuracy first; the round loop's
+    timings under timing/, not MLflow's system/); summaries named for reading, percentages x 100 and rounded;
+    readers map names back (percentages to fractions), and an old run's names read as they did."""
     from fedreg.outputs import MetricNames
 
     figs = installed_figures(registry)
@@ -73,18 +80,32 @@ def test_mlflow_names_group_the_chart_view_and_read_back(registry):
         "accuracy/global": 0.5,
         "forgetting/bwt": -0.1,
         "training/loss": 1.0,
-        "system/elapsed_s": 3.0,
+        "timing/elapsed_s": 3.0,
     }
-    summary = names.summary(
-        {"final_global_acc": 0.5, "last10_global_acc": 0.4, "final_global_bacc": 0.3, "wall_time_s": 9.0},
-        figs,
-    )
+    final = {
+        "final_global_acc": 0.51234,
+        "last10_global_acc": 0.4,
+        "final_global_bacc": 0.3,
+        "final_worst_client_acc": 0.25,
+        "last10_global_ece": 0.123456,
+        "wall_time_s": 9.0,
+    }
+    summary = names.summary(final, figs)
     assert summary == {
-        "summary/accuracy.global.final": 0.5,
-        "summary/accuracy.global.last10": 0.4,
-        "summary/wall_time_s": 9.0,
+        "global acc final pct": 51.23,
+        "global acc last10 pct": 40.0,
+        "worst-client local acc at last participation pct": 25.0,
+        "global ECE last10": 0.1235,
+        "wall time s": 9.0,
     }
-    assert names.read_metrics({**logged, **summary})["last10_global_acc"] == 0.4
+    assert set(names.summary(final, figs, evaluated=6)) >= {"global acc all6 pct", "global ECE all6"}
+    read = names.read_metrics({**logged, **summary})
+    assert read["last10_global_acc"] == 0.4 and read["final_worst_client_acc"] == 0.25
+    assert read["final_global_acc"] == pytest.approx(0.5123) and read["elapsed_s"] == 3.0
+    # an older run's names
+    old = {"summary/accuracy.global.final": 0.5, "summary/wall_time_s": 9.0, "system/elapsed_s": 3.0}
+    read = names.read_metrics(old)
+    assert read["final_global_acc"] == 0.5 and read["wall_time_s"] == 9.0 and read["elapsed_s"] == 3.0
     assert (
         names.key_of("forgetting/nfr") == "global_nfr"
         and names.key_of("last10_global_acc") == "last10_global_acc"

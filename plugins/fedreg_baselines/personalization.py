@@ -36,15 +36,35 @@ class EndOfRunPersonalization(Metric):
             "personalized_acc_mean",
             "end-of-run acc, all clients' own models, mean",
             order=24,
+            tracked_as="personalization/acc_mean",
+            percent=True,
             note=(
                 "End-of-run accuracy: after the last round, every client's own model (its personal model "
                 "where the method has one, else the final global model) on its own local test set, the "
                 "mean and the worst over all clients, participants or not."
             ),
         ),
-        Figure("personalized_acc_worst", "end-of-run acc, worst client", order=25),
-        Figure("personalized_bacc_mean", "end-of-run balanced acc, mean", order=26),
-        Figure("personalized_bacc_worst", "end-of-run balanced acc, worst client", order=27),
+        Figure(
+            "personalized_acc_worst",
+            "end-of-run acc, worst client",
+            order=25,
+            tracked_as="personalization/acc_worst",
+            percent=True,
+        ),
+        Figure(
+            "personalized_bacc_mean",
+            "end-of-run balanced acc, mean",
+            order=26,
+            tracked_as="personalization/bacc_mean",
+            percent=True,
+        ),
+        Figure(
+            "personalized_bacc_worst",
+            "end-of-run balanced acc, worst client",
+            order=27,
+            tracked_as="personalization/bacc_worst",
+            percent=True,
+        ),
     )
 
     @classmethod

@@ -32,8 +32,15 @@ class GlobalAccuracy(Metric):
             progress=True,
             order=10,
             tracked_as="accuracy/global",
+            percent=True,
         ),
-        Figure("global_bacc", "global balanced acc", order=11, tracked_as="balanced_accuracy/global"),
+        Figure(
+            "global_bacc",
+            "global balanced acc",
+            order=11,
+            tracked_as="balanced_accuracy/global",
+            percent=True,
+        ),
         Figure(
             "global_loss",
             "global loss",
@@ -46,6 +53,7 @@ class GlobalAccuracy(Metric):
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
         p = ev.global_test
+        assert p is not None, "evaluated on the global test set (requires GLOBAL_TEST)"
         return MetricResult(
             {
                 "global_acc": p.accuracy(),
@@ -59,13 +67,29 @@ class LocalAccuracy(Metric):
     """Each participating client's trained model (its personal model for personalised methods) on its own
     local test set: per client, and the mean and the worst participant of the round, plain and class-balanced.
 
-    ``local_acc_worst`` is the worse of the round's participants, not the worst client of the federation (the
-    report derives that from the per-client values at each client's last participation). The worst
-    participant's id is not logged as a scalar: a per-round id summarised like a metric (its last-10 mean)
-    means nothing, and per_client.csv already says which participant it was."""
+    ``local_acc_worst`` is the worse of the round's participants, not the worst client of the federation.
+    ``worst_client_acc`` is that: each client's local accuracy at its last participation so far (kept as the
+    metric's state), the minimum over every client that has participated; its final value is the run's
+    worst-client figure, as ``fedreg report`` defines it. The worst participant's id is not logged as a
+    scalar: a per-round id summarised like a metric (its last-10 mean) means nothing, and per_client.csv
+    already says which participant it was."""
 
     name = "local_accuracy"
     figures = (
+        Figure(
+            "worst_client_acc",
+            "worst-client local acc (at last participation)",
+            column=True,
+            final=True,
+            mean=False,
+            percent=True,
+            order=19,
+            tracked_as="accuracy/worst_client",
+            note=(
+                "Worst-client local acc (at last participation): each client's local accuracy in the last "
+                "round it trained, the minimum over all clients that trained (per round: so far)."
+            ),
+        ),
         Figure(
             "local_acc_mean",
             "local acc mean",
@@ -81,6 +105,7 @@ class LocalAccuracy(Metric):
                 "'fedreg report' gives the worst client (each client at its last participation, the "
                 "minimum over all clients)."
             ),
+            percent=True,
         ),
         Figure(
             "local_acc_worst",
@@ -89,21 +114,38 @@ class LocalAccuracy(Metric):
             column=True,
             order=21,
             tracked_as="accuracy/local_worst",
+            percent=True,
         ),
         Figure(
-            "local_bacc_mean", "local balanced acc mean", order=22, tracked_as="balanced_accuracy/local_mean"
+            "local_bacc_mean",
+            "local balanced acc mean",
+            order=22,
+            tracked_as="balanced_accuracy/local_mean",
+            percent=True,
         ),
         Figure(
             "local_bacc_worst",
             "worst participant of the round, local balanced acc",
             order=23,
             tracked_as="balanced_accuracy/local_worst",
+            percent=True,
         ),
     )
     requires = frozenset({LOCAL})
 
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.last: dict[int, float] = {}  # each client's local accuracy at its last participation
+
+    def state_dict(self):
+        return {"last": dict(self.last)}
+
+    def load_state_dict(self, state):
+        self.last = {int(c): float(v) for c, v in (state.get("last") or {}).items()}
+
     def update(self, ev: RoundEvaluation) -> MetricResult:
         acc = {c: p.accuracy() for c, p in ev.local.items()}
+        self.last.update(acc)
         bacc = {c: balanced_accuracy(p.labels.numpy(), p.preds.numpy()) for c, p in ev.local.items()}
         mean, worst, _ = mean_and_worst(acc)
         bmean, bworst, _ = mean_and_worst(bacc)
@@ -113,6 +155,7 @@ class LocalAccuracy(Metric):
                 "local_acc_worst": worst,
                 "local_bacc_mean": bmean,
                 "local_bacc_worst": bworst,
+                "worst_client_acc": min(self.last.values()) if self.last else float("nan"),
             }
         )
         out.per_client = {
@@ -132,12 +175,14 @@ class GlobalOnLocalAccuracy(Metric):
             "global model on local tests, mean",
             order=30,
             tracked_as="global_on_local/acc_mean",
+            percent=True,
         ),
         Figure(
             "global_on_local_acc_worst",
             "global model on local tests, worst client",
             order=31,
             tracked_as="global_on_local/acc_worst",
+            percent=True,
         ),
     )
     requires = frozenset({GLOBAL_ON_LOCAL})
@@ -166,18 +211,33 @@ class Flips(Metric):
             column=True,
             order=40,
             tracked_as="forgetting/nfr",
+            percent=True,
         ),
-        Figure("global_pfr", "global PFR", order=43, tracked_as="forgetting/pfr"),
+        Figure("global_pfr", "global PFR", order=43, tracked_as="forgetting/pfr", percent=True),
         Figure(
             "global_consistency",
             "global consistency",
             column=True,
             order=42,
             tracked_as="forgetting/consistency",
+            percent=True,
         ),
-        Figure("local_nfr", "local NFR", higher_is_better=False, order=44, tracked_as="forgetting/local_nfr"),
-        Figure("local_pfr", "local PFR", order=45, tracked_as="forgetting/local_pfr"),
-        Figure("local_consistency", "local consistency", order=46, tracked_as="forgetting/local_consistency"),
+        Figure(
+            "local_nfr",
+            "local NFR",
+            higher_is_better=False,
+            order=44,
+            tracked_as="forgetting/local_nfr",
+            percent=True,
+        ),
+        Figure("local_pfr", "local PFR", order=45, tracked_as="forgetting/local_pfr", percent=True),
+        Figure(
+            "local_consistency",
+            "local consistency",
+            order=46,
+            tracked_as="forgetting/local_consistency",
+            percent=True,
+        ),
     )
     requires = frozenset({GLOBAL_TEST, LOCAL})
 
@@ -188,6 +248,7 @@ class Flips(Metric):
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
         out = MetricResult()
+        assert ev.global_test is not None, "evaluated on the global test set (requires GLOBAL_TEST)"
         now = ev.global_test.correct
         if self.prev_global is not None:
             r = flip_rates(self.prev_global.numpy(), now.numpy())
@@ -221,7 +282,9 @@ class BackwardTransfer(Metric):
     set now) minus (that accuracy right after the round in which the client was last sampled)."""
 
     name = "bwt"
-    figures = (Figure("bwt", "BwT", curve=True, column=True, order=41, tracked_as="forgetting/bwt"),)
+    figures = (
+        Figure("bwt", "BwT", curve=True, column=True, order=41, tracked_as="forgetting/bwt", percent=True),
+    )
     requires = frozenset({GLOBAL_ON_LOCAL})
 
     def __init__(self, params=None):
@@ -273,12 +336,7 @@ class GlobalAUC(Metric):
                 "split, averaged over the classes present in it (absent classes are skipped)."
             ),
         ),
-        Figure(
-            "global_auc_classes",
-            "classes in the global AUC",
-            order=53,
-            tracked_as="probabilities/global_auc_classes",
-        ),
+        Figure("global_auc_classes", "classes in the global AUC", order=53, constant=True),
     )
     requires = frozenset({GLOBAL_TEST})
 

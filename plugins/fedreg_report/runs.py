@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fedreg.errors import FedregError
-from fedreg.figures import installed_figures
 from fedreg.outputs import MetricNames
+from fedreg.registry import installed_figures
 from fedreg_report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS, OPTIONAL_KEYS
 from fedreg_report.store import find_runs
 
