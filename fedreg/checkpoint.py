@@ -2,35 +2,31 @@
 with ``torch.load(..., weights_only=True)`` (tensors and plain containers only; no code is unpickled).
 
 Layout: ``<checkpoint.dir>/<spec name>/<experiment id>/`` holds ``experiment.json`` (the spec as written,
-the identity of each of its runs, the MLflow run ids, the tracking store), ``lock`` (see :class:`FolderLock`)
-and one ``<variant>.pt`` per run (``run.pt`` without variants). The experiment id is the parent run id, or
-the run id of a spec without variants. The spec name and the variant are made single path components
-(:func:`safe_part`), so no name can put a file outside ``checkpoint.dir``.
+the identity of each of its runs, the MLflow run ids, the tracking store), ``lock`` (see
+:class:`fedreg.locks.FolderLock`) and one ``<variant>.pt`` per run (``run.pt`` without variants). The
+experiment id is the parent run id, or the run id of a spec without variants. The spec name and the variant
+are made single path components (:func:`safe_part`), so no name can put a file outside ``checkpoint.dir``.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import re
-import socket
-import sys
-import time
+import shlex
+import shutil
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedreg.errors import FedregError
+from fedreg.errors import EnvironmentProblem, FedregError
 from fedreg.tracking import flatten
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: folders are not locked
-    fcntl = None  # type: ignore[assignment]
 
 FORMAT = 1
 IGNORED_FOR_IDENTITY = ("checkpoint", "tracking", "variant", "execution")
@@ -102,11 +98,86 @@ def restore_rng_states(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), None))
 
 
+#: a disk that cannot take a file: the errno and how to say it
+DISK_ERRORS = {errno.ENOSPC: "no space left on its disk", errno.EDQUOT: "the disk quota is exceeded"}
+DISK_ERRORS[errno.EROFS] = "its disk is read-only"
+
+
+class _Recorder:
+    """The file ``torch.save`` writes to, keeping the ``OSError`` of a failed write (torch raises only
+    ``unexpected pos``)."""
+
+    def __init__(self, f):
+        self.f, self.error, self.flush = f, None, f.flush
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic: a reader sees the previous checkpoint or this one, never a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    """Atomic: written to ``<name>.tmp``, synced to the disk, then renamed, so a reader sees the previous
+    checkpoint or this one, never a partial file. On a failure (or an interruption) the ``.tmp`` file is
+    removed and the previous checkpoint stays as it was; a full or read-only disk is an
+    :class:`~fedreg.errors.EnvironmentProblem` naming the file, the space and how to go on."""
+    tmp, out = path.with_name(path.name + ".tmp"), None
+    try:
+        with open(tmp, "wb") as f:
+            out = _Recorder(f)
+            torch.save({"format": FORMAT, **payload}, out)  # type: ignore[arg-type]  # a writable file object
+            f.flush()
+            os.fsync(f.fileno())  # a disk that fills is told now, not after the rename
+        os.replace(tmp, path)
+    except BaseException as exc:
+        cause = out.error if out is not None and out.error is not None else exc
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(cause, OSError) and cause.errno in DISK_ERRORS:
+            raise disk_problem(path, cause) from None
+        raise
+
+
+def save_run(path: Path, resolved: dict[str, Any], state: dict[str, Any]) -> None:
+    """:func:`save` a run's ``state`` with what resuming checks and restores: the fingerprint and identity
+    of its resolved spec, and the random number generators' states."""
+    save(
+        path,
+        {"fingerprint": fingerprint(resolved), "identity": identity(resolved), "rng": rng_states(), **state},
+    )
+
+
+def disk_problem(path: Path, exc: OSError) -> EnvironmentProblem:
+    """Why ``path`` (a checkpoint, or ``experiment.json``, in an experiment folder) could not be written, what
+    is kept, and how to go on: free space (or move the folder), then ``fedreg resume``."""
+    folder, what, space = path.parent, DISK_ERRORS[exc.errno], []  # type: ignore[index]
+    if exc.errno != errno.EROFS:
+        with suppress(OSError):
+            space.append(f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free in '{folder}'")
+        if path.suffix == ".pt" and path.exists():
+            space.append(f"a checkpoint of this run takes about {path.stat().st_size / 1e6:.1f} MB")
+    what += f" ({'; '.join(space)})" if space else ""
+    good = path.suffix == ".pt" and path.exists()
+    return EnvironmentProblem(
+        f"cannot write '{path}': {what}. "
+        f"{f'The last good checkpoint {path.name} is kept' if good else 'What was written before is kept'}. "
+        f"{'Make that disk writable again' if exc.errno == errno.EROFS else 'Free space on that disk'}, or "
+        f"move the folder '{folder.parent}' into a folder NEW_DIR on a disk with room and add "
+        f"--checkpoint-dir NEW_DIR below; then continue with: {resume_command(folder)}"
+    )
+
+
+def resume_command(folder: Path) -> str:
+    """``fedreg resume <experiment id>``, with the tracking store recorded in ``folder`` unless default."""
+    from fedreg.tracking import tracking_uri
+
+    uri = None
+    with suppress(OSError, ValueError):
+        uri = json.loads((folder / "experiment.json").read_text()).get("tracking_uri")
+    extra = f" --tracking-uri {shlex.quote(uri)}" if uri and uri != tracking_uri(None) else ""
+    return f"fedreg resume {folder.name}{extra}"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -123,13 +194,15 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def ensure_writable(folder: Path) -> None:
+    probe = folder / ".write-test"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise FedregError(
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise (EnvironmentProblem if exc.errno in DISK_ERRORS else FedregError)(
             f"cannot write checkpoints to '{folder}' ({exc.strerror or exc}); set checkpoint.dir to a "
             f"writable folder, or checkpoint.every: 0 to run without checkpoints"
         ) from None
@@ -173,77 +246,6 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-class FolderLock:
-    """An exclusive lock on one experiment folder, held by the one ``fedreg`` process that runs (or
-    continues) its runs, from before it writes anything there until it ends: a second ``fedreg run --resume``
-    or ``fedreg resume`` of the same runs is refused, naming the holder.
-
-    The lock is ``fcntl.flock`` on ``<folder>/lock``; the file also holds the holder's pid, host, start time
-    and command line, for the refusal message. A lock left by a process that died (SIGKILL, a crash, a lost
-    node) is never stale: the operating system releases ``flock`` locks when the process that holds them ends,
-    so the next process simply takes it over (the file's contents are then overwritten). On a network file
-    system the lock works as far as its locking does (Linux maps ``flock`` to NFS byte-range locks). Without
-    ``fcntl`` (not POSIX) folders are not locked.
-    """
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.path = folder / "lock"
-        self._fd: int | None = None
-
-    def holder(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def acquire(self) -> None:
-        """Take the lock or raise :class:`FedregError` naming the process that holds it."""
-        if fcntl is None or self._fd is not None:
-            return
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise FedregError(
-                f"cannot lock '{self.path}' ({exc.strerror or exc}); the checkpoint folder must be writable"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            h = self.holder()
-            who = (
-                f"pid {h.get('pid', '?')} on {h.get('host', '?')}, running since {h.get('started', '?')}"
-                f" ({h.get('command', '?')})"
-                if h
-                else "a process that has not yet written its name"
-            )
-            raise FedregError(
-                f"the runs in '{self.folder}' are being run by another fedreg process: {who}. Wait for it "
-                f"to end, or stop it (e.g. kill {h.get('pid', 'PID')}); a process that has died holds no "
-                f"lock, so this one is alive"
-            ) from None
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join(["fedreg", *sys.argv[1:]]),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Give the lock up (the file stays: removing it could let two processes lock two different
-        files)."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 class ExperimentDir:
     """The checkpoint folder of one invocation (all its variants)."""
 
@@ -261,10 +263,18 @@ class ExperimentDir:
             raise FedregError(f"'{self.meta_path}' cannot be read: {exc}") from None
 
     def write(self, meta: dict[str, Any]) -> None:
+        """Atomic, as :func:`save`: a failed write leaves the previous ``experiment.json`` and no ``.tmp``."""
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.meta_path.with_name("experiment.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, self.meta_path)
+        try:
+            tmp.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, self.meta_path)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if exc.errno in DISK_ERRORS:
+                raise disk_problem(self.meta_path, exc) from None
+            raise
 
     def run_file(self, variant: str | None) -> Path:
         return inside(self.path, f"{variant or 'run'}.pt")

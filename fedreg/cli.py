@@ -7,16 +7,15 @@ import argparse
 import importlib.metadata as md
 import json
 import os
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fedreg import __version__
 from fedreg.errors import FedregError
+from fedreg.limits import memory_problem
 
 
 def _registry():
@@ -60,6 +59,12 @@ def _run(specs, raw, source, progress, resume=None, args=None) -> int:
     else:
         print(f"run: {res.results[0].run_id}")
     print(f"tracking store: {res.tracking_uri} (open it with: fedreg ui)")
+    experiment_id = getattr(getattr(exp, "tracker", None), "experiment_id", None)
+    if res.parent_run_id and experiment_id:
+        from fedreg.mlflow_view import links
+
+        url = links("http://127.0.0.1:5000", experiment_id, res.parent_run_id)["runs"]
+        print(f"the comparison in the MLflow UI (once 'fedreg ui' runs): {url}")
     return 0
 
 
@@ -112,59 +117,10 @@ def cmd_resume(args) -> int:
     return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp, args)
 
 
-def params_schema(model) -> dict[str, dict[str, Any]]:
-    """Each parameter of a component's ``Params`` model as JSON Schema (pydantic's ``model_json_schema``):
-    its ``type`` (or ``anyOf``/``enum``/``$ref``), ``default``, bounds (``minimum``, ``exclusiveMinimum``,
-    ...), ``description``, and ``required``. A model pydantic cannot express in JSON Schema falls back to the
-    annotation's text as ``type``."""
-    try:
-        schema = model.model_json_schema()
-    except Exception:  # noqa: BLE001 - a plugin's Params may hold types without a JSON Schema
-        return {
-            name: {
-                "type": str(f.annotation).replace("typing.", ""),
-                "default": None if f.is_required() else f.get_default(call_default_factory=True),
-                "description": f.description or "",
-                "required": f.is_required(),
-            }
-            for name, f in model.model_fields.items()
-        }
-    required = set(schema.get("required", ()))
-    out = {}
-    for name, prop in schema.get("properties", {}).items():
-        entry = {k: v for k, v in prop.items() if k != "title"}
-        entry.setdefault("default", None)
-        entry.setdefault("description", "")
-        entry["required"] = name in required
-        if "$ref" in prop or any("$ref" in a for a in prop.get("anyOf", ())):
-            entry["$defs"] = schema.get("$defs", {})  # the nested models it refers to
-        out[name] = entry
-    return out
-
-
 def cmd_plugins(args) -> int:
-    from fedreg.registry import KINDS
+    from fedreg.registry import KINDS, listing
 
-    reg = _registry()
-    rows = []
-    for info in reg.all():
-        params = params_schema(info.cls.Params)
-        rows.append(
-            {
-                "kind": info.kind,
-                "name": info.name,
-                "distribution": info.distribution,
-                "version": info.version,
-                "plugin": info.plugin,
-                "hooks": info.cls.implemented_hooks(),
-                "params": params,
-                "description": info.cls.describe(),
-            }
-        )
-    broken = [
-        {"plugin": b.plugin, "distribution": b.distribution, "version": b.version, "error": b.error}
-        for b in reg.broken
-    ]
+    rows, broken = listing(_registry())
     if args.json:
         print(json.dumps({"components": rows, "broken": broken}, indent=1, default=str))
         return 0
@@ -189,7 +145,7 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_new_plugin(args) -> int:
-    from fedreg.scaffold import new_plugin
+    from fedreg.plugin_template import new_plugin
 
     root = new_plugin(args.name, args.dir)
     print(
@@ -210,86 +166,18 @@ def cmd_compare(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from fedreg.tracking import replay
+    from fedreg.replay import replay
 
     n = replay(args.folder, args.tracking_uri)
     print(f"replayed {n} tracking calls from {args.folder}")
     return 0
 
 
-def latest_parent_url(uri: str, base: str) -> str | None:
-    """The MLflow UI's runs view (model-training mode) of the experiment holding the latest parent run in
-    the store, or None when it has no parent run (or cannot be read)."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
-        runs = client.search_runs(
-            ids, "tags.`fedreg.role` = 'parent'", order_by=["attributes.start_time DESC"], max_results=1
-        )
-    except Exception:  # noqa: BLE001 - the UI starts anyway; only the link is missing
-        return None
-    if not runs:
-        return None
-    return f"{base}/#/experiments/{runs[0].info.experiment_id}/runs?workflowType=machine_learning"
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> float | None:
-    """Seconds until ``url``/health answers (None: the server ended or did not answer in time)."""
-    import time
-    import urllib.request
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - t0
-        except OSError:
-            time.sleep(0.25)
-    return None
-
-
 def cmd_ui(args) -> int:
     from fedreg.tracking import checked_uri
+    from fedreg.ui import run_ui
 
-    if not 1 <= args.port <= 65535:
-        raise FedregError(
-            f"--port {args.port} is not a TCP port; use a number from 1 to 65535 (default 5000)"
-        )
-    uri = checked_uri(args.tracking_uri)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--workers",  # one is plenty for one user, and ready in seconds (MLflow's default 4 is not)
-        "1",
-    ]
-    base = f"http://{args.host}:{args.port}"
-    print(f"starting the MLflow UI on {base} for {uri}", file=sys.stderr)
-    proc = subprocess.Popen(cmd)
-    try:
-        ready = wait_ready(base, proc)
-        if ready is not None:
-            url = latest_parent_url(uri, base) or f"{base}/#/experiments?workflowType=machine_learning"
-            print(f"MLflow UI ready in {ready:.1f} s. Latest comparison: {url}", flush=True)
-            if args.open:
-                import webbrowser
-
-                webbrowser.open(url)
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        return 0
+    return run_ui(checked_uri(args.tracking_uri), args.host, args.port, args.run, args.open)
 
 
 def positive_int(text: str) -> int:
@@ -382,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "new-plugin", help="write a ready plugin distribution fedreg-NAME (one component of each kind)"
     )
-    sp.add_argument("name", help="the plugin's name: lowercase letters, digits, '_'")
+    sp.add_argument("name", help="the plugin's name: lowercase ASCII letters, digits, '_' (at most 40)")
     sp.add_argument("--dir", default=None, help="folder to create (default: ./fedreg-NAME)")
     sp.set_defaults(func=cmd_new_plugin)
 
@@ -401,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tracking-uri", default=None)
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=5000)
-    sp.add_argument("--open", action="store_true", help="open the latest comparison in a web browser")
+    sp.add_argument(
+        "--run", default=None, metavar="PARENT_ID", help="the comparison to link to (default: the latest)"
+    )
+    sp.add_argument("--open", action="store_true", help="open the comparison in a web browser")
     sp.set_defaults(func=cmd_ui)
     add_plugin_commands(sub)
     return p
@@ -425,8 +316,15 @@ class Command:
 
 def add_plugin_commands(sub) -> None:
     """Add the sub-commands of the ``fedreg.commands`` entry points; one that fails to load, is not a
-    ``Command`` or reuses a taken name is skipped with a warning on stderr."""
+    ``Command``, reuses a taken name or would replace fedreg's own (``report``) is skipped with a warning."""
+    from fedreg import first_party
+
+    first_party.pin_all()  # fedreg's own commands from fedreg's own modules, whatever sys.path holds
     for ep in md.entry_points(group=COMMAND_GROUP):
+        dist = ep.dist.metadata["Name"] if ep.dist is not None else ""
+        if why := first_party.refusal(ep.name, ep.value, dist):
+            print(f"warning: fedreg command '{ep.name}' of {dist}: {why}", file=sys.stderr)
+            continue
         try:
             cmd = ep.load()
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything
@@ -451,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (MemoryError, RuntimeError) as exc:  # out of memory: the machine's limit, not a bug
+        if (problem := memory_problem(exc)) is None or debug:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return problem.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

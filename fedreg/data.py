@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fedreg.components import ClientInfo, DatasetTensors, Partition
-from fedreg.errors import DataError, FedregError, PluginError
+from fedreg.errors import DataError, PluginError
 
 if TYPE_CHECKING:
     from fedreg.spec import ResolvedSpec
@@ -135,38 +135,6 @@ class FederatedData:
             "train_size_mean": float(sizes.mean()),
             "clients": rows,
         }
-
-
-def check_model_fits(model: Any, dataset: DatasetTensors) -> None:
-    """Build the spec's model (``model``: a resolved component) for the dataset and pass one zero image
-    through it, before anything is written: a model that does not take the dataset's images (too small,
-    wrong channels) or gives the wrong number of outputs is a :class:`DataError` naming both, instead of an
-    error inside the first client's training."""
-    size, ch, k = dataset.image_size, dataset.in_channels, dataset.num_classes
-    what = f"{size}x{size} images with {ch} channel{'s' if ch != 1 else ''} and {k} classes"
-    fix = (
-        f"Choose a model (or model params) that takes {size}x{size} images, or a dataset with images it "
-        "takes (for MedMNIST: a larger data.size)"
-    )
-    name = getattr(model, "name", "?")
-    try:
-        net = model.instantiate().build(ch, k, size)
-        net.eval()
-        with torch.no_grad():
-            out = net(torch.zeros(1, ch, size, size))
-    except FedregError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's model may raise anything
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(
-            f"model '{name}' does not fit dataset '{dataset.name}' ({what}): {text}. {fix}"
-        ) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, k):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(
-            f"model '{name}' gives outputs of shape {got} for one image of dataset '{dataset.name}' "
-            f"({what}), expected (1, {k}): one logit per class. {fix}"
-        )
 
 
 def build_federated_data(

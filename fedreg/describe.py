@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import fedreg
 from fedreg.figures import Figure, figures_of, table_columns
+from fedreg.outputs import component_tags
 from fedreg.spec import ResolvedSpec
-from fedreg.tracking import flatten
+from fedreg.sweep import grid_tags, group_tag
+from fedreg.tracking import fedreg_commit, flatten, git_commit
 
 #: the MLflow tag holding a run's description
 DESCRIPTION = "mlflow.note.content"
 #: where the comparison table is logged as an MLflow table (in the parent run)
 TABLE_FILE = "compare/table.json"
+#: the longest description MLflow keeps (its limit on a tag's value, ``MAX_TAG_VAL_LENGTH``)
+DESCRIPTION_MAX = 8000
 
 
 def overrides_of(original: Mapping[str, Any] | None, variant: str | None) -> dict[str, str]:
@@ -97,18 +103,26 @@ def describe_parent(
     shared: int,
 ) -> str:
     """The parent run's description: what was compared, the table (each variant's overrides, and its
-    figures once the variants have finished), where the shared params are, and the report."""
+    figures once the variants have finished), where the shared params are, and the report. Within MLflow's
+    limit on a tag (:data:`DESCRIPTION_MAX`): a table too long for it shows its first rows, and says where
+    the whole table is."""
     what = f"`{source}`" if source else f"`{name}`"
-    return "\n\n".join(
-        [
-            f"**{name}**: {len(rows)} runs of {what}. Each row says what the variant overrides in the base "
-            f"spec; the {shared} params the runs share are this run's params.",
-            markdown_table(headers, rows),
-            f"Report: `fedreg report {run_id}` writes report.html and logs it here: "
-            f"[report/report.html]({report_link(experiment_id, run_id)}). "
-            f"Table in the Evaluation/Artifacts view: `{TABLE_FILE}`.",
-        ]
+    intro = (
+        f"**{name}**: {len(rows)} runs of {what}. Each row says what the variant overrides in the base "
+        f"spec; the {shared} params the runs share are this run's params."
     )
+    outro = (
+        f"Report: `fedreg report {run_id}` writes report.html and logs it here: "
+        f"[report/report.html]({report_link(experiment_id, run_id)}). "
+        f"Table in the Evaluation/Artifacts view: `{TABLE_FILE}`."
+    )
+    text = "\n\n".join([intro, markdown_table(headers, rows), outro])
+    shown = len(rows)
+    while len(text) > DESCRIPTION_MAX and shown > 0:  # the first rows, then how many more and where
+        shown = min(shown - 1, shown * DESCRIPTION_MAX // len(text))
+        more = f"... and {len(rows) - shown} more runs: the whole table is `{TABLE_FILE}` (`fedreg compare`)."
+        text = "\n\n".join([intro, markdown_table(headers, rows[:shown]), more, outro])
+    return text[:DESCRIPTION_MAX]
 
 
 class ParentRun:
@@ -141,6 +155,23 @@ class ParentRun:
         finals = {self.name(rs): by_id.get(ids.get(self.name(rs), ""), {}) for rs in self.specs}
         headers, rows = self.describe(finals, len(shared_params(self.specs)))
         self.tracker.log_table(self.parent, headers, rows, TABLE_FILE)
+        self.save_views()
+
+    def save_views(self) -> None:
+        """The comparison's saved views in MLflow's runs page (:mod:`fedreg.mlflow_view`); a store that cannot
+        take them now only loses the links (``fedreg ui`` writes them when it opens the comparison)."""
+        from fedreg.mlflow_view import write_views
+
+        try:
+            write_views(
+                self.tracker.client,
+                self.tracker.experiment_id,
+                self.parent,
+                self.specs[0].spec.name,
+                self.figures,
+            )
+        except Exception:  # noqa: BLE001 - the runs are logged; only the view is missing
+            pass
 
     def run_ids(self) -> dict[str, str]:
         """Child run name -> run id, read from the store (a resumed run keeps its id, a re-run gets a new one:
@@ -185,3 +216,38 @@ __all__ = [
     "shared_params",
     "ParentRun",
 ]
+
+
+def provenance_tags(spec_name: str, source: str | None) -> dict[str, str]:
+    """Tags every run of an invocation carries: fedreg's version (and commit, from a source checkout), the
+    spec's name and file, and the commit of the repository holding the spec."""
+    tags = {"fedreg.version": fedreg.__version__, "fedreg.spec": spec_name}
+    if own := fedreg_commit():  # fedreg's own source checkout, not the spec's repository
+        tags["fedreg.commit"] = own
+    if source:
+        tags["fedreg.spec_file"] = str(source)
+    if commit := git_commit(Path(source).parent if source else "."):
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def child_tags(
+    rs: ResolvedSpec, fed: Any, base: dict[str, str], parent: str | None, original: dict | None
+) -> dict[str, str]:
+    """The tags of a variant's MLflow run (``base``: :func:`provenance_tags`; ``fed``: its
+    :class:`~fedreg.data.FederatedData`): its components, role, dataset, variant, description, seed, the
+    group it is compared in and its grid point."""
+    tags = {
+        **base,
+        **component_tags(rs),
+        "fedreg.role": "child" if parent else "single",
+        "fedreg.dataset.md5": fed.dataset.checksum,
+        "fedreg.dataset": fed.dataset.name,
+    }
+    if rs.variant:
+        tags["fedreg.variant"] = rs.variant
+    tags[DESCRIPTION] = describe_child(rs, overrides_of(original, rs.variant))
+    tags["fedreg.seed"] = str(rs.spec.seed)
+    tags["fedreg.group"] = group_tag(rs, parent)
+    tags.update(grid_tags(rs))
+    return tags

@@ -42,6 +42,13 @@ class DataError(FedregError):
     """A dataset file is missing, corrupt, or cannot be partitioned as asked."""
 
 
+class EnvironmentProblem(FedregError):
+    """The machine, not the input, failed: a port in use, a disk full or read-only, a server that does not
+    answer. Exit status 1 (the user's input gives 2)."""
+
+    exit_code = 1
+
+
 def call_component(component, method: str, round: int, client: int | None, *args, **kwargs):
     """Call ``component.method(*args, **kwargs)``; an exception it raises becomes a :class:`ComponentFailure`
     naming the component, the method, the round and the client. The one wrapper of every component call:

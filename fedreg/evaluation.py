@@ -1,16 +1,19 @@
-"""Small stateless pieces of a round: call a component (naming it when it fails), evaluate a model, check
-what a plugin returned at the boundary. Client training itself is in :mod:`fedreg.clients`."""
+"""Small stateless pieces of a round: call a component (naming it when it fails), draw the round's clients
+from the seeded sampling stream, evaluate a model, update the metrics, check what a plugin returned at the
+boundary. Client training itself is in :mod:`fedreg.clients`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedreg.components import Component, Predictions, StateDict
-from fedreg.errors import PluginError, call_component
+from fedreg import seeding
+from fedreg.components import Component, MetricResult, Predictions, RoundEvaluation, StateDict
+from fedreg.errors import PluginError, call_component, describe
 
 
 def call(component: Component, method: str, round: int, client: int | None, *args, **kwargs) -> Any:
@@ -71,3 +74,77 @@ def non_finite_key(state: StateDict) -> str | None:
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             return k
     return None
+
+
+def add_scalars(
+    scalars: dict[str, float], owners: dict[str, str], metric: Component, new: dict, r: int
+) -> None:
+    """Add a metric's scalars of round ``r`` to the round's ``scalars``; a key the round already holds (the
+    round loop's own, or another metric's: ``owners`` says whose) is a :class:`PluginError` instead of a
+    silent overwrite."""
+    taken = sorted(k for k in new if k in scalars)
+    if taken:
+        who = "; ".join(f"'{k}' by {owners.get(k, 'the round loop')}" for k in taken[:5])
+        raise PluginError(
+            f"{describe(metric)} returned the scalar{'s' if len(taken) > 1 else ''} "
+            f"{', '.join(repr(k) for k in taken[:5])} in round {r}, already taken this round ({who}): it "
+            "would overwrite it. A metric's scalars need names no other metric of the run uses: rename them "
+            "in the plugin (and declare them in its 'figures'), or keep one of the two metrics in 'metrics'"
+        )
+    scalars.update(new)
+    owners.update(dict.fromkeys(new, describe(metric)))
+
+
+def select_clients(selector: Component, r: int, infos: Any, k: int, seed: int) -> list[int]:
+    """Round ``r``'s ``k`` clients, from ``selector`` on the run's seeded sampling stream (streams are
+    indexed by rounds completed, so round 1 draws from stream 0: every variant of a comparison with the same
+    seed draws the same stream); its answer checked."""
+    chosen = call(selector, "select", r, None, r, infos, k, seeding.rng(seed, seeding.SAMPLING, r - 1))
+    try:
+        chosen = [int(c) for c in chosen]
+    except (TypeError, ValueError):
+        raise PluginError(
+            f"{describe(selector)}: select must return client ids, got {chosen!r} (round {r})"
+        ) from None
+    if len(chosen) != k or len(set(chosen)) != k or any(c < 0 or c >= len(infos) for c in chosen):
+        raise PluginError(
+            f"{describe(selector)} broke the rule 'return {k} distinct client ids in "
+            f"0..{len(infos) - 1}': got {chosen} (round {r})"
+        )
+    return chosen
+
+
+def evaluation_set(
+    fed: Any, global_test: bool, global_on_local: bool, device: Any
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The images and labels the global model is evaluated on, in one batched pass: the global test set
+    and (after it) every client's local test set, as the metrics need (``fed``: FederatedData)."""
+    ds = fed.dataset
+    parts_x, parts_y = [], []
+    if global_test:
+        parts_x.append(ds.test_x)
+        parts_y.append(ds.test_y)
+    if global_on_local:
+        idx = torch.from_numpy(np.concatenate([c.test_idx for c in fed.clients]))
+        parts_x.append(ds.train_x[idx])
+        parts_y.append(ds.train_y[idx])
+    if not parts_x:
+        return None, None
+    return torch.cat(parts_x).to(device), torch.cat(parts_y).to(device)
+
+
+def update_metrics(
+    metrics: list[Any], ev: RoundEvaluation, r: int, scalars: dict[str, float], rows: list[dict[str, Any]]
+) -> None:
+    """Give each metric the round's evaluation: its scalars join ``scalars`` (a name another metric
+    returned this round is an error), its per-client values join ``rows``."""
+    owners: dict[str, str] = {}  # scalar -> the metric that returned it this round
+    for metric in metrics:
+        res = call(metric, "update", r, None, ev)
+        if not isinstance(res, MetricResult):
+            raise PluginError(
+                f"{describe(metric)}: update must return a MetricResult, got {type(res).__name__}"
+            )
+        add_scalars(scalars, owners, metric, res.scalars, r)
+        for cid, vals in res.per_client.items():
+            rows.extend({"round": r, "client": cid, "metric": k, "value": v} for k, v in vals.items())

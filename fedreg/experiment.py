@@ -10,7 +10,6 @@ checkpoints, in the same MLflow runs, each step logged once.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,35 +18,32 @@ from typing import Any
 import torch
 import yaml
 
-import fedreg
 from fedreg import checkpoint
-from fedreg.data import DataCache, FederatedData, check_model_fits
-from fedreg.describe import DESCRIPTION, ParentRun, describe_child, overrides_of
+from fedreg.data import DataCache, FederatedData
+from fedreg.describe import ParentRun, child_tags, provenance_tags
 from fedreg.errors import ComponentFailure, FedregError, PluginError
-from fedreg.figures import figures_of
-from fedreg.outputs import CORE_NAMES, TRAIN_LOSS, component_tags, log_partition, summarize
-from fedreg.progress import SweepProgress
-from fedreg.resume import identities, recorded_identities, run_key
+from fedreg.figures import figures_of, headline_keys
+from fedreg.limits import LIST_LIMIT, check_workers, memory_problem
+from fedreg.locks import FolderLock
+from fedreg.outputs import CORE_NAMES, TRAIN_LOSS, log_partition, summarize
+from fedreg.parallel import Prepared, run_parallel
+from fedreg.pools import Pool, ProcessPool, RayPool
+from fedreg.preflight import check_models, warn_local_tests
+from fedreg.resume import (
+    check_shared,
+    continue_command,
+    failure_hint,
+    identities,
+    interrupted_text,
+    load_checkpoints,
+    recorded_identities,
+    run_key,
+)
 from fedreg.rounds import RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
-from fedreg.sweep import (
-    ChildOutcome,
-    ChildTask,
-    Pool,
-    ProcessPool,
-    RayPool,
-    expected_cost,
-    failure_reason,
-    grid_tags,
-    train_child,
-)
-from fedreg.tracking import Tracker, fedreg_commit, flatten, git_commit, tracking_uri
-
-
-def headline_keys(rs: ResolvedSpec) -> set[str]:
-    """The summary keys printed when a run ends: its metrics' final-column figures and the wall time."""
-    figures = figures_of(m.info.cls for m in rs.metrics)
-    return {k for f in figures if f.final for _, k in f.columns()} | {"wall_time_s"}
+from fedreg.spool import delivery_report
+from fedreg.sweep import ChildOutcome, failure_reason, train_child
+from fedreg.tracking import Tracker, flatten, tracking_uri
 
 
 @dataclass
@@ -61,17 +57,6 @@ class SweepFailed(FedregError):
     """Some child runs of a sweep failed; the others finished. Exit status 1."""
 
     exit_code = 1
-
-
-@dataclass
-class Prepared:
-    """A child run opened (or re-opened) in the tracking store, ready to train."""
-
-    name: str
-    run_id: str
-    checkpoint_file: Path | None
-    checkpoint: dict[str, Any] | None  # the checkpoint it continues from
-    logged_through: int
 
 
 @dataclass(eq=False)
@@ -96,7 +81,7 @@ class Experiment:
     checkpoints: dict[str | None, dict[str, Any]] = field(init=False, default_factory=dict, repr=False)
     meta: dict[str, Any] = field(init=False, default_factory=dict)  # what experiment.json holds
     exp_dir: checkpoint.ExperimentDir | None = field(init=False, default=None)
-    lock: checkpoint.FolderLock | None = field(init=False, default=None, repr=False)
+    lock: FolderLock | None = field(init=False, default=None, repr=False)
     # a run started (or set RUNNING again) whose training has not begun: ended by run_variants if
     # interrupted there (train ends the runs it trains)
     open_run: str | None = field(init=False, default=None)
@@ -123,13 +108,16 @@ class Experiment:
                 self.lock.release()
 
     def take_lock(self, exp: checkpoint.ExperimentDir) -> None:
-        """Hold the experiment folder's :class:`~fedreg.checkpoint.FolderLock` until :meth:`run` returns."""
-        lock = checkpoint.FolderLock(exp.path)
+        """Hold the experiment folder's :class:`~fedreg.locks.FolderLock` until :meth:`run` returns."""
+        lock = FolderLock(exp.path)
         lock.acquire()
         self.lock = lock
 
     def _run(self) -> ExperimentResult:
-        self.check_shared()
+        check_shared(self.specs)
+        if self.sweep_mode == "local":  # (a Ray cluster schedules its own workers)
+            asked = f"--jobs {self.jobs}" if self.jobs else f"execution.jobs: {self.job_count}"
+            check_workers(asked, self.job_count, len(self.specs), self.first.execution.threads or 1)
         torch.set_flush_denormal(True)
         if self.resume is not None:
             # before anything is read or written: no other process runs these runs
@@ -137,17 +125,13 @@ class Experiment:
             self.stored = self.resume.read()
             if self.stored.get("status") == "FINISHED":
                 raise FedregError(f"nothing to resume: the runs in '{self.resume.path}' have finished")
-        self.checkpoints = self.load_checkpoints()
+        self.checkpoints = load_checkpoints(self.resume, self.stored, self.specs, self.restart)
         # everything that can fail on input happens before anything is written: data, partitions, folders,
         # store
         cache = DataCache()
         self.feds = [cache.get(rs) for rs in self.specs]
-        checked = set()
-        for rs, fed in zip(self.specs, self.feds, strict=True):  # each model takes its dataset's images
-            model = rs.components["model"]
-            if (key := (model.name, model.params.model_dump_json(), id(fed.dataset))) not in checked:
-                checked.add(key)
-                check_model_fits(model, fed.dataset)
+        check_models(self.specs, self.feds)  # each model takes its dataset's images and fits in memory
+        warn_local_tests(self.specs, self.feds, self.echo)
         if self.first.checkpoint.every:
             checkpoint.ensure_writable(self.ck_root)
         self.pool = self.make_pool()  # a Ray sweep refuses a store its nodes cannot share, before any run
@@ -161,26 +145,10 @@ class Experiment:
         finally:
             self.close_tracker()
 
-    # -- input checks ------------------------------------------------------------------------------------
-    def check_shared(self) -> None:
-        first = self.first
-        for rs in self.specs[1:]:
-            if (rs.spec.tracking.uri, rs.spec.tracking.experiment, rs.spec.checkpoint) != (
-                first.tracking.uri,
-                first.tracking.experiment,
-                first.checkpoint,
-            ):
-                raise FedregError(
-                    "all variants must share 'tracking' and 'checkpoint'; move them out of the variants"
-                )
-            if (rs.spec.execution.sweep, rs.spec.execution.jobs) != (
-                first.execution.sweep,
-                first.execution.jobs,
-            ):
-                raise FedregError(
-                    "all variants must share execution.sweep and execution.jobs (they say how the whole "
-                    "sweep runs); move them out of the variants and the grid"
-                )
+    @property
+    def restart(self) -> frozenset[str]:
+        """The run keys whose spec changed since they failed (``fedreg run SPEC --resume``): run afresh."""
+        return getattr(self.resume, "restart", frozenset())
 
     @property
     def sweep_mode(self) -> str:
@@ -199,41 +167,16 @@ class Experiment:
         jobs = min(self.job_count or 1, len(self.specs))
         return ProcessPool(jobs) if jobs > 1 else None
 
-    def load_checkpoints(self) -> dict[str | None, dict[str, Any]]:
-        """The checkpoints of the resumed runs, by variant key, each checked against its spec."""
-        checkpoints: dict[str | None, dict[str, Any]] = {}
-        if self.resume is None or self.stored is None:
-            return checkpoints
-        # the folder's recorded spec, which exists before the first checkpoint does
-        diff = checkpoint.spec_differences(recorded_identities(self.stored), identities(self.specs))
-        if diff is not None:
-            raise FedregError(
-                f"the runs in '{self.resume.path}' belong to another spec: {diff}. Continue them as they "
-                f"were started with 'fedreg resume {self.resume.path.name}', or run without --resume to "
-                f"start afresh"
-            )
-        for rs in self.specs:
-            f = self.resume.run_file(rs.key)
-            if f.exists():
-                ck = checkpoint.load(f)
-                if ck["fingerprint"] != checkpoint.fingerprint(rs.resolved_dict()):
-                    raise FedregError(
-                        f"the checkpoint '{f}' belongs to another spec: "
-                        f"{checkpoint.differences(ck['identity'], checkpoint.identity(rs.resolved_dict()))}. "
-                        f"Run without --resume to start afresh, or restore the spec it was made with"
-                    )
-                checkpoints[rs.key] = ck
-        return checkpoints
-
-    # -- the runs ----------------------------------------------------------------------------------------
     def run_variants(self) -> ExperimentResult:
-        self.base_tags = self.common_tags()
+        self.base_tags = provenance_tags(self.first.name, self.source)
         self.parent = self.open_parent()
         self.exp_dir = self.resume
         if self.stored is not None:
             self.meta = self.stored
             # checked equal by load_checkpoints; recorded from now on in folders written before they were
             self.meta["identities"] = {**recorded_identities(self.stored), **identities(self.specs)}
+            if self.restart:  # the spec changed: what 'fedreg resume' runs from now on
+                self.meta.update(original=self.original, spec_file=str(self.source) if self.source else None)
         else:
             self.meta = self.new_meta()
         try:
@@ -241,7 +184,7 @@ class Experiment:
                 for rs, fed in zip(self.specs, self.feds, strict=True):
                     self.run_variant(rs, fed)
             else:
-                self.run_parallel(self.pool)
+                self.results = run_parallel(self, self.pool)
         except KeyboardInterrupt:
             self.end_open_run("KILLED")
             if self.parent:
@@ -259,18 +202,6 @@ class Experiment:
         if self.open_run is not None:
             self.tracker.end_run(self.open_run, status)
             self.open_run = None
-
-    def common_tags(self) -> dict[str, str]:
-        commit = git_commit(Path(self.source).parent if self.source else ".")
-        tags = {"fedreg.version": fedreg.__version__, "fedreg.spec": self.first.name}
-        own = fedreg_commit()  # fedreg's own source checkout, not the spec's repository
-        if own:
-            tags["fedreg.commit"] = own
-        if self.source:
-            tags["fedreg.spec_file"] = str(self.source)
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        return tags
 
     def open_parent(self) -> str | None:
         """The parent run: the recorded one when resuming (marked running again), else a new one when the
@@ -330,15 +261,16 @@ class Experiment:
             self.echo(self.headline(rs, prep.name, result))
             return
         if not self.parent:
+            if (oom := memory_problem(getattr(exc, "original", exc))) is not None:
+                raise oom from exc
             if isinstance(exc, ComponentFailure):
                 raise PluginError(f"{exc}") from exc
             raise exc
         self.child_failed(prep.name, ChildOutcome(0, status, reason=failure_reason(exc)))
 
     def headline(self, rs: ResolvedSpec, name: str, result: RunResult) -> str:
-        return f"{name}: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in result.final.items() if k in headline_keys(rs)
-        )
+        keys = headline_keys(figures_of(m.info.cls for m in rs.metrics))
+        return f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.final.items() if k in keys)
 
     def child_failed(self, name: str, outcome: ChildOutcome) -> None:
         self.failed.append((name, outcome.reason or outcome.status))
@@ -351,6 +283,10 @@ class Experiment:
         name = rs.key or self.first.tracking.run_name or rs.spec.name
         ck = self.checkpoints.get(rs.key)
         run_id = self.meta["runs"].get(key)
+        if key in self.restart and run_id is not None and self.resume is not None:
+            self.resume.run_file(rs.key).unlink(missing_ok=True)  # the old spec's checkpoint
+            self.echo(f"{name}: its spec changed: starting again from round 1 (run {run_id} stays as it was)")
+            run_id = None
         if ck is not None and ck["finished"]:
             self.echo(f"{name}: finished before, kept as it is (run {run_id})")
             return RunResult(
@@ -373,103 +309,9 @@ class Experiment:
             self.echo(f"{name}: resuming run {run_id} after round {ck['round'] if ck else 0}")
         return Prepared(name, run_id, self.checkpoint_file(rs, run_id), ck, logged)
 
-    # -- children in parallel ----------------------------------------------------------------------------
-    def run_parallel(self, pool: Pool) -> None:
-        """The children in worker processes or Ray tasks, ``pool.capacity`` at a time, the longest
-        expected first (so the sweep does not end waiting for one long child); a failed child is recorded
-        and the others go on."""
-        costs = [expected_cost(rs, fed) for rs, fed in zip(self.specs, self.feds, strict=True)]
-        order = sorted(range(len(self.specs)), key=lambda i: -costs[i])  # stable: ties keep the spec's order
-        progress = SweepProgress(len(order), sum(costs), self.echo, enabled=self.progress)
-        done: dict[int, RunResult] = {}
-        running: dict[int, Prepared] = {}
-        pending = list(order)
-        try:
-            while pending or running:
-                while pending and len(running) < pool.capacity:
-                    i = pending.pop(0)
-                    rs = self.specs[i]
-                    prep = self.prepare(rs, self.feds[i])
-                    if isinstance(prep, RunResult):
-                        done[i] = prep
-                        progress.skip(costs[i])
-                        continue
-                    where = pool.submit(self.task(i, prep))
-                    self.open_run = None  # the worker ends it
-                    running[i] = prep
-                    start = prep.checkpoint["round"] if prep.checkpoint else 0
-                    progress.started(i, prep.name, rs.spec.federation.rounds, costs[i], start, where)
-                for event in pool.events(0.5):
-                    if event[0] == "round":
-                        progress.round(event[1], event[2], event[3])
-                    elif event[0] == "started":
-                        progress.moved(event[1], event[2])
-                    elif event[0] == "done":
-                        outcome: ChildOutcome = event[1]
-                        prep = running.pop(outcome.index)
-                        self.child_ended(prep, outcome, progress)
-                        if outcome.result is not None:
-                            done[outcome.index] = outcome.result
-        except KeyboardInterrupt:
-            pool.stop()
-            for prep in running.values():  # what a worker could not mark itself
-                self.tracker.end_run(prep.run_id, "KILLED")
-            raise
-        finally:
-            progress.close()
-        self.results = [done[i] for i in range(len(self.specs)) if i in done]
-
-    def task(self, i: int, prep: Prepared) -> ChildTask:
-        rs = self.specs[i]
-        resume_file = None
-        if prep.checkpoint is not None and self.resume is not None:
-            resume_file = str(self.resume.run_file(rs.key).resolve())
-        spool = Path(self.first.checkpoint.dir).parent / "spool" / checkpoint.safe_part(prep.name)
-        return ChildTask(
-            index=i,
-            rs=rs,
-            label=prep.name,
-            run_id=prep.run_id,
-            tracking_uri=self.tracker.uri,
-            experiment=self.first.tracking.experiment,
-            spool_dir=str(spool.resolve()),
-            checkpoint_file=str(prep.checkpoint_file.resolve()) if prep.checkpoint_file else None,
-            resume_file=resume_file,
-            logged_through=prep.logged_through,
-            threads=rs.spec.execution.threads or 1,
-            fingerprint=checkpoint.fingerprint(rs.resolved_dict()),
-        )
-
-    def child_ended(self, prep: Prepared, outcome: ChildOutcome, progress: SweepProgress) -> None:
-        rs = self.specs[outcome.index]
-        if outcome.status == "FINISHED":
-            progress.ended(outcome.index, outcome.status, self.headline(rs, prep.name, outcome.result))
-        else:
-            # a worker that died could not end its run: end it here (again, harmlessly, otherwise)
-            self.tracker.set_tags(prep.run_id, {"fedreg.failure": (outcome.reason or outcome.status)[:5000]})
-            self.tracker.end_run(prep.run_id, "FAILED" if outcome.status != "KILLED" else "KILLED")
-            self.failed.append((prep.name, outcome.reason or outcome.status))
-            progress.ended(outcome.index, outcome.status, f"{prep.name}: {outcome.status}: {outcome.reason}")
-        if outcome.spool:
-            self.echo(
-                f"warning: {prep.name}: tracking calls that could not be delivered are kept in "
-                f"'{outcome.spool}'; send them with: fedreg replay {outcome.spool}"
-            )
-
     def start_child(self, rs: ResolvedSpec, fed: FederatedData, name: str) -> str:
         """A new MLflow run for one variant, with its tags, parameters, resolved spec and partition."""
-        tags = {
-            **self.base_tags,
-            **component_tags(rs),
-            "fedreg.role": "child" if self.parent else "single",
-            "fedreg.dataset.md5": fed.dataset.checksum,
-            "fedreg.dataset": fed.dataset.name,
-        }
-        if rs.variant:
-            tags["fedreg.variant"] = rs.variant
-        tags[DESCRIPTION] = describe_child(rs, overrides_of(self.original, rs.variant))
-        tags["fedreg.seed"] = str(rs.spec.seed)
-        tags.update(grid_tags(rs))
+        tags = child_tags(rs, fed, self.base_tags, self.parent, self.original)
         run_id = self.tracker.start_run(name, tags, parent=self.parent)
         self.open_run = run_id
         self.tracker.log_params(run_id, flatten(rs.resolved_dict()))
@@ -510,14 +352,12 @@ class Experiment:
             self.meta["status"] = status
             self.exp_dir.write(self.meta)
         if self.failed:
-            listed = "\n".join(f"  - {name}: {why}" for name, why in self.failed)
+            listed = "\n".join(f"  - {name}: {why}" for name, why in self.failed[:LIST_LIMIT])
+            if len(self.failed) > LIST_LIMIT:
+                listed += f"\n  - and {len(self.failed) - LIST_LIMIT} more (their runs' tag fedreg.failure)"
             cmd = self.resume_command()
-            how = (
-                f"Fix the cause, then continue the failed ones from their checkpoints with: {cmd}"
-                + (f" --jobs {self.job_count}" if self.job_count and self.job_count > 1 else "")
-                if cmd
-                else "Fix the cause and run the spec again"
-            )
+            jobs = f" --jobs {self.job_count}" if cmd and self.job_count and self.job_count > 1 else ""
+            how = failure_hint(self.exp_dir or self.resume, self.source, cmd and cmd + jobs)
             raise SweepFailed(
                 f"{len(self.failed)} of {len(self.specs)} child runs failed (parent run {self.parent}; the "
                 f"others finished):\n{listed}\n{how}"
@@ -525,47 +365,20 @@ class Experiment:
         return ExperimentResult(self.parent, self.results, self.tracker.uri)
 
     def resume_command(self) -> str | None:
-        """The command that continues this experiment after an interruption (None when nothing can be
-        continued: no checkpoint folder was made). ``fedreg resume ID`` finds the folder from the run's tag
-        in the tracking store, so the store is named when it is not the one found by default."""
-        exp = self.exp_dir or self.resume
-        if exp is None:
-            return None
-        cmd = f"fedreg resume {exp.path.name}"
-        uri = self.tracker.uri if hasattr(self, "tracker") else None
-        if uri and uri != tracking_uri(None):
-            cmd += f" --tracking-uri {shlex.quote(uri)}"
-        return cmd
+        """The command that continues this experiment (None: no checkpoint folder was made)."""
+        return continue_command(
+            self.exp_dir or self.resume, self.tracker.uri if hasattr(self, "tracker") else None
+        )
 
     def interrupted(self) -> str:
         """What an interruption (Ctrl-C, SIGTERM) left, and how to go on."""
-        cmd = self.resume_command()
-        if cmd is not None:
-            return f"the MLflow runs were marked KILLED; what was logged stays logged. Continue with: {cmd}"
-        if not (self.parent or self.meta.get("runs")):
-            return "nothing was recorded; run it again"
-        if not self.first.checkpoint.every:
-            return (
-                "the MLflow runs were marked KILLED; checkpoints are off (checkpoint.every: 0): run it again"
-            )
-        return (
-            "the MLflow runs were marked KILLED before their first checkpoint folder was made: run it again"
-        )
+        recorded = bool(self.parent or self.meta.get("runs"))
+        return interrupted_text(self.resume_command(), recorded, bool(self.first.checkpoint.every))
 
     def close_tracker(self) -> None:
         """Deliver what is queued; say what could not be delivered, or that the server was unreachable."""
-        tracker = self.tracker
-        spool = tracker.close()
-        if spool is not None:
-            self.echo(
-                f"warning: {tracker.pending} tracking calls could not be delivered to {tracker.uri}; "
-                f"they are kept in '{spool}'. Send them when the server is back with: fedreg replay {spool}"
-            )
-        elif tracker.outages:
-            self.echo(
-                f"the tracking server was unreachable {tracker.outages} time(s); "
-                "everything was delivered later"
-            )
+        if (said := delivery_report(self.tracker, self.tracker.close())) is not None:
+            self.echo(said)
 
 
 def run_experiment(

@@ -18,9 +18,10 @@ from typing import Any
 
 import pluggy
 
-from fedreg import HOOK_API_VERSION, hookspecs
+from fedreg import HOOK_API_VERSION, first_party, hookspecs
 from fedreg.components import KIND_BASES, Component
 from fedreg.errors import PluginError
+from fedreg.figures import Figure, figures_of
 
 ENTRY_POINT_GROUP = "fedreg"
 
@@ -168,6 +169,7 @@ def build_registry(
     (``(name, module_or_object)`` pairs registered directly, for tests) and collect their components."""
     if entry_points is None:
         entry_points = md.entry_points(group=ENTRY_POINT_GROUP)
+    first_party.pin_all()  # fedreg's own modules from fedreg's own files, whatever sys.path holds
     reg = Registry()
     pm = new_plugin_manager()
     sources: list[tuple[str, object, str, str]] = []
@@ -178,6 +180,9 @@ def build_registry(
         if key in seen:  # the same distribution visible twice on sys.path
             continue
         seen.add(key)
+        if why := first_party.refusal(ep.name, ep.value, dist):  # it would replace a first-party plugin
+            reg.broken.append(BrokenPlugin(ep.name, dist, version, why))
+            continue
         try:
             obj = ep.load()
         except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
@@ -229,9 +234,9 @@ def build_registry(
         hook = getattr(pm.hook, hook_name)
         for impl in reversed(hook.get_hookimpls()):  # registration order
             plugin_name = impl.plugin_name
-            if any(b.plugin == plugin_name for b in reg.broken):
-                continue
             dist, version = reg.plugins.get(plugin_name, ("", ""))
+            if any((b.plugin, b.distribution) == (plugin_name, dist) for b in reg.broken):
+                continue  # failed an earlier hook (another distribution refused under its name is not it)
 
             def register(cls, _p=plugin_name, _d=dist, _v=version, _k=kind):
                 reg._add(_p, _d, _v, _k, cls)
@@ -258,6 +263,67 @@ def build_registry(
 
 
 _DEFAULT: Registry | None = None
+
+
+def installed_figures(registry: Registry | None = None) -> list[Figure]:
+    """The figures of every installed metric component (``registry``: default the installed plugins)."""
+    if registry is None:
+        registry = build_registry()
+    return figures_of(info.cls for info in registry.all() if info.kind == "metric")
+
+
+def params_schema(model) -> dict[str, dict[str, Any]]:
+    """Each parameter of a component's ``Params`` model as JSON Schema (pydantic's ``model_json_schema``):
+    its ``type`` (or ``anyOf``/``enum``/``$ref``), ``default``, bounds (``minimum``, ``exclusiveMinimum``,
+    ...), ``description``, and ``required``. A model pydantic cannot express in JSON Schema falls back to the
+    annotation's text as ``type``."""
+    try:
+        schema = model.model_json_schema()
+    except Exception:  # noqa: BLE001 - a plugin's Params may hold types without a JSON Schema
+        return {
+            name: {
+                "type": str(f.annotation).replace("typing.", ""),
+                "default": None if f.is_required() else f.get_default(call_default_factory=True),
+                "description": f.description or "",
+                "required": f.is_required(),
+            }
+            for name, f in model.model_fields.items()
+        }
+    required = set(schema.get("required", ()))
+    out = {}
+    for name, prop in schema.get("properties", {}).items():
+        entry = {k: v for k, v in prop.items() if k != "title"}
+        entry.setdefault("default", None)
+        entry.setdefault("description", "")
+        entry["required"] = name in required
+        if "$ref" in prop or any("$ref" in a for a in prop.get("anyOf", ())):
+            entry["$defs"] = schema.get("$defs", {})  # the nested models it refers to
+        out[name] = entry
+    return out
+
+
+def listing(reg: Registry) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """What ``fedreg plugins`` shows: a row per registered component (kind, name, the distribution and
+    plugin that provide it, the contract hooks it implements, its params as :func:`params_schema`, its
+    description), and the plugins that failed to load."""
+    rows = [
+        {
+            "kind": info.kind,
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "plugin": info.plugin,
+            "hooks": info.cls.implemented_hooks(),
+            "params": params_schema(info.cls.Params),
+            "description": info.cls.describe(),
+        }
+        for info in reg.all()
+    ]
+    broken = [
+        {"plugin": b.plugin, "distribution": b.distribution, "version": b.version, "error": b.error}
+        for b in reg.broken
+    ]
+    return rows, broken
 
 
 def get_registry(refresh: bool = False) -> Registry:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedreg import checkpoint, seeding
+from fedreg import checkpoint
 from fedreg.clients import (
     Backend,
     ClientJob,
@@ -35,7 +35,6 @@ from fedreg.components import (
     GLOBAL_TEST,
     LOCAL,
     ClientFailure,
-    MetricResult,
     NonFiniteLoss,
     Predictions,
     RoundEvaluation,
@@ -43,8 +42,8 @@ from fedreg.components import (
     StateDict,
 )
 from fedreg.data import FederatedData
-from fedreg.errors import ComponentFailure, FedregError, PluginError, describe
-from fedreg.evaluation import call, check_state, predict
+from fedreg.errors import ComponentFailure, FedregError, describe
+from fedreg.evaluation import call, check_state, evaluation_set, predict, select_clients, update_metrics
 from fedreg.figures import figures_of, progress_keys
 from fedreg.outputs import TRAIN_LOSS, MetricNames, log_run_outputs, summarize
 from fedreg.spec import ResolvedSpec
@@ -70,23 +69,6 @@ class RunResult:
     wall_time_s: float
     global_state: StateDict | None = None
     client_states: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-
-def _select(selector, r: int, infos, k: int, seed: int) -> list[int]:
-    # streams are indexed by rounds completed (r - 1), so round 1 draws from stream 0
-    chosen = call(selector, "select", r, None, r, infos, k, seeding.rng(seed, seeding.SAMPLING, r - 1))
-    try:
-        chosen = [int(c) for c in chosen]
-    except (TypeError, ValueError):
-        raise PluginError(
-            f"{describe(selector)}: select must return client ids, got {chosen!r} (round {r})"
-        ) from None
-    if len(chosen) != k or len(set(chosen)) != k or any(c < 0 or c >= len(infos) for c in chosen):
-        raise PluginError(
-            f"{describe(selector)} broke the rule 'return {k} distinct client ids in "
-            f"0..{len(infos) - 1}': got {chosen} (round {r})"
-        )
-    return chosen
 
 
 class FederatedRun:
@@ -127,6 +109,8 @@ class FederatedRun:
         self.metrics = [m.instantiate() for m in rs.metrics]
         self.figures = figures_of(type(m) for m in self.metrics)  # how their scalars read
         self.names = MetricNames(self.figures)  # their names in MLflow
+        self.constants = {f.key for f in self.figures if f.constant}  # logged once, as tags
+        self.constants_logged: dict[str, float] = {}
         needs = set().union(*(m.requires for m in self.metrics)) if self.metrics else set()
         self.need_global_test = GLOBAL_TEST in needs
         self.need_local = LOCAL in needs
@@ -141,17 +125,9 @@ class FederatedRun:
         # clients are index sets into the dataset's tensors: a client's tensors are gathered when it trains
         self.runner = ClientRunner(self.config, self.build_model, fed.client_tensors)
 
-        parts_x, parts_y = [], []
-        if self.need_global_test:
-            parts_x.append(ds.test_x)
-            parts_y.append(ds.test_y)
-        if self.need_global_on_local:
-            # all local test sets, evaluated in one batched pass with the global test set
-            idx = torch.from_numpy(np.concatenate([c.test_idx for c in fed.clients]))
-            parts_x.append(ds.train_x[idx])
-            parts_y.append(ds.train_y[idx])
-        self.eval_x = torch.cat(parts_x).to(self.runner.device) if parts_x else None
-        self.eval_y = torch.cat(parts_y).to(self.runner.device) if parts_y else None
+        self.eval_x, self.eval_y = evaluation_set(
+            fed, self.need_global_test, self.need_global_on_local, self.runner.device
+        )
 
     # -- models ----------------------------------------------------------------------------------------
     def initial_state(self) -> RunState:
@@ -176,7 +152,7 @@ class FederatedRun:
     def run_round(self, st: RunState, backend: Backend, eval_model) -> dict[str, float]:
         r = st.round + 1  # rounds are numbered from 1, as MLflow steps
         spec = self.spec
-        chosen = _select(self.selector, r, self.infos, spec.federation.clients_per_round, spec.seed)
+        chosen = select_clients(self.selector, r, self.infos, spec.federation.clients_per_round, spec.seed)
         broadcast = call(self.aggregator, "broadcast", r, None, r, st.global_state) or {}
         lr = self.lr_at(r)
         rin = RoundInput(r, st.global_state, broadcast, self.objective, self.aggregator)
@@ -224,18 +200,7 @@ class FederatedRun:
                 ev = self.evaluate(st.round, chosen, eval_model, local_preds)
             if last and self.need_final_local:
                 ev.final_local = self.final_local(st, lr)
-            for metric in self.metrics:
-                res = call(metric, "update", r, None, ev)
-                if not isinstance(res, MetricResult):
-                    raise PluginError(
-                        f"{describe(metric)}: update must return a MetricResult, got {type(res).__name__}"
-                    )
-                scalars.update(res.scalars)
-                for cid, vals in res.per_client.items():
-                    for k, v in vals.items():
-                        self.per_client_rows.append(
-                            {"round": st.round, "client": cid, "metric": k, "value": v}
-                        )
+            update_metrics(self.metrics, ev, r, scalars, self.per_client_rows)
         return scalars
 
     def handle_failure(self, exc: ComponentFailure, r: int, cid: int) -> ClientFailure:
@@ -301,11 +266,10 @@ class FederatedRun:
 
     def save_checkpoint(self, st: RunState, elapsed: float) -> None:
         assert self.checkpoint_file is not None, "checkpoints are saved only when checkpointing is on"
-        checkpoint.save(
+        checkpoint.save_run(
             self.checkpoint_file,
+            self.rs.resolved_dict(),
             {
-                "fingerprint": checkpoint.fingerprint(self.rs.resolved_dict()),
-                "identity": checkpoint.identity(self.rs.resolved_dict()),
                 "run_id": self.run_id,
                 "variant": self.rs.variant,
                 "round": st.round,
@@ -313,10 +277,11 @@ class FederatedRun:
                 "global_state": st.global_state,
                 "client_states": st.client_states,
                 "history": st.history,
-                "components": {k: c.state_dict() for k, c in self.components().items()},
+                "components": {
+                    k: call(c, "state_dict", st.round, None) for k, c in self.components().items()
+                },
                 "per_client_rows": self.per_client_rows,
                 "failure_rows": self.failure_rows,
-                "rng": checkpoint.rng_states(),
                 "elapsed_s": elapsed,
             },
         )
@@ -333,6 +298,17 @@ class FederatedRun:
             client_states=ck["client_states"],
             history=list(ck["history"]),
         )
+
+    def log_round(self, r: int, scalars: dict[str, float]) -> None:
+        """One round's metrics; a constant figure's value is a run tag, written when it is first seen (or
+        changes), not a metric."""
+        consts = {k: v for k, v in scalars.items() if k in self.constants}
+        changed = {k: v for k, v in consts.items() if self.constants_logged.get(k) != v}
+        if changed:
+            self.tracker.set_tags(self.run_id, {f"fedreg.constant.{k}": f"{v:g}" for k, v in changed.items()})
+            self.constants_logged.update(changed)
+        per_round = {k: v for k, v in scalars.items() if k not in self.constants}
+        self.tracker.log_metrics(self.run_id, self.names.per_round(per_round), step=r)
 
     # -- whole run ---------------------------------------------------------------------------------------
     def start(self) -> RunState:
@@ -385,7 +361,7 @@ class FederatedRun:
                 # a resumed run re-runs the rounds after its checkpoint; those its history already holds
                 # (logged before the interruption) are not logged twice: each step is recorded once
                 if st.round > self.logged_through:
-                    self.tracker.log_metrics(self.run_id, self.names.per_round(scalars), step=st.round)
+                    self.log_round(st.round, scalars)
                 if every and (st.round % every == 0 or st.round == spec.federation.rounds):
                     self.save_checkpoint(st, time.perf_counter() - t0)
                 bar.update(1)
@@ -403,7 +379,10 @@ class FederatedRun:
         wall = time.perf_counter() - t0
         final = summarize(st.history)
         final["wall_time_s"] = wall
-        self.tracker.log_metrics(self.run_id, self.names.summary(final, self.figures), step=0)
+        evaluated = sum(1 for h in st.history if any(f.key in h for f in self.figures))
+        self.tracker.log_metrics(
+            self.run_id, self.names.summary(final, self.figures, evaluated or None), step=0
+        )
         log_run_outputs(
             self.tracker,
             self.run_id,

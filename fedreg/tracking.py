@@ -14,11 +14,19 @@ from typing import Any, Protocol
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fedreg.errors import FedregError
+from fedreg import spool
+from fedreg.errors import EnvironmentProblem, FedregError
 from fedreg.signals import interrupts_deferred
+from fedreg.spool import (  # noqa: F401 - _is_outage: imported from here before fedreg.spool
+    STORAGE_FIX,
+    _is_outage,
+    _problem,
+    _quiet_mlflow,
+    check_local_store,
+    storage_problem,
+)
 
 
 def tracking_uri(spec_uri: str | None) -> str:
@@ -113,28 +121,8 @@ def fedreg_commit() -> str | None:
     return git_commit(folder) if tracked.returncode == 0 else None
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """A tracking server that cannot be reached (as opposed to a request it rejected), or a SQLite store
-    still locked by other writers after MLflow's own wait (parallel sweeps): either is retried later."""
-    import requests
-
-    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
-        return True
-    text = str(exc)
-    if "database is locked" in text:
-        return True
-    return isinstance(exc, MlflowException) and any(
-        s in text
-        for s in (
-            "Max retries exceeded",
-            "Connection refused",
-            "Failed to establish",
-            "failed with exception",
-            "Read timed out",
-            "Connection aborted",
-            "RemoteDisconnected",
-        )
-    )
+#: the tags of every experiment fedreg logs to: MLflow's model-training kind (not GenAI)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class RunTracker(Protocol):
@@ -143,13 +131,16 @@ class RunTracker(Protocol):
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None: ...
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
+
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None: ...
 
 
 class Tracker:
-    """MLflow calls for one invocation. Calls are queued and sent in order; while the tracking server cannot
-    be reached, training goes on, the queue is retried every ``retry_s`` seconds, and whatever is still
-    undelivered at the end is written to a spool folder that ``fedreg replay`` sends later."""
+    """MLflow calls for one invocation. Calls are queued and sent in order; while the tracking store cannot
+    take them (a server that cannot be reached, a database locked, its disk full or read-only), training
+    goes on, the queue is retried every ``retry_s`` seconds, and whatever is still undelivered at the end is
+    written to a spool folder (:mod:`fedreg.spool`) that ``fedreg replay`` sends later."""
 
     def __init__(
         self,
@@ -169,6 +160,8 @@ class Tracker:
             # fail fast and let the queue retry, instead of MLflow's own minutes-long backoff
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        check_local_store(self.uri)  # before MLflow opens it (and retries for minutes)
+        _quiet_mlflow()
         self.client = MlflowClient(tracking_uri=self.uri)
         self.queue: list[tuple[str, tuple]] = []
         self.retry_s = retry_s
@@ -176,15 +169,27 @@ class Tracker:
         self.spool_root = Path(spool_dir)
         self._files: Path | None = None
         self.outages = 0
+        self.problem: str | None = None  # why the last failed call failed ("its disk is full", ...)
+        self.unended: dict[str, bool] = {}  # at close: runs whose end was spooled -> ended out of order
         try:
             exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
+            else:
+                self.experiment_id = exp.experiment_id
+                for k, v in EXPERIMENT_TAGS.items():  # an experiment made elsewhere: tagged on first use
+                    if exp.tags.get(k) != v:
+                        self.client.set_experiment_tag(self.experiment_id, k, v)
         except Exception as exc:  # noqa: BLE001
             if _is_outage(exc):
                 raise FedregError(
                     f"cannot use the MLflow tracking store '{self.uri}': the server cannot be "
                     f"reached. Start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running "
                     f"one (or leave both unset for MLflow's local store)"
+                ) from None
+            if why := storage_problem(exc):
+                raise EnvironmentProblem(
+                    f"cannot use the MLflow tracking store '{self.uri}': {why}. {STORAGE_FIX[why]}"
                 ) from None
             raise FedregError(
                 f"cannot use the MLflow tracking store '{self.uri}': {type(exc).__name__}: "
@@ -208,8 +213,9 @@ class Tracker:
             try:
                 self._send(op, args)
             except Exception as exc:  # noqa: BLE001
-                if not _is_outage(exc):
+                if (why := _problem(exc)) is None:
                     raise
+                self.problem = why
                 if self._next_try == 0.0 or force:
                     self.outages += 1
                 self._next_try = time.monotonic() + self.retry_s
@@ -226,7 +232,8 @@ class Tracker:
         """A copy of a temporary file that outlives it, for a queued artifact."""
         if self._files is None:
             self._files = Path(tempfile.mkdtemp(prefix="fedreg-artifacts-"))
-        dest = self._files / f"{len(list(self._files.iterdir()))}-{Path(path).name}"
+        dest = self._files / str(len(list(self._files.iterdir()))) / Path(path).name  # keeps its name
+        dest.parent.mkdir()
         shutil.copy2(path, dest)
         return str(dest)
 
@@ -235,24 +242,27 @@ class Tracker:
         return len(self.queue)
 
     def close(self, wait_s: float = 10.0) -> Path | None:
-        """Deliver what is queued (retrying for up to ``wait_s``); spool the rest and return its folder."""
+        """Deliver what is queued (retrying for up to ``wait_s``); spool the rest and return its folder. The
+        runs whose end is spooled are ended out of order if the store takes that (:attr:`unended`)."""
         deadline = time.monotonic() + wait_s
         while self.queue and not self.flush(force=True) and time.monotonic() < deadline:
             time.sleep(min(1.0, self.retry_s))
         if not self.queue:
             return None
-        folder = self.spool_root / time.strftime("%Y%m%d-%H%M%S")
-        (folder / "files").mkdir(parents=True, exist_ok=True)
-        with (folder / "calls.jsonl").open("w") as f:
-            for op, args in self.queue:
-                saved = list(args)
-                if op == "log_file":
-                    dest = folder / "files" / Path(saved[1]).name
-                    shutil.copy2(saved[1], dest)
-                    saved[1] = str(dest.resolve())
-                f.write(json.dumps({"op": op, "args": saved}) + "\n")
-        (folder / "target.json").write_text(json.dumps({"tracking_uri": self.uri}))
-        return folder
+        # a run is not left RUNNING while the rest waits in the spool, if the store takes its end alone (one
+        # failed try is enough: the others would fail the same way)
+        ends = {args[0]: (op, args) for op, args in self.queue if op in ("end_run", "set_status")}
+        for run_id, (op, args) in ends.items():
+            if op == "end_run":
+                ended = False
+                if all(self.unended.values()):
+                    try:
+                        self._send(op, args)
+                        ended = True
+                    except Exception:  # noqa: BLE001 - the spool keeps it
+                        pass
+                self.unended[run_id] = ended
+        return spool.write(self.spool_root, self.queue, self.uri)
 
     # -- the calls the runtime makes -------------------------------------------------------------------------
     def start_run(
@@ -268,6 +278,10 @@ class Tracker:
             try:
                 return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             except Exception as exc:  # noqa: BLE001
+                if why := storage_problem(exc):  # not a matter of minutes: said at once
+                    raise EnvironmentProblem(
+                        f"cannot create an MLflow run in '{self.uri}': {why}. {STORAGE_FIX[why]}"
+                    ) from None
                 if not _is_outage(exc) or time.monotonic() > deadline:
                     raise FedregError(f"cannot create an MLflow run in '{self.uri}': {exc}") from None
                 time.sleep(2.0)
@@ -293,8 +307,9 @@ class Tracker:
                 self._log_file(run_id, str(path), artifact_path)
                 return
         except Exception as exc:  # noqa: BLE001
-            if not _is_outage(exc):
+            if (why := _problem(exc)) is None:
                 raise
+            self.problem = why
             self.outages += 1
             self._next_try = time.monotonic() + self.retry_s
         self._call("log_file", run_id, self._keep(path), artifact_path)
@@ -319,7 +334,7 @@ class Tracker:
         try:
             return max((m.step for m in self.client.get_metric_history(run_id, key)), default=0)
         except Exception as exc:  # noqa: BLE001
-            if _is_outage(exc):
+            if _problem(exc):
                 return 0
             raise
 
@@ -369,30 +384,3 @@ def log_table(client: MlflowClient, run_id: str, columns: list, rows: list, arti
     entry = {"path": artifact_file, "type": "table"}
     if entry not in logged:
         client.set_tag(run_id, tag, json.dumps([*logged, entry]))
-
-
-def replay(folder: str | os.PathLike, uri: str | None = None) -> int:
-    """Send the calls a run could not deliver (``fedreg replay``); returns how many were sent."""
-    folder = Path(folder)
-    try:
-        target = json.loads((folder / "target.json").read_text())
-        calls = [
-            json.loads(line) for line in (folder / "calls.jsonl").read_text().splitlines() if line.strip()
-        ]
-    except (OSError, ValueError) as exc:
-        raise FedregError(f"'{folder}' is not a fedreg spool folder: {exc}") from None
-    t = Tracker.__new__(Tracker)
-    t.uri = checked_uri(uri or target["tracking_uri"], "--tracking-uri (or the spool's target.json)")
-    t.client = MlflowClient(tracking_uri=t.uri)
-    for i, call in enumerate(calls):
-        try:
-            t._send(call["op"], tuple(call["args"]))
-        except Exception as exc:  # noqa: BLE001
-            rest = folder / "calls.jsonl"
-            rest.write_text("".join(json.dumps(c) + "\n" for c in calls[i:]))
-            raise FedregError(
-                f"replay stopped at call {i + 1} of {len(calls)} ({exc}); the remaining calls are "
-                f"kept in '{folder}', run the same command again"
-            ) from None
-    (folder / "calls.jsonl").write_text("")
-    return len(calls)

@@ -205,7 +205,13 @@ CASES = [
         [],
         ["name: Value error, the spec's name names its checkpoint folder", "(got '../elsewhere')"],
     ),
-    ("spec-name-with-space", "run", set_("name", "my run"), [], ["no spaces or '/'"]),
+    (
+        "spec-name-with-space",
+        "run",
+        set_("name", "my run"),
+        [],
+        ["(no accented letters, spaces or '/')", "has ' '"],
+    ),
     (
         "model-too-big-for-images",
         "run",

@@ -62,6 +62,7 @@ def test_plugin_commands_come_from_entry_points(monkeypatch, capsys):
     class EP:
         def __init__(self, name, obj):
             self.name, self.value, self.obj = name, f"pkg:{name}", obj
+            self.dist = None  # as importlib.metadata's, for an entry point of no known distribution
 
         def load(self):
             if isinstance(self.obj, Exception):

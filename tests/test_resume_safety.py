@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,10 @@ import fedreg.registry
 from fedreg import checkpoint, hookimpl
 from fedreg.cli import main
 from fedreg.errors import FedregError
+from fedreg.locks import FolderLock
 from fedreg.registry import build_registry
 from fedreg_baselines.fedavg import CrossEntropy
-from testhelpers import small_medmnist_spec, write_spec
+from testhelpers import child, run_child, signal_handler, small_medmnist_spec, write_spec
 
 TESTS = Path(__file__).resolve().parent
 
@@ -95,7 +97,7 @@ def assert_each_step_once(uri: str, run_id: str, rounds: int) -> None:
     for key in c.get_run(run_id).data.metrics:
         steps = [m.step for m in c.get_metric_history(run_id, key)]
         assert len(steps) == len(set(steps)), (key, sorted(steps))
-    for key in ("training/loss", "accuracy/global", "training/lr", "system/clients_ok"):
+    for key in ("training/loss", "accuracy/global", "training/lr", "training/clients_ok"):
         steps = [m.step for m in c.get_metric_history(run_id, key)]
         assert sorted(steps) == list(range(1, rounds + 1)), (key, sorted(steps))
 
@@ -248,8 +250,9 @@ def test_interrupt_between_a_runs_start_and_its_training_leaves_no_run_running(e
 # --- one process per folder ---------------------------------------------------------------------------------
 
 
-def plugin_cli(tmp: Path, *args: str) -> subprocess.Popen:
-    """``fedreg ARGS`` in another process, with this module's test plugin registered."""
+def plugin_cli(tmp: Path, *args: str) -> AbstractContextManager[subprocess.Popen]:
+    """``with plugin_cli(tmp, *ARGS) as proc:`` ``fedreg ARGS`` in another process (see
+    :func:`testhelpers.child`), with this module's test plugin registered."""
     script = tmp / "fedreg_with_test_plugin.py"
     script.write_text(
         textwrap.dedent(
@@ -264,13 +267,12 @@ def plugin_cli(tmp: Path, *args: str) -> subprocess.Popen:
             """
         )
     )
-    return subprocess.Popen(
+    return child(
         [sys.executable, str(script), *args],
         cwd=tmp,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -293,10 +295,9 @@ def test_two_resumes_at_once_one_refused_and_a_killed_holder_is_taken_over(env, 
     assert f"Continue with: fedreg resume {run_id}\n" in err, err
     assert only_run(uri).info.status == "KILLED"
     FailAt.rounds = set()
-    lock = checkpoint.FolderLock(tmp / "ck" / "t" / run_id)
+    lock = FolderLock(tmp / "ck" / "t" / run_id)
 
-    holder = plugin_cli(tmp, "resume", run_id, "--no-progress")
-    try:
+    with plugin_cli(tmp, "resume", run_id, "--no-progress") as holder:
         wait_for(lambda: lock.holder().get("pid") == holder.pid or holder.poll() is not None, 120, "the lock")
         assert holder.poll() is None, holder.communicate()
         holder.send_signal(signal.SIGSTOP)  # keeps the lock while stopped
@@ -308,10 +309,6 @@ def test_two_resumes_at_once_one_refused_and_a_killed_holder_is_taken_over(env, 
         assert [r.info.run_id for r in runs(uri)] == [run_id]  # no run adopted or started
         holder.send_signal(signal.SIGKILL)  # dies holding the lock
         holder.wait(30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait(30)
 
     code, out, err = cli(capsys, "run", str(spec), "--resume", "--no-progress")
     assert code == 0, err  # the lock of the killed process is taken over
@@ -371,14 +368,6 @@ def test_sigterm_marks_runs_killed_and_prints_a_resume_command_that_works(env):
     raw["federation"]["rounds"] = 20
     raw["checkpoint"]["every"] = 1
     spec = write_spec(tmp / "spec.yaml", raw)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedreg", "run", str(spec), "--no-progress"],
-        cwd=tmp,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
     def logged() -> int:
         try:
@@ -387,7 +376,13 @@ def test_sigterm_marks_runs_killed_and_prints_a_resume_command_that_works(env):
         except Exception:  # noqa: BLE001 - being written
             return 0
 
-    try:
+    with child(  # SIGTERM at its default in the child, whatever this process inherited; killed at the end
+        [sys.executable, "-m", "fedreg", "run", str(spec), "--no-progress"],
+        cwd=tmp,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         # the store is created (and its tables migrated) by the run: touch it only once the run exists
         ready = lambda: list((tmp / "ck").rglob("experiment.json")) or proc.poll() is not None  # noqa: E731
         wait_for(ready, 240, "the run's checkpoint folder")
@@ -397,22 +392,13 @@ def test_sigterm_marks_runs_killed_and_prints_a_resume_command_that_works(env):
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 143, err
     run = only_run(uri)
     assert run.info.status == "KILLED"
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     hint = err.split("Continue with: ")[1].strip()
     assert hint == f"fedreg resume {run.info.run_id}"
-    resumed = subprocess.run(
-        [sys.executable, "-m", "fedreg", *hint.split()[1:], "--no-progress"],
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_child([sys.executable, "-m", "fedreg", *hint.split()[1:], "--no-progress"], 300, cwd=tmp)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming run {run.info.run_id}" in resumed.stdout
     assert [r.info.status for r in runs(uri)] == ["FINISHED"]
@@ -423,9 +409,12 @@ def test_an_interrupt_during_a_tracking_write_waits_for_the_write_to_end():
     from fedreg.signals import interrupts_deferred
 
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)  # the handler would have run here
-            done.append("write")  # the write goes on to its end
-    assert done == ["write"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Ctrl-C's handler as Python installs it at start-up, whatever this process inherited (a background job
+    # starts with SIGINT ignored, and then Python installs none); the previous one again afterwards
+    with signal_handler(signal.SIGINT, signal.default_int_handler):
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the handler would have run here
+                done.append("write")  # the write goes on to its end
+        assert done == ["write"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -14,18 +14,19 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
 from fedreg.errors import FedregError
-from fedreg.figures import installed_figures
 from fedreg.outputs import TIMING_KEYS, TRAIN_LOSS, MetricNames
+from fedreg.pools import check_cluster_store, local_store
 from fedreg.progress import SweepProgress
-from fedreg.sweep import check_cluster_store, local_store
+from fedreg.registry import installed_figures
 from fedreg.tracking import Tracker
-from testhelpers import small_medmnist_spec, write_spec
+from testhelpers import child, deadline, run_child, small_medmnist_spec, write_spec
 
 NAMES = MetricNames(installed_figures())  # how keys are named in MLflow
 
@@ -85,6 +86,7 @@ def sweep_spec(raw: dict) -> dict:
     return raw
 
 
+@pytest.mark.xdist_group("ray")  # with the other tests that start a local Ray, one at a time
 def test_child_metrics_identical_alone_sequential_in_processes_and_on_ray(env, capsys):
     tmp, raw, _ = env
     spec = write_spec(tmp / "sweep.yaml", sweep_spec(raw))
@@ -163,14 +165,15 @@ def test_grid_2x2_two_seeds_names_tags_params_and_report_sensitivity(env, capsys
     assert all(r[-1] == "2" for r in lr_rows)
     # the table row's mean is the mean over the two seeds' final accuracies
     client = MlflowClient(uri)
-    finals = [
-        client.get_run(kids[f"t.lr=0.05.local_epochs=2.seed{s}"].info.run_id).data.metrics for s in (0, 1)
+    finals = [  # fractions (MLflow holds the summaries in percent, rounded to 2 decimals)
+        NAMES.read_metrics(client.get_run(kids[f"t.lr=0.05.local_epochs=2.seed{s}"].info.run_id).data.metrics)
+        for s in (0, 1)
     ]
-    key = NAMES.summary_name("final_global_acc")
+    key = "final_global_acc"
     row = next(
         r for r in lr_rows if r[1] == "t local_epochs=2" and r[2] == "0.05" and r[3] == "final_global_acc"
     )
-    assert float(row[4]) == pytest.approx((finals[0][key] + finals[1][key]) / 2)
+    assert float(row[4]) == pytest.approx((finals[0][key] + finals[1][key]) / 2, abs=1e-4)
 
 
 def test_every_grid_point_is_validated_before_anything_runs(env, capsys):
@@ -223,15 +226,16 @@ def test_a_failed_child_fails_alone(env, capsys):
         assert parent.info.status == "FAILED"
 
 
-def start_parallel_sweep(tmp, spec) -> subprocess.Popen:
-    """``fedreg run SPEC --jobs 2 --no-progress`` in a subprocess, its output read line by line."""
-    return subprocess.Popen(
+def start_parallel_sweep(tmp, spec) -> AbstractContextManager[subprocess.Popen]:
+    """``with start_parallel_sweep(tmp, spec) as proc:`` ``fedreg run SPEC --jobs 2 --no-progress`` in a
+    subprocess, its output read line by line; when the block ends, the process and its workers are killed
+    (:func:`testhelpers.child`)."""
+    return child(
         [sys.executable, "-m", "fedreg", "run", str(spec), "--jobs", "2", "--no-progress"],
         cwd=tmp,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -240,9 +244,8 @@ def test_a_killed_worker_ends_its_child_only_and_resume_jobs_continues_it(env):
     raw["federation"]["rounds"] = 25
     raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}, "c": {"training.optimizer.lr": 0.03}}
     spec = write_spec(tmp / "kill.yaml", raw)
-    proc = start_parallel_sweep(tmp, spec)
     lines = []
-    try:
+    with start_parallel_sweep(tmp, spec) as proc:
         pid = None
         while pid is None:
             line = proc.stdout.readline()
@@ -256,9 +259,6 @@ def test_a_killed_worker_ends_its_child_only_and_resume_jobs_continues_it(env):
             time.sleep(0.2)
         os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     out = "".join(lines) + out
     assert proc.returncode == 1, err
     assert "b: FAILED: its worker process" in out and "SIGKILL" in out
@@ -267,12 +267,10 @@ def test_a_killed_worker_ends_its_child_only_and_resume_jobs_continues_it(env):
     assert {n: r.info.status for n, r in kids.items()} == {"a": "FINISHED", "b": "FAILED", "c": "FINISHED"}
     killed_id = kids["b"].info.run_id
 
-    resumed = subprocess.run(
+    resumed = run_child(
         [sys.executable, "-m", "fedreg", "run", str(spec), "--resume", "--jobs", "2", "--no-progress"],
+        600,
         cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "a: finished before, kept as it is" in resumed.stdout
@@ -298,11 +296,17 @@ def test_four_concurrent_writers_lose_nothing_in_one_sqlite_store(tmp_path, trac
     runs = [tracker.start_run(f"w{i}", {}) for i in range(4)]
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(tracking_uri, r, 150, i)) for i, r in enumerate(runs)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(300)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    finally:  # no writer outlives the test, even one that hangs
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                p.kill()
+                p.join()
     client = MlflowClient(tracking_uri)
     for i, r in enumerate(runs):
         run = client.get_run(r)
@@ -354,6 +358,7 @@ def test_progress_lines_live_and_plain():
     assert "sweep: 1/2 done, 0 running, 1 failed" in printed[2]
 
 
+@pytest.mark.xdist_group("ray")
 def test_a_ray_sweep_on_two_nodes_refuses_a_sqlite_store_before_any_run(env):
     """A real two-node Ray cluster (two raylets on this machine): the sweep stops before any MLflow run."""
     from ray.cluster_utils import Cluster
@@ -365,13 +370,11 @@ def test_a_ray_sweep_on_two_nodes_refuses_a_sqlite_store_before_any_run(env):
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        res = subprocess.run(
+        res = run_child(
             [sys.executable, "-m", "fedreg", "run", str(spec), "--sweep", "ray", "--no-progress"],
+            300,
             cwd=tmp,
             env={**os.environ, "RAY_ADDRESS": cluster.address},
-            capture_output=True,
-            text=True,
-            timeout=300,
         )
     finally:
         cluster.shutdown()
@@ -387,9 +390,8 @@ def test_sigterm_during_a_parallel_sweep_ends_every_run_killed_and_the_hint_cont
     raw["federation"]["rounds"] = 25
     raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}}
     spec = write_spec(tmp / "term.yaml", raw)
-    proc = start_parallel_sweep(tmp, spec)
     pids = []
-    try:
+    with start_parallel_sweep(tmp, spec) as proc:
         while len(pids) < 2:
             line = proc.stdout.readline()
             assert line, proc.stderr.read()
@@ -400,25 +402,65 @@ def test_sigterm_during_a_parallel_sweep_ends_every_run_killed_and_the_hint_cont
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err
-    assert "terminated (SIGTERM)" in err and "Traceback" not in err
-    for pid in pids:  # no worker left behind
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        assert proc.returncode == 143, err
+        assert "terminated (SIGTERM)" in err and "Traceback" not in err
+        for pid in pids:  # no worker left behind (checked before the block's end kills the process group)
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
     kids = children(uri)
     assert {n: r.info.status for n, r in kids.items()} == {"a": "KILLED", "b": "KILLED"}
     parent = MlflowClient(uri).get_run(kids["a"].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
     hint = err.split("Continue with: ")[1].strip()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "fedreg", *hint.split()[1:], "--jobs", "2", "--no-progress"],
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    resumed = run_child(
+        [sys.executable, "-m", "fedreg", *hint.split()[1:], "--jobs", "2", "--no-progress"], 600, cwd=tmp
     )
     assert resumed.returncode == 0, resumed.stderr
     assert {n: r.info.status for n, r in children(uri).items()} == {"a": "FINISHED", "b": "FINISHED"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (ended, not yet reaped by init) is not alive
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_sigkilled_sweep_parent_leaves_no_worker_running_and_no_run_running(env):
+    """SIGKILL of the parent (nothing of it runs: no handler, no cleanup): each worker notices at its next
+    progress message that nobody reads, stops its child (KILLED, with why: orphaned, not failed) and ends the
+    parent run KILLED; no traceback, no BrokenPipeError, no worker left."""
+    tmp, raw, uri = env
+    raw["federation"]["rounds"] = 200  # far from done when the parent dies
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}}
+    spec = write_spec(tmp / "orphan.yaml", raw)
+    pids = []
+    with start_parallel_sweep(tmp, spec) as proc:
+        with deadline(proc, 300):
+            while len(pids) < 2:
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()
+                if m := re.match(r"\w: started \(pid (\d+)\)", line):
+                    pids.append(int(m.group(1)))
+        wait_until = time.monotonic() + 240
+        while len(list((tmp / "ck").rglob("*.pt"))) < 2 and time.monotonic() < wait_until:
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wait_until = time.monotonic() + 120
+        while any(_alive(p) for p in pids) and time.monotonic() < wait_until:
+            time.sleep(0.2)
+        assert not [p for p in pids if _alive(p)], "a worker outlived its parent by two minutes"
+        with deadline(proc, 60):  # the workers held the parent's stderr: all they wrote is there
+            err = proc.stderr.read()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+    kids = children(uri)
+    assert {n: r.info.status for n, r in kids.items()} == {"a": "KILLED", "b": "KILLED"}
+    for r in kids.values():
+        assert "the sweep's parent process ended" in r.data.tags["fedreg.failure"]
+        assert r.info.end_time is not None
+    parent = MlflowClient(uri).get_run(kids["a"].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED"
+    assert "fedreg resume" in parent.data.tags["fedreg.failure"]

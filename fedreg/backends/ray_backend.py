@@ -126,16 +126,47 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+#: what a client sends first on an HTTP/2 connection with prior knowledge (gRPC without TLS, as Ray's head
+#: and Ray Client serve): the connection preface, then an empty SETTINGS frame
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def _probe(address: str, timeout: float = 10.0) -> None:
-    """Raise ConnectionError when ``address`` names a host and port that accept no TCP connection."""
+    """Raise ConnectionError when ``address`` names a host and port that accept no TCP connection, or whose
+    server does not speak gRPC (an HTTP/2 server answers the preface with its SETTINGS frame; an HTTP/1
+    server, such as a web server or MLflow, answers otherwise or not at all): Ray would retry either for
+    minutes."""
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return  # "auto", "local", a bare host: Ray resolves these itself, and fails fast
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as exc:
         raise ConnectionError(f"nothing answers at {host}:{port} ({exc})") from exc
+    reply, silent = b"", False
+    try:
+        conn.sendall(_H2_PREFACE)
+        reply = conn.recv(64)  # a SETTINGS frame starts with its 9-byte header
+    except TimeoutError:
+        silent = True
+    except OSError:
+        pass  # reset: said below as a connection closed
+    finally:
+        conn.close()
+    if len(reply) < 4 or reply[3] != 4:  # the frame type of SETTINGS
+        said = (
+            f"it replied {reply[:40]!r}"
+            if reply
+            else f"it sent nothing back within {timeout:g} s"
+            if silent
+            else "it closed the connection without a word"
+        )
+        raise ConnectionError(
+            f"{host}:{port} answers but is not a Ray cluster: it does not speak gRPC ({said}); it may be "
+            "another server, such as a web server or an MLflow server. Ray's head listens on port 6379 by "
+            "default (ray://HOST:10001 for Ray Client)"
+        )
 
 
 def _shutdown() -> None:

@@ -44,6 +44,9 @@ class Component:
     default: ClassVar[bool] = False
     #: Set by the registry on instances: "plugin 'p', distribution version" (for error messages).
     origin: str = ""
+    #: The component's parameters: an instance of its own ``Params`` class. Typed ``Any`` here, since each
+    #: class has its own; a component may annotate ``params: MyParams`` for a type checker.
+    params: Any
 
     def __init__(self, params: _BaseParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -56,9 +59,7 @@ class Component:
     @classmethod
     def implemented_hooks(cls) -> list[str]:
         """The contract methods this class (or a plugin base class of it) defines itself."""
-        from fedreg.components import KIND_BASES  # the kinds' base classes subclass this module's Component
-
-        base = KIND_BASES[cls.kind]
+        base = next(k for k in cls.__mro__ if Component in k.__bases__)  # the kind's base class
         found = []
         for method in cls.contract:
             for klass in cls.__mro__:

@@ -177,10 +177,21 @@ def _split_path(path: str) -> list[str]:
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``a.b.c`` (list items by index: ``metrics.0.name``) in a nested dict, creating mappings."""
+    """Set ``a.b.c`` (list items by index: ``metrics.0.name``) in a nested dict, creating mappings. A
+    mapping may hold a dotted key (a variant's ``federation.aggregation: {...}``): a path through it sets
+    the value there, so the spec keeps one place for it."""
     parts = _split_path(path)
     target: Any = data
-    for part in parts[:-1]:
+    i = 0
+    while True:
+        if isinstance(target, dict):  # the longest dotted key the rest of the path starts with
+            step = next((j for j in range(len(parts) - i, 1, -1) if ".".join(parts[i : i + j]) in target), 1)
+            part = ".".join(parts[i : i + step])
+        else:
+            step, part = 1, parts[i]
+        i += step
+        if i >= len(parts):
+            break
         if isinstance(target, list):
             target = target[int(part)]
             continue
@@ -191,11 +202,10 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
                 nxt = {"name": target[part]}
             target[part] = nxt
         target = nxt
-    last = parts[-1]
     if isinstance(target, list):
-        target[int(last)] = value
+        target[int(part)] = value
     else:
-        target[last] = value
+        target[part] = value
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:

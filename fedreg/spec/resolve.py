@@ -12,12 +12,14 @@ from pydantic import ValidationError
 from fedreg.components import Component, Objective
 from fedreg.components.metrics import GLOBAL_ON_LOCAL, LOCAL
 from fedreg.errors import SpecError, SpecIssue
+from fedreg.figures import clashes
+from fedreg.limits import collapse_points, name_issues, run_count_issue, shortlist
 from fedreg.registry import Registry
 from fedreg.spec.defaults import fill_defaults
 from fedreg.spec.loading import apply_grid_point, expand_variants, grid_label, grid_points, load_raw
 from fedreg.spec.presets import _preset_shadowed, expand_method
 from fedreg.spec.references import ResolvedComponent, _pydantic_issues, _raw_get, _resolve_ref
-from fedreg.spec.schema import COMPONENT_PATHS, GridSpec, RunSpec
+from fedreg.spec.schema import COMPONENT_PATHS, CheckpointSpec, GridSpec, RunSpec
 
 
 class ResolvedSpec:
@@ -168,6 +170,7 @@ def validate_one(
         if res is not None:
             components[kind] = res
     metrics: list[ResolvedComponent] = []
+    positions: list[int] = []  # each resolved metric's place in the spec's list
     raw_metrics = raw.get("metrics", []) if isinstance(raw, dict) else []
     if isinstance(raw_metrics, list):
         seen: dict[str, int] = {}
@@ -183,6 +186,9 @@ def validate_one(
                     )
                 seen[res.name] = i
                 metrics.append(res)
+                positions.append(i)
+        for j, msg in clashes([(m.name, m.info.cls) for m in metrics]):  # two metrics, one scalar
+            issues.append(SpecIssue(f"metrics.{positions[j]}", msg))
 
     if spec is not None:
         fed = spec.federation
@@ -233,11 +239,15 @@ def resolve(
             issues.append(
                 SpecIssue(
                     "--variant",
-                    f"unknown variant '{v}'; the spec declares: {', '.join(names) or '(no variants)'}",
+                    f"unknown variant '{v}'; the spec declares: {shortlist(names) or '(no variants)'}",
                 )
             )
         expanded = [e for e in expanded if e[0] in only]
     grid, gridded = _grid(raw, names, issues)
+    sizes = [len(v) for v in grid.params.values()] if grid is not None else []
+    if (too_many := run_count_issue(raw, expanded, sizes, gridded)) is not None:
+        issues.append(too_many)
+        grid = None  # its points are neither validated nor run
     base_keys: set[str] | None = None
     for name, data, prefix in expanded:
         if data is None:
@@ -291,6 +301,9 @@ def resolve(
         resolved = [r for *_, r in sorted(swept, key=lambda t: t[:2])] + [
             r for r in resolved if not r.spec.seeds
         ]
+    ck = raw.get("checkpoint")
+    folder = ck["dir"] if isinstance(ck, dict) and isinstance(ck.get("dir"), str) else CheckpointSpec().dir
+    issues.extend(name_issues(resolved, [n for n in names if isinstance(n, str)], folder))
     if issues:
         # de-duplicate while keeping order
         seen, unique = set(), []
@@ -298,7 +311,7 @@ def resolve(
             if str(i) not in seen:
                 seen.add(str(i))
                 unique.append(i)
-        raise SpecError(unique, source=source)
+        raise SpecError(collapse_points(unique), source=source)
     return resolved
 
 
@@ -323,7 +336,7 @@ def _grid(
                 SpecIssue(
                     f"grid.variants.{i}",
                     f"unknown variant '{v}'; the spec declares: "
-                    f"{', '.join(variant_names) or '(no variants)'}",
+                    f"{shortlist(variant_names) or '(no variants)'}",
                 )
             )
     return grid, set(grid.variants)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedreg.components import KIND_BASES
+from fedreg.limits import DEFAULT_MAX_RUNS
 
 
 class Strict(BaseModel):
@@ -19,6 +20,15 @@ class Strict(BaseModel):
 
 #: a spec's name: it names folders (checkpoints) and runs
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _not_allowed(value: str) -> str:
+    """What breaks :data:`NAME_PATTERN` in ``value``: its first characters outside it, or its first one."""
+    bad = list(dict.fromkeys(c for c in value if not re.fullmatch(r"[A-Za-z0-9_.-]", c)))
+    if bad:
+        ascii_only = all(ord(c) < 128 for c in bad)
+        return ", ".join(repr(c) for c in bad[:5]) + ("" if ascii_only else " (not ASCII)")
+    return f"{value[:1]!r} first"
 
 
 class ComponentRef(Strict):
@@ -133,6 +143,9 @@ class ExecutionSpec(Strict):
     # child runs at once; None: 1 with sweep 'local' (in this process), as many as the Ray cluster's CPUs
     # allow with sweep 'ray'. Each worker trains with one intra-op thread unless 'threads' says otherwise
     jobs: int | None = Field(default=None, ge=1, le=1024)
+    # the most child runs one invocation starts (variants x grid points x seeds); a bigger sweep is refused
+    # before anything runs unless this is raised. Read from the spec as written, not from its variants
+    max_runs: int = Field(default=DEFAULT_MAX_RUNS, ge=1)
 
 
 #: spec keys a grid may not vary (they say what the grid crosses, or name the invocation)
@@ -236,8 +249,9 @@ class RunSpec(Strict):
     def _name_syntax(cls, value: str) -> str:
         if not NAME_PATTERN.fullmatch(value):
             raise ValueError(
-                "the spec's name names its checkpoint folder and runs: use letters, digits, '-', '_' and "
-                "'.' only, not starting with '.' or '-' (no spaces or '/'), e.g. 'fedavg-blood'"
+                "the spec's name names its checkpoint folder and runs: use ASCII letters (a-z, A-Z), digits "
+                "(0-9), '-', '_' and '.' only (no accented letters, spaces or '/'), not starting with '.' or "
+                f"'-', e.g. 'fedavg-blood'; it has {_not_allowed(value)}"
             )
         return value
 

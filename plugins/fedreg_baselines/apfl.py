@@ -12,7 +12,7 @@ Two readings, one parameter apart (``mixing``): the authors' code (MLOPTPSU/FedT
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -156,6 +156,8 @@ class APFL(PersonalObjective):
         self._alpha_lr = p.alpha_lr if p.alpha_lr is not None else ctx.lr
         self._steps = 0
         self._pending = None
+        # a float (output mixing, or a fixed alpha), a tensor with a gradient when learned in parameter mixing
+        self._alpha: Any
         if p.mixing == "outputs":
             self._alpha = alpha
             self._vmodel = ctx.build_model()
@@ -163,7 +165,9 @@ class APFL(PersonalObjective):
             self._w_opt = ctx.make_optimizer(list(ctx.model.parameters()))
         else:
             names = [k for k, _ in ctx.model.named_parameters()]
-            self._v = {k: start[k].detach().clone().requires_grad_(True) for k in names}
+            self._v: Any = {  # the personal parameters (parameter mixing), None once finished
+                k: start[k].detach().clone().requires_grad_(True) for k in names
+            }
             self._alpha = torch.tensor(alpha, requires_grad=True) if p.adaptive_alpha else alpha
 
     def alpha_due(self) -> bool:

@@ -23,7 +23,7 @@ def feddyn_linear_term(named_params, grad_state: StateDict) -> torch.Tensor:
     for name, p in named_params:
         t = (p * grad_state[name]).sum()
         total = t if total is None else total + t
-    return total
+    return total if total is not None else torch.zeros(())
 
 
 def client_alpha(alpha: float, num_samples: int, mean_samples: float | None) -> float:

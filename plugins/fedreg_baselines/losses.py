@@ -15,7 +15,7 @@ def proximal_term(named_params, ref: StateDict) -> torch.Tensor:
     for name, p in named_params:
         d = (p - ref[name].detach()).pow(2).sum()
         total = d if total is None else total + d
-    return total
+    return total if total is not None else torch.zeros(())
 
 
 def proximal_loss(

@@ -87,6 +87,9 @@ class Moon(Objective):
             else:
                 self._prev(x)
                 z_p = self._reps[2].value
+        assert z is not None and z_g is not None and z_p is not None, (
+            "the forward hooks saw the representations"
+        )
         return cross_entropy(logits, y) + self.params.mu * moon_contrastive(z, z_g, z_p, self.params.tau)
 
     def finish(self, ctx):

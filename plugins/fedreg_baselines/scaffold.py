@@ -53,7 +53,7 @@ class Scaffold(Objective):
         self._c, self._c_i = c, c_i
         self._corr = {k: c[k] - c_i[k] for k in c}
         self._active = any(bool(v.any()) for v in self._corr.values())
-        self._params = dict(ctx.model.named_parameters())
+        self._params: dict[str, torch.Tensor] | None = dict(ctx.model.named_parameters())
         self._steps = 0
 
     def loss(self, model, x, y, ctx):
@@ -62,6 +62,7 @@ class Scaffold(Objective):
     def before_step(self, ctx):
         self._steps += 1
         if self._active:
+            assert self._params is not None, "setup ran before the first step"
             for k, p in self._params.items():
                 if p.grad is not None:
                     p.grad.add_(self._corr[k])
@@ -122,6 +123,7 @@ class ScaffoldAggregator(Aggregator):
             raise FedregError(
                 "the scaffold aggregation needs the scaffold objective (set training.objective: scaffold)"
             )
+        assert self.c is not None, "broadcast ran before aggregate"
         self.c = scaffold_server_control(self.c, deltas, self.num_clients)
         return avg
 

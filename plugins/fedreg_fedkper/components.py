@@ -72,9 +72,10 @@ class ReliabilityDiversity(Aggregator):
 
 
 class FedKPerParams(Params):
-    tau: float = AdaptiveKDParams.model_fields["tau"]
-    lambda_max: float = AdaptiveKDParams.model_fields["lambda_max"]
-    eps: float = ReliabilityDiversityParams.model_fields["eps"]
+    # the parts' own fields (default, bounds, description), so the preset and its parts cannot disagree
+    tau: float = AdaptiveKDParams.model_fields["tau"]  # type: ignore[assignment]
+    lambda_max: float = AdaptiveKDParams.model_fields["lambda_max"]  # type: ignore[assignment]
+    eps: float = ReliabilityDiversityParams.model_fields["eps"]  # type: ignore[assignment]
 
 
 class FedKPer(Method):
