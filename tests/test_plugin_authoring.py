@@ -14,8 +14,8 @@ import pytest
 
 import fedreg
 from fedreg.cli import main
+from fedreg.describe import provenance_tags
 from fedreg.errors import SpecError
-from fedreg.experiment import Experiment
 from fedreg.spec import resolve
 from fedreg.testing import TINY_SPEC
 from fedreg.tracking import fedreg_commit
@@ -58,7 +58,8 @@ def test_runs_are_tagged_with_fedregs_version_and_commit(registry):
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    tags = Experiment(resolve(copy.deepcopy(TINY_SPEC), registry)).common_tags()
+    (rs,) = resolve(copy.deepcopy(TINY_SPEC), registry)
+    tags = provenance_tags(rs.spec.name, None)
     assert tags["fedreg.version"] == fedreg.__version__
     assert tags["fedreg.commit"] == head == fedreg_commit()
 

@@ -21,7 +21,7 @@ from fedreg_baselines.fedavg import CrossEntropy
 
 ray = pytest.importorskip("ray")  # the ray extra; without it these tests are skipped
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one local Ray at a time
+pytestmark = pytest.mark.slow
 
 DRIVER_PID = os.getpid()  # pickled with the test objectives: the value of the process running pytest
 

@@ -86,7 +86,6 @@ def sweep_spec(raw: dict) -> dict:
     return raw
 
 
-@pytest.mark.xdist_group("ray")  # with the other tests that start a local Ray, one at a time
 def test_child_metrics_identical_alone_sequential_in_processes_and_on_ray(env, capsys):
     tmp, raw, _ = env
     spec = write_spec(tmp / "sweep.yaml", sweep_spec(raw))
@@ -358,7 +357,6 @@ def test_progress_lines_live_and_plain():
     assert "sweep: 1/2 done, 0 running, 1 failed" in printed[2]
 
 
-@pytest.mark.xdist_group("ray")
 def test_a_ray_sweep_on_two_nodes_refuses_a_sqlite_store_before_any_run(env):
     """A real two-node Ray cluster (two raylets on this machine): the sweep stops before any MLflow run."""
     from ray.cluster_utils import Cluster
