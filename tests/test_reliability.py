@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -22,7 +21,16 @@ from fedreg.errors import ComponentFailure, FedregError
 from fedreg.outputs import TIMING_KEYS, MetricNames
 from fedreg.testing import tiny_federation
 from fedreg_baselines.fedavg import CrossEntropy
-from testhelpers import base_spec, child, end_child, make_medmnist_npz, run_child, start_child, write_spec
+from testhelpers import (
+    base_spec,
+    child,
+    end_child,
+    make_medmnist_npz,
+    run_child,
+    start_child,
+    wait_for,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +74,6 @@ def steps_logged(uri: str, key: str = "accuracy/global") -> int:
         return max((len({m.step for m in c.get_metric_history(r.info.run_id, key)}) for r in runs), default=0)
     except Exception:  # noqa: BLE001 - the store may not exist yet
         return 0
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def histories(uri: str) -> dict[str, dict[int, float]]:

@@ -26,7 +26,7 @@ from fedreg.errors import FedregError
 from fedreg.locks import FolderLock
 from fedreg.registry import build_registry
 from fedreg_baselines.fedavg import CrossEntropy
-from testhelpers import child, run_child, signal_handler, small_medmnist_spec, write_spec
+from testhelpers import child, run_child, signal_handler, small_medmnist_spec, wait_for, write_spec
 
 TESTS = Path(__file__).resolve().parent
 
@@ -274,15 +274,6 @@ def plugin_cli(tmp: Path, *args: str) -> AbstractContextManager[subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_two_resumes_at_once_one_refused_and_a_killed_holder_is_taken_over(env, capsys):

@@ -20,7 +20,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from testhelpers import child, run_child, small_medmnist_spec, write_spec
+from testhelpers import child, run_child, small_medmnist_spec, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -88,15 +88,6 @@ def fedreg_cmd(*args: str) -> list[str]:
 
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def steps_in_db(db: Path) -> int:

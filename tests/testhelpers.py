@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -201,3 +202,13 @@ def signal_handler(signum: int, handler) -> Iterator[None]:
         if was_blocked:
             signal.pthread_sigmask(signal.SIG_BLOCK, [signum])
         signal.signal(signum, previous)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
+    """Poll ``pred`` every ``every`` seconds until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
