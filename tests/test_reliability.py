@@ -89,14 +89,14 @@ def histories(uri: str) -> dict[str, dict[int, float]]:
     return out
 
 
-def test_sigkill_then_resume_gives_identical_metrics(tmp_path):
+def test_sigkill_then_resume_gives_identical_metrics(tmp_path, new_store):
     rounds = 25  # enough that the kill lands mid-run even when tracking lags behind training
-    ref_uri = f"sqlite:///{tmp_path / 'ref.db'}"
+    ref_uri = new_store(tmp_path / "ref.db")
     with cli_proc("run", str(small_spec(tmp_path, rounds, ref_uri, "ck-ref")), "--no-progress") as ref:
         _, err = ref.communicate(timeout=300)
         assert ref.returncode == 0, err
 
-    uri = f"sqlite:///{tmp_path / 'killed.db'}"
+    uri = new_store(tmp_path / "killed.db")
     spec = small_spec(tmp_path, rounds, uri, "ck")
     with cli_proc("run", str(spec), "--no-progress") as proc:
         wait_for(lambda: steps_logged(uri) >= 4 or proc.poll() is not None, 240, "round 4")
@@ -121,8 +121,8 @@ def test_sigkill_then_resume_gives_identical_metrics(tmp_path):
     assert sorted(got["accuracy/global"]) == list(range(1, rounds + 1))
 
 
-def test_resume_of_another_spec_is_refused(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'a.db'}"
+def test_resume_of_another_spec_is_refused(tmp_path, new_store):
+    uri = new_store(tmp_path / "a.db")
     spec = small_spec(tmp_path, 30, uri)
     with cli_proc("run", str(spec), "--no-progress") as proc:
         wait_for(lambda: steps_logged(uri) >= 2 or proc.poll() is not None, 240, "round 2")
@@ -173,6 +173,8 @@ class MlflowServer:
                 "1",
             ],
             cwd=self.folder,
+            # no MLflow job runner (its consumer processes; fedreg uses no MLflow jobs, as in fedreg ui)
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -203,7 +205,8 @@ class MlflowServer:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, new_store):
+    new_store(tmp_path / "srv.db")  # the server's store, empty (its schema made once per session)
     srv = MlflowServer(tmp_path, free_port())
     srv.start()
     yield srv

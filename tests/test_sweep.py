@@ -86,7 +86,7 @@ def sweep_spec(raw: dict) -> dict:
     return raw
 
 
-def test_child_metrics_identical_alone_sequential_in_processes_and_on_ray(env, capsys):
+def test_child_metrics_identical_alone_sequential_in_processes_and_on_ray(env, capsys, new_store):
     tmp, raw, _ = env
     spec = write_spec(tmp / "sweep.yaml", sweep_spec(raw))
     logged: dict[str, dict[str, dict]] = {}
@@ -95,7 +95,7 @@ def test_child_metrics_identical_alone_sequential_in_processes_and_on_ray(env, c
         ("processes", ["--jobs", "2"]),
         ("ray", ["--sweep", "ray", "--jobs", "2"]),
     ]:
-        uri = f"sqlite:///{tmp / how}.db"
+        uri = new_store(tmp / f"{how}.db")
         assert main(["run", str(spec), "--no-progress", "--set", f"tracking.uri={uri}", *extra]) == 0, how
         kids = children(uri)
         assert sorted(kids) == ["fedavg.seed0", "fedavg.seed1", "fedprox.seed0", "fedprox.seed1"], how
@@ -110,7 +110,7 @@ def test_child_metrics_identical_alone_sequential_in_processes_and_on_ray(env, c
     assert re.search(r"fedprox\.seed1: started \(pid \d+\)", out)  # worker processes
     assert "started (Ray task)" in out
     # one child alone
-    uri = f"sqlite:///{tmp / 'alone'}.db"
+    uri = new_store(tmp / "alone.db")
     assert (
         main(["run", str(spec), "--no-progress", "--variant", "fedprox", "--set", f"tracking.uri={uri}"]) == 0
     )
