@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -137,6 +137,33 @@ class FederatedData:
         }
 
 
+#: the stream of ``data.subset``'s draw: fixed, so that every seed and variant of a spec keeps the same
+#: samples
+SUBSET_SEED = 20260701
+
+
+def subset_dataset(ds: DatasetTensors, fraction: float) -> DatasetTensors:
+    """``ds`` with ``fraction`` of each split kept (``data.subset``): of each class a split holds,
+    ``round(fraction * n)`` samples and at least one, drawn from :data:`SUBSET_SEED`'s stream and kept in
+    their original order. ``fraction`` 1 returns ``ds`` itself."""
+    if fraction >= 1:
+        return ds
+    rng = np.random.default_rng(SUBSET_SEED)
+
+    def keep(y: torch.Tensor) -> torch.Tensor:
+        labels = y.numpy()
+        picked = []
+        for c in np.unique(labels):
+            of_class = np.flatnonzero(labels == c)
+            picked.append(rng.choice(of_class, size=max(1, round(fraction * len(of_class))), replace=False))
+        return torch.from_numpy(np.sort(np.concatenate(picked)))
+
+    tr, te = keep(ds.train_y), keep(ds.test_y)
+    return replace(
+        ds, train_x=ds.train_x[tr], train_y=ds.train_y[tr], test_x=ds.test_x[te], test_y=ds.test_y[te]
+    )
+
+
 def build_federated_data(
     dataset: DatasetTensors,
     partition: Partition,
@@ -206,9 +233,10 @@ class DataCache:
     def get(self, rs: ResolvedSpec) -> FederatedData:
         s = rs.spec
         ds_comp = rs.components["dataset"]
-        dkey = (ds_comp.name, ds_comp.params.model_dump_json(), s.data.root, s.data.size)
+        dkey = (ds_comp.name, ds_comp.params.model_dump_json(), s.data.root, s.data.size, s.data.subset)
         if dkey not in self._datasets:
-            self._datasets[dkey] = ds_comp.instantiate().load(s.data.root, s.data.download, s.data.size)
+            loaded = ds_comp.instantiate().load(s.data.root, s.data.download, s.data.size)
+            self._datasets[dkey] = subset_dataset(loaded, s.data.subset)
         part = rs.components["partition"]
         fkey = dkey + (
             part.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedreg.data import subset_dataset
 from fedreg.errors import DataError
 from fedreg_standard.medmnist_data import load_medmnist
 from testhelpers import BLOOD_MD5, make_medmnist_npz
@@ -66,3 +67,40 @@ def test_corrupt_npz_with_matching_md5(tmp_path):
             size=28,
             expected_md5=hashlib.md5(p.read_bytes()).hexdigest(),
         )
+
+
+@pytest.mark.realdata
+def test_subset_of_real_bloodmnist_keeps_a_fraction_of_each_class(data_dir):
+    ds = load_medmnist("bloodmnist", str(data_dir), download=False, size=28)
+    sub = subset_dataset(ds, 0.1)
+    assert subset_dataset(ds, 1.0) is ds
+    for full, part in ((ds.train_y, sub.train_y), (ds.test_y, sub.test_y)):
+        want = [max(1, round(0.1 * int(n))) for n in torch.bincount(full, minlength=8)]
+        assert torch.bincount(part, minlength=8).tolist() == want
+    assert len(sub.train_y) == pytest.approx(1196, abs=8) and len(sub.test_y) == pytest.approx(342, abs=8)
+    # the kept samples are rows of the file's splits, in their order; the same rows every time
+    again = subset_dataset(ds, 0.1)
+    assert torch.equal(again.train_x, sub.train_x) and torch.equal(again.test_y, sub.test_y)
+    first = sub.train_x[0]
+    assert any(torch.equal(first, ds.train_x[i]) for i in range(int(len(ds.train_x) * 0.2)))
+
+
+def test_subset_keeps_one_of_a_rare_class(tmp_path):
+    md5 = make_medmnist_npz(tmp_path, "organcmnist", n_train=300, n_test=100)
+    ds = load_medmnist("organcmnist", str(tmp_path), download=False, size=28, expected_md5=md5)
+    sub = subset_dataset(ds, 0.01)
+    assert set(sub.train_y.tolist()) == set(ds.train_y.tolist())  # every class keeps one sample
+    assert len(sub.train_y) == len(set(ds.train_y.tolist()))
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5])
+def test_subset_out_of_range_is_a_spec_error(bad):
+    from fedreg.errors import SpecError
+    from fedreg.registry import build_registry
+    from fedreg.spec import resolve
+    from testhelpers import base_spec
+
+    raw = base_spec()
+    raw["data"]["subset"] = bad
+    with pytest.raises(SpecError, match=r"data\.subset"):
+        resolve(raw, build_registry())

@@ -67,6 +67,9 @@ class DataSpec(Strict):
     root: str | None = None  # default: $FEDREG_DATA_DIR, else medmnist's default folder
     download: bool = False
     size: Literal[28, 64, 128, 224] = 28
+    # keep this fraction of the training and the official test split, per class, drawn once with a fixed
+    # stream (the same samples for every seed and variant): quick runs on real data, not its results
+    subset: float = Field(default=1.0, gt=0, le=1)
     num_clients: int = Field(ge=1, le=100_000)
     partition: ComponentRef  # default: the partition a plugin marks ``default`` (see defaults.py)
     local_test: LocalTestSpec = Field(default_factory=LocalTestSpec)

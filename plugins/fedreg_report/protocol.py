@@ -27,7 +27,8 @@ def _component(params: dict[str, str], prefix: str) -> str:
 
 
 def protocol_of(params: dict[str, str]) -> dict[str, str]:
-    """The protocol a run used, from its params (the flattened resolved spec): dataset, partition with its
+    """The protocol a run used, from its params (the flattened resolved spec): dataset (with
+    ``data.subset`` where below 1), partition with its
     params, local-test rule (``data.local_test.{rule,fraction,...}``; runs from before it have
     ``data.local_test_fraction``, whose rule is 'stratified'), model and client selection with their
     params."""
@@ -39,8 +40,12 @@ def protocol_of(params: dict[str, str]) -> dict[str, str]:
         local_test = f"stratified (fraction={params['data.local_test_fraction']})"
     else:
         local_test = "?"
+    dataset = params.get("data.dataset.name", "?")
+    subset = params.get("data.subset", "1.0")  # runs logged before data.subset existed used whole splits
+    if float(subset) < 1:
+        dataset += f" (subset={subset})"
     return {
-        "dataset": params.get("data.dataset.name", "?"),
+        "dataset": dataset,
         "partition": _component(params, "data.partition"),
         "local test": local_test,
         "model": _component(params, "model"),
@@ -68,7 +73,8 @@ def protocol_blocks(runs: Sequence[RunData], methods: Sequence[str]) -> list[Blo
     B.append(
         (
             "p",
-            "Read from each run's params (the resolved spec): the dataset, the partition and its params, "
+            "Read from each run's params (the resolved spec): the dataset (and the fraction of it a run "
+            "kept, `data.subset`, where below 1), the partition and its params, "
             "the local-test rule (runs logged before `data.local_test` existed have "
             "`data.local_test_fraction`, whose rule is stratified), the model and the client selection. One "
             "row per distinct protocol, with the methods and seeds that used it.",
