@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fedreg import seeding
-from fedreg.clients import backend_class
+from fedreg.backends import backend_class
 from fedreg.data import DataCache
 from fedreg.registry import get_registry
 from fedreg.rounds import FederatedRun, RunState

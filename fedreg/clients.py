@@ -13,7 +13,6 @@ and how many clients train at once:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -381,16 +380,3 @@ class LocalBackend(Backend):
 
     def train(self, jobs, rin):
         return [self.runner.run(job, rin) for job in jobs]
-
-
-#: backend name -> "module:class"; heavy dependencies are imported only when the backend is used
-BACKENDS = {
-    "local": "fedreg.clients:LocalBackend",
-    "ray": "fedreg.backends.ray_backend:RayBackend",
-    "vectorized": "fedreg.backends.vectorized:VectorizedBackend",
-}
-
-
-def backend_class(name: str) -> type[Backend]:
-    module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)

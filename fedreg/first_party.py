@@ -1,8 +1,9 @@
 """fedreg's own plugins cannot be replaced by another distribution.
 
 The first-party plugins are entry points of the ``fedreg`` distribution itself (pyproject.toml's
-``[project.entry-points.fedreg]`` and ``fedreg.commands``): ``standard``, ``baselines``, ``metrics``,
-``fedkper`` and the ``report`` command, in the modules ``fedreg_standard``, ... A third-party distribution
+``[project.entry-points.fedreg]``, ``fedreg.commands`` and ``fedreg.backends``): ``standard``, ``baselines``,
+``metrics``, ``fedkper``, the ``report`` command and the backends ``local``, ``ray``, ``vectorized``, in the
+modules ``fedreg_standard``, ... A third-party distribution
 whose entry point takes one of these names, or whose module has the name of one of these modules (what
 ``fedreg new-plugin standard`` would write), is not loaded: the registry lists it as a broken plugin saying
 why. And a first-party module is always imported from fedreg's own files, even where another distribution
@@ -19,7 +20,7 @@ from pathlib import Path
 #: the distribution whose entry points are first-party
 OWN = "fedreg"
 #: the entry-point groups whose names are reserved
-GROUPS = ("fedreg", "fedreg.commands")
+GROUPS = ("fedreg", "fedreg.commands", "fedreg.backends")
 #: fedreg's own entry points (name -> top-level module), as pyproject.toml declares them; read from the
 #: installed metadata when it can be
 DECLARED = {
@@ -28,6 +29,9 @@ DECLARED = {
     "metrics": "fedreg_metrics",
     "fedkper": "fedreg_fedkper",
     "report": "fedreg_report",
+    "local": "fedreg",
+    "ray": "fedreg",
+    "vectorized": "fedreg",
 }
 
 

@@ -1,10 +1,9 @@
 """The federated round loop of one run.
 
 One round: select clients -> broadcast -> local training (objective) + client report (aggregator) ->
-aggregate -> evaluate -> metrics -> log. Each step is a component method, client training
-(:mod:`fedreg.clients`) or a small function in :mod:`fedreg.evaluation`; the loop only moves data between
-them and keeps the run's state explicit in :class:`RunState`, which it checkpoints and restores.
-"""
+aggregate -> evaluate -> metrics -> log. Each step is a component method, client training (a backend of
+:mod:`fedreg.backends`) or a small function in :mod:`fedreg.evaluation`; the loop moves data between them
+and keeps the run's state explicit in :class:`RunState`, which it checkpoints and restores."""
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedreg import checkpoint
+from fedreg.backends import backend_class
 from fedreg.clients import (
     Backend,
     ClientJob,
@@ -26,7 +26,6 @@ from fedreg.clients import (
     ModelBuilder,
     RoundInput,
     TrainingConfig,
-    backend_class,
     initial_weights,
 )
 from fedreg.components import (
@@ -86,14 +85,17 @@ class FederatedRun:
         resume: dict[str, Any] | None = None,
         logged_through: int = 0,
         on_round: Callable[[int, dict[str, float]], None] | None = None,
+        backend: Backend | None = None,
     ):
         """``logged_through``: the last round the run's tracking history already holds (a resumed run's
         rounds up to there are run again from the checkpoint but not logged again, see :meth:`run`).
-        ``on_round(round, scalars)`` is called after each round (a sweep's progress display)."""
+        ``on_round(round, scalars)``: after each round (a sweep's progress display). ``backend``: where
+        clients train (default: the spec's ``execution.backend``); :meth:`run` starts and closes it."""
         self.rs, self.spec, self.fed = rs, rs.spec, fed
         self.checkpoint_file, self.resume = checkpoint_file, resume
         self.logged_through = logged_through
         self.on_round = on_round
+        self.backend = backend
         self.tracker, self.run_id = tracker, run_id
         self.progress, self.label = progress, label or rs.key or rs.spec.name
         comps = rs.components
@@ -337,9 +339,8 @@ class FederatedRun:
         if spec.execution.threads:
             torch.set_num_threads(spec.execution.threads)
         eval_model = self.runner.new_model()
-        backend = backend_class(spec.execution.backend)(
-            spec.execution, self.runner, spec.federation.clients_per_round
-        )
+        fl, ex = spec.federation, spec.execution
+        backend = self.backend or backend_class(ex.backend)(ex, self.runner, fl.clients_per_round)
         backend.start()
         bar = tqdm(
             total=spec.federation.rounds,

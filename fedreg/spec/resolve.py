@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedreg.backends import installed_backends
 from fedreg.components import Component, Objective
 from fedreg.components.metrics import GLOBAL_ON_LOCAL, LOCAL
 from fedreg.errors import SpecError, SpecIssue
@@ -216,6 +217,14 @@ def validate_one(
             if comp is not None:
                 for msg in comp.info.cls.check_spec(comp.params, spec):
                     issues.append(SpecIssue(where, msg))
+        if (backends := installed_backends()) and spec.execution.backend not in backends:
+            issues.append(
+                SpecIssue(
+                    "execution.backend",
+                    f"'{spec.execution.backend}' is not an installed backend; installed: "
+                    f"{', '.join(sorted(backends))} (a plugin's backend comes with its distribution)",
+                )
+            )
         if spec.execution.backend == "vectorized" and "objective" in components:
             issues.extend(_vectorizable_issues(components["objective"], registry))
     if prefix:

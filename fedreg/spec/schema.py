@@ -127,7 +127,8 @@ class ExecutionSpec(Strict):
     """Where and how the round's clients train, and where a sweep's child runs run. Changes speed, not
     results (``vectorized``: within float tolerance)."""
 
-    backend: Literal["local", "ray", "vectorized"] = "local"
+    # an installed backend (entry-point group fedreg.backends): local, ray, vectorized, or a plugin's (flower)
+    backend: str = Field(default="local", min_length=1)
     threads: int | None = Field(
         default=None, ge=1
     )  # intra-op threads of the main process; None: torch's default
