@@ -32,7 +32,7 @@ FORMAT = 1
 IGNORED_FOR_IDENTITY = ("checkpoint", "tracking", "variant", "execution")
 #: settings added after checkpoints were first written: left out at their default value, so older
 #: checkpoints stay resumable
-LATER_DEFAULTS = {"training.precision": "fp32"}
+LATER_DEFAULTS = {"training.precision": "fp32", "data.subset": "1.0"}
 
 
 def identity(resolved: dict[str, Any]) -> dict[str, str]:

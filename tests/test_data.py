@@ -104,3 +104,21 @@ def test_subset_out_of_range_is_a_spec_error(bad):
     raw["data"]["subset"] = bad
     with pytest.raises(SpecError, match=r"data\.subset"):
         resolve(raw, build_registry())
+
+
+def test_checkpoints_from_before_data_subset_stay_resumable():
+    """A checkpoint records the spec's identity; one written before ``data.subset`` existed has no such key,
+    and the same spec read now (subset 1 by default) must still match it, while another subset must not."""
+    from fedreg.checkpoint import identity
+    from fedreg.registry import build_registry
+    from fedreg.spec import resolve
+    from testhelpers import base_spec
+
+    reg = build_registry()
+    (now,) = resolve(base_spec(), reg)
+    before = {k: v for k, v in identity(now.resolved_dict()).items() if k != "data.subset"}
+    assert identity(now.resolved_dict()) == before
+    raw = base_spec()
+    raw["data"]["subset"] = 0.5
+    (half,) = resolve(raw, reg)
+    assert identity(half.resolved_dict())["data.subset"] == "0.5"
