@@ -76,3 +76,16 @@ def test_plugin_commands_come_from_entry_points(monkeypatch, capsys):
     assert "fedreg command 'boom' (pkg:boom) failed to load: no module" in err
     assert "'odd' (pkg:odd) is not a fedreg.cli.Command; skipped" in err
     assert "'run' (pkg:run) reuses a taken name; skipped" in err
+
+
+def test_the_parser_is_built_without_the_heavy_libraries():
+    """`fedreg --help` (and every command's parser) loads the plugins' commands; the report command must not
+    import MLflow, matplotlib, SciPy or torch to say what its arguments are (it took 7 s here)."""
+    code = (
+        "import sys; from fedreg.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('mlflow', 'matplotlib', 'scipy', 'torch', 'jinja2') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    assert "report" in fedreg("--help").stdout
