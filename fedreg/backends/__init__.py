@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,17 +17,25 @@ if TYPE_CHECKING:
 BACKEND_GROUP = "fedreg.backends"
 
 
+#: installed backends by ``sys.path``: validation asks once per variant and grid point, a scan takes ~30 ms
+_SCANNED: dict[tuple[str, ...], dict[str, str]] = {}
+
+
 def installed_backends() -> dict[str, str]:
     """Backend name -> its entry point's value, for every installed backend; another distribution's entry
-    point with the name of one of fedreg's own is left out (:func:`fedreg.first_party.refusal`)."""
+    point with the name of one of fedreg's own is left out (:func:`fedreg.first_party.refusal`). Scanned
+    once per ``sys.path``."""
     from fedreg import first_party
 
-    out: dict[str, str] = {}
-    for ep in md.entry_points(group=BACKEND_GROUP):
-        dist = ep.dist.metadata["Name"] if ep.dist is not None else ""
-        if first_party.refusal(ep.name, ep.value, dist) is None:
-            out.setdefault(ep.name, ep.value)
-    return out
+    key = tuple(sys.path)
+    if key not in _SCANNED:
+        out: dict[str, str] = {}
+        for ep in md.entry_points(group=BACKEND_GROUP):
+            dist = ep.dist.metadata["Name"] if ep.dist is not None else ""
+            if first_party.refusal(ep.name, ep.value, dist) is None:
+                out.setdefault(ep.name, ep.value)
+        _SCANNED[key] = out
+    return dict(_SCANNED[key])
 
 
 def backend_class(name: str) -> type[Backend]:
