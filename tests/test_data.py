@@ -122,3 +122,34 @@ def test_checkpoints_from_before_data_subset_stay_resumable():
     raw["data"]["subset"] = 0.5
     (half,) = resolve(raw, reg)
     assert identity(half.resolved_dict())["data.subset"] == "0.5"
+
+
+PROBE = """
+import sys
+import fedreg.registry
+reg = fedreg.registry.get_registry()
+print(sorted(m for m in ("medmnist", "sklearn", "pandas") if m in sys.modules))
+import medmnist.info
+info = medmnist.info.INFO
+flags = [f for f, i in info.items() if not f.endswith("3d") and i["task"] in ("multi-class", "binary-class")]
+print(sorted(set(flags) - set(reg.names("dataset"))))
+"""
+
+
+def test_medmnist_is_imported_by_its_loader_and_by_the_sweep_worker_server_only():
+    """Listing and validating do not import the medmnist package (its evaluator imports scikit-learn, pandas
+    and SciPy: 3 s at every start), yet every 2D multi-class or binary dataset of medmnist's own list is
+    registered; the worker server of a parallel sweep imports the package once for all its workers, with
+    the other slow first uses (torch._dynamo, which an optimizer's first step imports; pyplot)."""
+    import subprocess
+    import sys
+
+    def python(code: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    assert python(PROBE) == ["[]", "[]"]
+    modules = ("medmnist", "torch._dynamo", "matplotlib.pyplot")
+    warm = f"import sys, fedreg._worker_preload; print(*(m in sys.modules for m in {modules}))"
+    assert python(warm) == ["True True True"]

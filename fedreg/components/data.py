@@ -40,6 +40,9 @@ class Dataset(Component):
     hook = "fedreg_register_datasets"
     spec_path = ("data", "dataset")
     contract = ("check_spec", "load")
+    #: modules ``load`` imports that are slow to import: the worker server of a parallel sweep imports them
+    #: once, before it forks the workers (each child would import them again otherwise)
+    warm_imports: tuple[str, ...] = ()
 
     def load(self, root: str | None, download: bool, size: int) -> DatasetTensors:
         raise NotImplementedError

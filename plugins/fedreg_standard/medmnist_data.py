@@ -8,18 +8,41 @@ true; the file's MD5 is always verified.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import sys
 import zipfile
 from pathlib import Path
 
-import medmnist
 import numpy as np
 import torch
-from medmnist.info import DEFAULT_ROOT, INFO
 from pydantic import Field
 
 from fedreg.components import Dataset, DatasetTensors, Params
 from fedreg.errors import DataError
+
+
+def _medmnist_info():
+    """medmnist's ``info`` module (names, classes, URLs and MD5s of its datasets) without running the
+    package's ``__init__``, which imports its evaluator and with it scikit-learn, pandas and SciPy: 3 s at
+    every start of a process that only validates a spec or lists plugins. The loader imports the package
+    when it reads a file."""
+    if "medmnist" in sys.modules:
+        return sys.modules["medmnist"].info
+    found = importlib.util.find_spec("medmnist")
+    if found is None or not found.submodule_search_locations:
+        raise ImportError("the medmnist package is not installed: pip install medmnist")
+    path = Path(next(iter(found.submodule_search_locations))) / "info.py"
+    spec = importlib.util.spec_from_file_location("fedreg_standard._medmnist_info", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_INFO_MODULE = _medmnist_info()
+INFO: dict = _INFO_MODULE.INFO
+DEFAULT_ROOT: str | None = _INFO_MODULE.DEFAULT_ROOT
 
 
 def md5sum(path: Path, chunk: int = 1 << 22) -> str:
@@ -51,6 +74,8 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def load_medmnist(
     flag: str, root: str | None, download: bool, size: int, expected_md5: str | None = None
 ) -> DatasetTensors:
+    import medmnist
+
     info = INFO[flag]
     suffix = "" if size == 28 else f"_{size}"
     folder = resolve_root(root)
@@ -122,6 +147,7 @@ def _make(flag: str) -> type[Dataset]:
         __doc__ = f"MedMNIST {info['python_class']} ({info['task']}, {len(info['label'])} classes)."
         name = flag
         Params = MedMNISTParams
+        warm_imports = ("medmnist",)
 
         def load(self, root, download, size):
             return load_medmnist(flag, root, download, size, self.params.md5)
