@@ -2,12 +2,9 @@
 
 A backend receives the round's client jobs and returns one :class:`ClientResult` per job, in job order.
 Failures are data (``ClientResult.failure``), never exceptions: the round loop applies the spec's fault
-policy. Every backend runs the same per-client code, :class:`ClientRunner`, so they differ only in where
-and how many clients train at once:
-
-- ``local``: one after another in this process;
-- ``ray``: as Ray tasks on worker actors, locally or on a cluster (:mod:`fedreg.backends.ray_backend`);
-- ``vectorized``: the round's clients in lock-step with ``torch.func`` (:mod:`fedreg.backends.vectorized`).
+policy. Every backend runs the same per-client code, :class:`ClientRunner`; they differ in where and how
+many clients train at once: ``local`` (one after another in this process), ``ray`` (on Ray actors,
+:mod:`fedreg.backends.ray_backend`), ``vectorized`` (in lock-step with ``torch.func``), a plugin's.
 """
 
 from __future__ import annotations
@@ -32,11 +29,15 @@ from fedreg.components import (
     TrainOutput,
     clone_state,
 )
-from fedreg.errors import ComponentFailure, FedregError, PluginError, call_component, describe
+from fedreg.devices import check_device, to_device
+from fedreg.errors import ComponentFailure, PluginError, call_component, describe
 from fedreg.evaluation import call, non_finite_key, predict
 
 if TYPE_CHECKING:
-    from fedreg.spec import RunSpec
+    from collections.abc import Iterable
+
+    from fedreg.components import RunInfo
+    from fedreg.spec import ResolvedSpec, RunSpec
 
 
 @dataclass
@@ -67,24 +68,6 @@ class ClientResult:
     local_eval: Predictions | None = None
     state: dict[str, Any] = field(default_factory=dict)
     failure: ComponentFailure | None = None
-
-
-def check_device(device: str) -> str:
-    """The spec's execution.device, checked against this machine."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise FedregError(
-            f"execution.device: '{device}' is not a device ({exc}); use 'cpu', 'cuda' or 'cuda:N'"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FedregError(
-            f"execution.device is '{device}' but no CUDA device is visible on this machine; "
-            f"set execution.device: cpu"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise FedregError(f"execution.device: '{device}' is not supported; use 'cpu', 'cuda' or 'cuda:N'")
-    return device
 
 
 @dataclass
@@ -165,17 +148,6 @@ def sgd(params, lr: float, momentum: float, weight_decay: float, nesterov: bool)
     return torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=fused or None
     )
-
-
-def to_device(obj: Any, device: str | torch.device) -> Any:
-    """``obj`` with every tensor inside dicts, lists and tuples moved to ``device`` (others unchanged)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 @dataclass
@@ -363,11 +335,36 @@ class Backend:
         self.runner = runner
         self.clients_per_round = clients_per_round
 
+    def prepare(self, run_id: str, rs: ResolvedSpec, info: RunInfo) -> None:
+        """Before :meth:`start`: the run's tracking id, its resolved spec and the facts every component's
+        ``start_run`` received. A backend whose clients train in another program (Flower's ClientApps)
+        sends them what they need from these; the default ignores them."""
+
     def start(self) -> None:
         """Prepare once per run (start workers, ship data)."""
 
     def train(self, jobs: list[ClientJob], rin: RoundInput) -> list[ClientResult]:
         raise NotImplementedError
+
+    def final_eval(
+        self, cids: Iterable[int], rin: RoundInput, states: dict[int, dict[str, Any]], lr: float
+    ) -> dict[int, Predictions]:
+        """After the last round, without training: each client's end-of-run model (``Objective.eval_model``
+        from the final global weights ``rin.global_state`` and the client's state in ``states``) on its
+        local test set; a client whose set is empty is left out. Default: :meth:`ClientRunner.final_eval`
+        in this process, one client after another. A backend that keeps the clients' states where they
+        train evaluates there."""
+        preds = {cid: self.runner.final_eval(cid, rin, states.get(cid, {}), lr) for cid in cids}
+        return {cid: p for cid, p in preds.items() if p is not None}
+
+    def client_states(self, held: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """The clients' states for a checkpoint: ``held``, those the round loop holds, unless this backend
+        keeps them where clients train (then it gathers them)."""
+        return held
+
+    def restore_client_states(self, states: dict[int, dict[str, Any]]) -> None:
+        """A resumed run's client states from its checkpoint, for a backend that keeps them where clients
+        train (called after :meth:`start`); the default keeps none."""
 
     def close(self) -> None:
         """Release what ``start`` acquired."""

@@ -201,7 +201,7 @@ class FederatedRun:
             with self.config.autocast():
                 ev = self.evaluate(st.round, chosen, eval_model, local_preds)
             if last and self.need_final_local:
-                ev.final_local = self.final_local(st, lr)
+                ev.final_local = self.final_local(st, lr, backend)
             update_metrics(self.metrics, ev, r, scalars, self.per_client_rows)
         return scalars
 
@@ -246,16 +246,11 @@ class FederatedRun:
                 offset += n
         return ev
 
-    def final_local(self, st: RunState, lr: float) -> dict[int, Predictions]:
+    def final_local(self, st: RunState, lr: float, backend: Backend) -> dict[int, Predictions]:
         """After the last round: every client's end-of-run model (``Objective.eval_model`` without training,
         from the final global weights and the client's state) on its own local test set."""
         rin = RoundInput(st.round, self.evaluated_state(st), {}, self.objective, self.aggregator)
-        out = {}
-        for cid in range(len(self.infos)):
-            preds = self.runner.final_eval(cid, rin, st.client_states.get(cid, {}), lr)
-            if preds is not None:
-                out[cid] = preds
-        return out
+        return backend.final_eval(range(len(self.infos)), rin, st.client_states, lr)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def components(self) -> dict[str, Any]:
@@ -266,7 +261,7 @@ class FederatedRun:
             **{f"metric.{m.name}": m for m in self.metrics},
         }
 
-    def save_checkpoint(self, st: RunState, elapsed: float) -> None:
+    def save_checkpoint(self, st: RunState, elapsed: float, backend: Backend) -> None:
         assert self.checkpoint_file is not None, "checkpoints are saved only when checkpointing is on"
         checkpoint.save_run(
             self.checkpoint_file,
@@ -277,7 +272,7 @@ class FederatedRun:
                 "round": st.round,
                 "finished": st.round >= self.spec.federation.rounds,
                 "global_state": st.global_state,
-                "client_states": st.client_states,
+                "client_states": backend.client_states(st.client_states),
                 "history": st.history,
                 "components": {
                     k: call(c, "state_dict", st.round, None) for k, c in self.components().items()
@@ -326,6 +321,7 @@ class FederatedRun:
         )
         for comp in (self.selector, self.objective, self.aggregator, *self.metrics):
             call(comp, "start_run", 0, None, info)
+        self.info = info  # also for the backend (Backend.prepare)
         return self.restore(self.resume) if self.resume is not None else self.initial_state()
 
     def run(self) -> RunResult:
@@ -341,7 +337,10 @@ class FederatedRun:
         eval_model = self.runner.new_model()
         fl, ex = spec.federation, spec.execution
         backend = self.backend or backend_class(ex.backend)(ex, self.runner, fl.clients_per_round)
+        backend.prepare(self.run_id, self.rs, self.info)
         backend.start()
+        if self.resume is not None:  # a backend that keeps the clients' states gets them back
+            backend.restore_client_states(st.client_states)
         bar = tqdm(
             total=spec.federation.rounds,
             initial=st.round,
@@ -364,7 +363,7 @@ class FederatedRun:
                 if st.round > self.logged_through:
                     self.log_round(st.round, scalars)
                 if every and (st.round % every == 0 or st.round == spec.federation.rounds):
-                    self.save_checkpoint(st, time.perf_counter() - t0)
+                    self.save_checkpoint(st, time.perf_counter() - t0, backend)
                 bar.update(1)
                 shown: dict[str, str] = {
                     k: f"{scalars[k]:.4f}" for k in progress_keys(self.figures) if k in scalars
