@@ -2,8 +2,8 @@
 
 The first-party plugins are entry points of the ``fedreg`` distribution itself (pyproject.toml's
 ``[project.entry-points.fedreg]``, ``fedreg.commands`` and ``fedreg.backends``): ``standard``, ``baselines``,
-``metrics``, ``fedkper``, the ``report`` command and the backends ``local``, ``ray``, ``vectorized``, in the
-modules ``fedreg_standard``, ... A third-party distribution
+``metrics``, ``fedkper``, the ``report`` command and the backends ``local``, ``ray``, ``vectorized``,
+``flower``, in the modules ``fedreg_standard``, ... A third-party distribution
 whose entry point takes one of these names, or whose module has the name of one of these modules (what
 ``fedreg new-plugin standard`` would write), is not loaded: the registry lists it as a broken plugin saying
 why. And a first-party module is always imported from fedreg's own files, even where another distribution
@@ -32,6 +32,7 @@ DECLARED = {
     "local": "fedreg",
     "ray": "fedreg",
     "vectorized": "fedreg",
+    "flower": "fedreg_flower",
 }
 
 

@@ -324,8 +324,8 @@ def test_new_plugin_refuses_reserved_long_names_and_unwritable_folders(world):
         world.cli("new-plugin", "standard"),
         2,
         "plugin name 'standard' is reserved: fedreg's own plugin 'standard' (module fedreg_standard) has it",
-        "Choose another name, e.g. 'my_standard'; reserved: baselines, fedkper, local, metrics, ray, report, "
-        "standard, vectorized",
+        "Choose another name, e.g. 'my_standard'; reserved: baselines, fedkper, flower, local, metrics, ray, "
+        "report, standard, vectorized",
     )
     refused(world.cli("new-plugin", "a" * 60), 2, "it has 60 characters, at most 40 are allowed")
     err = refused(

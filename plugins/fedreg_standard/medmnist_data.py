@@ -59,7 +59,7 @@ def resolve_root(root: str | None) -> Path:
     env = os.environ.get("FEDREG_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(DEFAULT_ROOT).expanduser()
+    return Path(DEFAULT_ROOT or "~/.medmnist").expanduser()  # None: medmnist could not make its folder
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
