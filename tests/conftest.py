@@ -14,37 +14,29 @@ if os.environ.get("FEDREG_DATA_DIR"):
     os.environ["FEDREG_DATA_DIR"] = str(Path(os.environ["FEDREG_DATA_DIR"]).resolve())
 
 
-# Modules that start a local Ray: one Ray at a time on this machine, so under pytest-xdist (README: `-n 2`)
-# they run on the same worker, one after another (`--dist loadgroup` in pyproject.toml).
-RAY_MODULES = {"test_ray_backend.py", "test_sweep.py", "test_flower.py"}
-
-# The longest tests (each over a minute on two busy cores), started first: xdist hands out tests one at a
-# time in this order, so the two workers end together instead of one finishing a long test alone.
+# Under pytest-xdist (README: `-n 2`, with `--dist loadfile` from pyproject.toml) each test file runs on one
+# worker, so that a file's module fixtures (a local Ray, a Flower simulation, a tracking server) start once.
+# The files with the longest tests go first: xdist hands out files in this order, so the two workers end
+# together instead of one finishing a long file alone.
 FIRST = (
-    "test_sweep.py::",  # the Ray group: one worker runs all of it (~10 minutes)
-    "test_report.py::test_paper_spec_then_report_on_real_bloodmnist",
-    "test_reliability.py::test_sigkill_then_resume_gives_identical_metrics",
-    "test_e2e.py::test_fedkper_variants_under_one_parent_and_compare",
-    "test_reliability.py::test_tracking_outage_training_continues_and_metrics_are_flushed",
-    "test_hostile_inputs.py::test_a_fixed_spec_resumes_its_failed_children_and_lists_stay_short",
-    "test_browser.py::",
-    "test_reliability.py::test_undelivered_calls_are_spooled_and_replayed",
-    "test_resume_safety.py::test_sigterm_marks_runs_killed_and_prints_a_resume_command_that_works",
-    "test_storage_failures.py::test_tracking_disk_full_mid_run_is_an_outage",
-    "test_storage_failures.py::test_checkpoint_disk_full_stops_cleanly_and_resumes",
+    "test_sweep.py",
+    "test_reliability.py",
+    "test_report.py",
+    "test_hostile_inputs.py",
+    "test_e2e.py",
+    "test_storage_failures.py",
+    "test_browser.py",
+    "test_resume_safety.py",
+    "test_ray_backend.py",
+    "test_flower.py",
+    "test_baselines_realdata.py",
+    "test_ui.py",
 )
 
 
-def _rank(item) -> int:
-    where = f"{item.path.name}::{item.name}"
-    return next((i for i, prefix in enumerate(FIRST) if where.startswith(prefix)), len(FIRST))
-
-
 def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-    items.sort(key=_rank)  # stable: the others keep their order
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: a file's order is kept
 
 
 @pytest.fixture(scope="session")

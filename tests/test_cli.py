@@ -89,3 +89,26 @@ def test_the_parser_is_built_without_the_heavy_libraries():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
     assert "report" in fedreg("--help").stdout
+
+
+def test_validating_a_spec_with_a_sqlite_store_does_not_import_mlflow(tmp_path):
+    """Validation checks a tracking URI of MLflow's own stores (sqlite:///, http(s)://) without importing
+    MLflow (3 s at every start of a process that stops at validation); another scheme is still checked
+    against MLflow's registry of stores."""
+    spec = tmp_path / "v.yaml"
+    uri = f"sqlite:///{tmp_path / 'v.db'}"
+    spec.write_text(
+        "name: v\ndata: {dataset: bloodmnist, num_clients: 4}\nmodel: cnn\n"
+        "federation: {rounds: 2, clients_per_round: 2}\n"
+        f"tracking: {{uri: '{uri}'}}\n"
+    )
+    code = (
+        f"import sys; from fedreg.cli import main; rc = main(['validate', {str(spec)!r}]); "
+        "print(rc, 'mlflow' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "0 False"
+    spec.write_text(spec.read_text().replace(uri, "bogus://x"))
+    r = fedreg("validate", str(spec))
+    assert r.returncode == 2 and "unknown scheme 'bogus:' for an MLflow tracking store" in r.stderr

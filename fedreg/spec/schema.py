@@ -220,11 +220,17 @@ class TrackingSpec(Strict):
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        from fedreg.tracking import uri_problem  # imports MLflow: only when a spec names a URI
+        if value is None or value.startswith(BUILTIN_STORE_PREFIXES):  # MLflow's own: no need to import it
+            return value
+        from fedreg.tracking import uri_problem  # imports MLflow (3 s): only for other URIs
 
-        if value is not None and (problem := uri_problem(value)):
+        if problem := uri_problem(value):
             raise ValueError(problem)
         return value
+
+
+#: tracking URIs of stores MLflow always has (a SQLite file, a tracking server)
+BUILTIN_STORE_PREFIXES = ("sqlite:///", "http://", "https://")
 
 
 class RunSpec(Strict):
