@@ -72,7 +72,11 @@ PLUGINS = [("ray_test_plugins", sys.modules[__name__])]
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One local Ray for the module, 2 CPUs whatever the machine; the backend finds it and uses it."""
+    """One local Ray for the module, 2 CPUs whatever the machine; the backend finds it and uses it. A Ray an
+    earlier test left running in this process (a sweep with --sweep ray keeps its Ray until exit) is
+    shut down first: this module's Ray has its own size."""
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     # the test objectives live in this module, which workers cannot import: ship them by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
