@@ -118,11 +118,16 @@ def cmd_resume(args) -> int:
 
 
 def cmd_plugins(args) -> int:
+    from fedreg import backends
     from fedreg.registry import KINDS, listing
 
     rows, broken = listing(_registry())
+    executors, refused = backends.listing()
+    broken += refused
     if args.json:
-        print(json.dumps({"components": rows, "broken": broken}, indent=1, default=str))
+        print(
+            json.dumps({"components": rows, "backends": executors, "broken": broken}, indent=1, default=str)
+        )
         return 0
     for kind in KINDS:
         items = [r for r in rows if r["kind"] == kind]
@@ -137,6 +142,9 @@ def cmd_plugins(args) -> int:
             )
             if r["description"]:
                 print(f"      {r['description']}")
+    print("execution backend (execution.backend):")
+    for b in executors:
+        print(f"  {b['name']:<24} {b['distribution']} {b['version']}  {b['value']}")
     if broken:
         print("broken plugins:")
         for b in broken:

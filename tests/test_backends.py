@@ -67,6 +67,24 @@ def test_a_plugin_backend_runs_a_federation_and_cannot_replace_fedregs_own(tmp_p
     backends = installed_backends()
     assert backends["reversed"] == "fedreg_order:Reversed"
     assert backends["local"] == "fedreg.clients:LocalBackend"  # fedreg's own, not the plugin's
+    # fedreg plugins lists the plugin's backend and, as broken, the entry point that would replace 'local'
+    from fedreg.backends import listing
+
+    rows, refused = listing()
+    assert {
+        "name": "reversed",
+        "value": "fedreg_order:Reversed",
+        "distribution": "fedreg-order",
+        "version": "0.1",
+    } in rows
+    assert [r["name"] for r in rows if r["distribution"] == "fedreg"] == [
+        "flower",
+        "local",
+        "ray",
+        "vectorized",
+    ]
+    (bad,) = refused
+    assert bad["plugin"] == "backend local" and "fedreg's own" in bad["error"]
     cls = backend_class("reversed")
     with pytest.raises(FedregError, match="'odd' .* is not a fedreg.clients.Backend"):
         backend_class("odd")

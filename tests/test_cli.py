@@ -45,6 +45,8 @@ def test_plugins_lists_components_with_provider():
     assert kd["distribution"] == "fedreg" and kd["hooks"] == ["functional_loss"]
     assert kd["params"]["tau"]["default"] == 1.0 and kd["params"]["lambda_max"]["default"] == 10.0
     assert data["broken"] == []
+    assert {b["name"] for b in data["backends"]} >= {"local", "ray", "vectorized", "flower"}
+    assert "execution backend (execution.backend):" in fedreg("plugins").stdout
 
 
 def test_plugin_commands_come_from_entry_points(monkeypatch, capsys):

@@ -38,6 +38,25 @@ def installed_backends() -> dict[str, str]:
     return dict(_SCANNED[key])
 
 
+def listing() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """What ``fedreg plugins`` shows of the execution backends: a row per installed backend (name, entry
+    point, distribution, version), and the entry points not loaded because they would replace one of
+    fedreg's own (with the reason, as broken plugins)."""
+    from fedreg import first_party
+
+    rows, refused = [], []
+    for ep in sorted(md.entry_points(group=BACKEND_GROUP), key=lambda e: e.name):
+        dist, version = (ep.dist.metadata["Name"], ep.dist.version) if ep.dist is not None else ("", "")
+        row = {"name": ep.name, "value": ep.value, "distribution": dist, "version": version}
+        if (why := first_party.refusal(ep.name, ep.value, dist)) is not None:
+            refused.append(
+                {"plugin": f"backend {ep.name}", "distribution": dist, "version": version, "error": why}
+            )
+        else:
+            rows.append(row)
+    return rows, refused
+
+
 def backend_class(name: str) -> type[Backend]:
     """The backend class ``execution.backend: name`` names (a spec's backend is checked at validation)."""
     from fedreg import clients
