@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fedreg.registry import build_registry
+# Two xdist workers on two cores, and tests whose processes run two torch threads: OpenMP threads that spin
+# while they wait take the CPU from the other worker (a 2-thread test: 13 s spinning, 5 s passive). Set
+# before torch loads, here and in every process a test starts (they inherit the environment).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from fedreg.registry import build_registry  # noqa: E402 - after the OpenMP setting
 
 # Tests run in their own folders (see _in_tmp_dir): a relative data root is taken from where pytest started.
 if os.environ.get("FEDREG_DATA_DIR"):
