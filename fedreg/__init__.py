@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 #: Version of the plugin contract (hook specifications and component base classes).
 #: A component may declare ``api_version = N``; fedreg refuses components that need a newer contract.
-HOOK_API_VERSION = 5
+HOOK_API_VERSION = 6
 
 hookimpl = pluggy.HookimplMarker("fedreg")
 

@@ -25,6 +25,7 @@ from fedreg.components import (
     NonFiniteLoss,
     Objective,
     Predictions,
+    SiteSummary,
     StateDict,
     TrainOutput,
     clone_state,
@@ -65,7 +66,8 @@ class RoundInput:
 class ClientResult:
     cid: int
     update: ClientUpdate | None = None
-    local_eval: Predictions | None = None
+    #: the trained client's model on its local test set (its site summary where predictions stay at sites)
+    local_eval: Predictions | SiteSummary | None = None
     state: dict[str, Any] = field(default_factory=dict)
     failure: ComponentFailure | None = None
 
@@ -329,6 +331,10 @@ class Backend:
     end."""
 
     name = "local"
+    #: whether the clients' predictions stay where they train (their sites): then the backend returns
+    #: :class:`~fedreg.components.SiteSummary` numbers instead of predictions, and evaluates the global model
+    #: on the clients' local test sets itself (:meth:`global_on_local`)
+    predictions_at_sites = False
 
     def __init__(self, execution, runner: ClientRunner, clients_per_round: int):
         self.execution = execution  # the spec's ExecutionSpec
@@ -348,7 +354,7 @@ class Backend:
 
     def final_eval(
         self, cids: Iterable[int], rin: RoundInput, states: dict[int, dict[str, Any]], lr: float
-    ) -> dict[int, Predictions]:
+    ) -> dict[int, Predictions | SiteSummary]:
         """After the last round, without training: each client's end-of-run model (``Objective.eval_model``
         from the final global weights ``rin.global_state`` and the client's state in ``states``) on its
         local test set; a client whose set is empty is left out. Default: :meth:`ClientRunner.final_eval`
@@ -356,6 +362,14 @@ class Backend:
         train evaluates there."""
         preds = {cid: self.runner.final_eval(cid, rin, states.get(cid, {}), lr) for cid in cids}
         return {cid: p for cid, p in preds.items() if p is not None}
+
+    def global_on_local(self, round: int, evaluated: StateDict) -> dict[int, SiteSummary]:
+        """A backend whose predictions stay at the sites (:attr:`predictions_at_sites`): the evaluated
+        global weights of round ``round`` on every client's local test set, summarised there by the metrics'
+        site parts (``GLOBAL_ON_LOCAL``); a client with an empty set may be left out."""
+        raise NotImplementedError(
+            f"the {self.name} backend leaves the clients' local test sets to the server"
+        )
 
     def client_states(self, held: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """The clients' states for a checkpoint: ``held``, those the round loop holds, unless this backend

@@ -96,13 +96,8 @@ class FederatedData:
 
     def infos(self) -> list[ClientInfo]:
         return [
-            ClientInfo(
-                c.client_id,
-                len(c.train_idx),
-                len(c.test_idx),
-                tuple(int(v) for v in self.label_counts(c.train_idx)),
-            )
-            for c in self.clients
+            ClientInfo(r["client"], r["train"], r["local_test"], tuple(r["train_label_counts"]))
+            for r in self.client_rows()
         ]
 
     def client_tensors(self, cid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,18 +107,21 @@ class FederatedData:
         te = torch.from_numpy(c.test_idx)
         return ds.train_x[tr], ds.train_y[tr], ds.train_x[te], ds.train_y[te]
 
+    def client_rows(self) -> list[dict]:
+        """Each client's sample counts and label counts (training and local test set)."""
+        return [
+            {
+                "client": c.client_id,
+                "train": int(len(c.train_idx)),
+                "local_test": int(len(c.test_idx)),
+                "train_label_counts": [int(v) for v in self.label_counts(c.train_idx)],
+                "local_test_label_counts": [int(v) for v in self.label_counts(c.test_idx)],
+            }
+            for c in self.clients
+        ]
+
     def stats(self) -> dict:
-        rows = []
-        for c in self.clients:
-            rows.append(
-                {
-                    "client": c.client_id,
-                    "train": int(len(c.train_idx)),
-                    "local_test": int(len(c.test_idx)),
-                    "train_label_counts": [int(v) for v in self.label_counts(c.train_idx)],
-                    "local_test_label_counts": [int(v) for v in self.label_counts(c.test_idx)],
-                }
-            )
+        rows = self.client_rows()
         sizes = np.array([r["train"] for r in rows])
         return {
             "dataset": self.dataset.name,

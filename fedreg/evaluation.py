@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedreg import seeding
-from fedreg.components import Component, MetricResult, Predictions, RoundEvaluation, StateDict
+from fedreg.components import Component, Predictions, StateDict
 from fedreg.errors import PluginError, call_component, describe
 
 
@@ -131,20 +131,3 @@ def evaluation_set(
     if not parts_x:
         return None, None
     return torch.cat(parts_x).to(device), torch.cat(parts_y).to(device)
-
-
-def update_metrics(
-    metrics: list[Any], ev: RoundEvaluation, r: int, scalars: dict[str, float], rows: list[dict[str, Any]]
-) -> None:
-    """Give each metric the round's evaluation: its scalars join ``scalars`` (a name another metric
-    returned this round is an error), its per-client values join ``rows``."""
-    owners: dict[str, str] = {}  # scalar -> the metric that returned it this round
-    for metric in metrics:
-        res = call(metric, "update", r, None, ev)
-        if not isinstance(res, MetricResult):
-            raise PluginError(
-                f"{describe(metric)}: update must return a MetricResult, got {type(res).__name__}"
-            )
-        add_scalars(scalars, owners, metric, res.scalars, r)
-        for cid, vals in res.per_client.items():
-            rows.extend({"round": r, "client": cid, "metric": k, "value": v} for k, v in vals.items())

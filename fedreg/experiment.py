@@ -73,6 +73,8 @@ class Experiment:
     resume: checkpoint.ExperimentDir | None = None  # the experiment folder to continue
     jobs: int | None = None  # child runs at once (None: execution.jobs)
     sweep: str | None = None  # "local" or "ray" (None: execution.sweep)
+    #: each variant's clients and data (None: the spec's dataset partitioned here; at sites: their reports)
+    data: Callable[[ResolvedSpec], FederatedData] | None = None
 
     # set while running
     tracker: Tracker = field(init=False, repr=False)
@@ -128,8 +130,8 @@ class Experiment:
         self.checkpoints = load_checkpoints(self.resume, self.stored, self.specs, self.restart)
         # everything that can fail on input happens before anything is written: data, partitions, folders,
         # store
-        cache = DataCache()
-        self.feds = [cache.get(rs) for rs in self.specs]
+        get = self.data or DataCache().get  # one cache: the variants share datasets and partitions
+        self.feds = [get(rs) for rs in self.specs]
         check_models(self.specs, self.feds)  # each model takes its dataset's images and fits in memory
         warn_local_tests(self.specs, self.feds, self.echo)
         if self.first.checkpoint.every:

@@ -28,23 +28,14 @@ from fedreg.clients import (
     TrainingConfig,
     initial_weights,
 )
-from fedreg.components import (
-    FINAL_LOCAL,
-    GLOBAL_ON_LOCAL,
-    GLOBAL_TEST,
-    LOCAL,
-    ClientFailure,
-    NonFiniteLoss,
-    Predictions,
-    RoundEvaluation,
-    RunInfo,
-    StateDict,
-)
+from fedreg.components import LOCAL, ClientFailure, NonFiniteLoss, RunInfo, StateDict
 from fedreg.data import FederatedData
 from fedreg.errors import ComponentFailure, FedregError, describe
-from fedreg.evaluation import call, check_state, evaluation_set, predict, select_clients, update_metrics
+from fedreg.evaluation import call, check_state, select_clients
+from fedreg.evaluator import Evaluator
 from fedreg.figures import figures_of, progress_keys
 from fedreg.outputs import TRAIN_LOSS, MetricNames, log_run_outputs, summarize
+from fedreg.site import evaluated
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import RunTracker
 
@@ -114,22 +105,17 @@ class FederatedRun:
         self.constants = {f.key for f in self.figures if f.constant}  # logged once, as tags
         self.constants_logged: dict[str, float] = {}
         needs = set().union(*(m.requires for m in self.metrics)) if self.metrics else set()
-        self.need_global_test = GLOBAL_TEST in needs
-        self.need_local = LOCAL in needs
-        self.need_global_on_local = GLOBAL_ON_LOCAL in needs
-        self.need_final_local = FINAL_LOCAL in needs
-        ds = fed.dataset
         self.infos = fed.infos()
-        self.local_test_sizes = [len(c.test_idx) for c in fed.clients]
         self.per_client_rows: list[dict[str, Any]] = []
         self.failure_rows: list[dict[str, Any]] = []
-        self.config = TrainingConfig.from_spec(self.spec, ds.num_classes, self.need_local)
+        self.config = TrainingConfig.from_spec(self.spec, fed.dataset.num_classes, LOCAL in needs)
         # clients are index sets into the dataset's tensors: a client's tensors are gathered when it trains
         self.runner = ClientRunner(self.config, self.build_model, fed.client_tensors)
-
-        self.eval_x, self.eval_y = evaluation_set(
-            fed, self.need_global_test, self.need_global_on_local, self.runner.device
-        )
+        kind = type(backend) if backend else backend_class(self.spec.execution.backend)
+        at_sites = kind.predictions_at_sites
+        role = self.objective.local_model_role
+        self.evaluator = Evaluator(fed, self.metrics, self.spec, self.runner, role, at_sites)
+        self.eval_x, self.eval_y = self.evaluator.eval_x, self.evaluator.eval_y
 
     # -- models ----------------------------------------------------------------------------------------
     def initial_state(self) -> RunState:
@@ -195,14 +181,16 @@ class FederatedRun:
             "clients_ok": float(len(updates)),
             "clients_failed": float(len(failures)),
         }
-        last = st.round == spec.federation.rounds
-        if st.round % spec.evaluation.every == 0 or last:
-            eval_model.load_state_dict(self.evaluated_state(st))
+        if evaluated(r, spec.evaluation.every, spec.federation.rounds):
+            chosen_state = self.evaluated_state(st)
+            eval_model.load_state_dict(chosen_state)
+            ev_ = self.evaluator
             with self.config.autocast():
-                ev = self.evaluate(st.round, chosen, eval_model, local_preds)
-            if last and self.need_final_local:
-                ev.final_local = self.final_local(st, lr, backend)
-            update_metrics(self.metrics, ev, r, scalars, self.per_client_rows)
+                ev, sites = ev_.evaluate(r, chosen, eval_model, local_preds, backend, chosen_state)
+            if r == spec.federation.rounds and ev_.need_final_local:
+                rin = RoundInput(r, chosen_state, {}, self.objective, self.aggregator)
+                ev_.final_local(ev, sites, backend, rin, st.client_states, lr)
+            ev_.update(ev, sites, scalars, self.per_client_rows)
         return scalars
 
     def handle_failure(self, exc: ComponentFailure, r: int, cid: int) -> ClientFailure:
@@ -221,36 +209,9 @@ class FederatedRun:
         self.failure_rows.append({"round": r, "client": cid, "stage": failure.stage, "error": failure.error})
         return failure
 
-    def evaluate(self, round_no: int, chosen, eval_model, local_preds) -> RoundEvaluation:
-        ev = RoundEvaluation(
-            round=round_no,
-            participants=list(chosen),
-            num_classes=self.fed.dataset.num_classes,
-            local=local_preds,
-            local_model_role=self.objective.local_model_role,
-        )
-        if self.eval_x is None or self.eval_y is None:
-            return ev
-        allp = predict(eval_model, self.eval_x, self.eval_y, self.spec.evaluation.batch_size)
-        if not self.runner.on_cpu:
-            allp = allp.to("cpu")
-        offset = 0
-        if self.need_global_test:
-            n = len(self.fed.dataset.test_y)
-            ev.global_test = allp.subset(slice(0, n))
-            offset = n
-        if self.need_global_on_local:
-            for cid, n in enumerate(self.local_test_sizes):
-                sl = slice(offset, offset + n)
-                ev.global_on_local[cid] = allp.subset(sl)
-                offset += n
-        return ev
-
-    def final_local(self, st: RunState, lr: float, backend: Backend) -> dict[int, Predictions]:
-        """After the last round: every client's end-of-run model (``Objective.eval_model`` without training,
-        from the final global weights and the client's state) on its own local test set."""
-        rin = RoundInput(st.round, self.evaluated_state(st), {}, self.objective, self.aggregator)
-        return backend.final_eval(range(len(self.infos)), rin, st.client_states, lr)
+    def evaluate(self, r: int, chosen, eval_model, local_preds):
+        """Round ``r``'s evaluation of ``eval_model`` (see :meth:`Evaluator.evaluate`)."""
+        return self.evaluator.evaluate(r, chosen, eval_model, local_preds)[0]
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def components(self) -> dict[str, Any]:
@@ -277,6 +238,7 @@ class FederatedRun:
                 "components": {
                     k: call(c, "state_dict", st.round, None) for k, c in self.components().items()
                 },
+                "site_metrics": self.evaluator.site.state_dict(),
                 "per_client_rows": self.per_client_rows,
                 "failure_rows": self.failure_rows,
                 "elapsed_s": elapsed,
@@ -286,6 +248,7 @@ class FederatedRun:
     def restore(self, ck: dict[str, Any]) -> RunState:
         for key, comp in self.components().items():
             call(comp, "load_state_dict", ck["round"], None, ck["components"].get(key, {}))
+        self.evaluator.site.load_state_dict(ck.get("site_metrics", {}))
         self.per_client_rows = list(ck["per_client_rows"])
         self.failure_rows = list(ck["failure_rows"])
         checkpoint.restore_rng_states(ck["rng"])

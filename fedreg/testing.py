@@ -13,15 +13,25 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from fedreg.components import DatasetTensors
+from fedreg.components import (
+    FINAL_LOCAL,
+    GLOBAL_ON_LOCAL,
+    LOCAL,
+    DatasetTensors,
+    Metric,
+    MetricResult,
+    RoundEvaluation,
+)
 from fedreg.data import build_federated_data
 from fedreg.evaluation import predict
 from fedreg.registry import build_registry
 from fedreg.rounds import FederatedRun, RunResult
+from fedreg.site import SiteMetrics, by_metric
 from fedreg.spec import merge_variant, resolve
 
 
@@ -132,3 +142,20 @@ def initial_accuracy(overrides: dict[str, Any] | None = None, dataset: DatasetTe
 
 
 __all__ = ["tiny_federation", "synthetic_dataset", "initial_accuracy", "NullTracker", "TINY_SPEC"]
+
+
+def update_metric(metric: Metric, ev: RoundEvaluation, site: SiteMetrics | None = None) -> MetricResult:
+    """``metric.update(ev)`` as a round calls it, for testing a metric without a federation: first its site
+    part (:meth:`~fedreg.components.Metric.at_site`) on ``ev``'s per-client predictions, with the clients'
+    states held in ``site`` (pass the same :class:`~fedreg.site.SiteMetrics` across rounds; a new one each
+    call if None), then ``update`` with those numbers in ``ev.site``."""
+    site = SiteMetrics([metric]) if site is None else site
+    numbers: dict[str, dict[str, dict]] = {}
+    for role, preds in (
+        (LOCAL, ev.local),
+        (GLOBAL_ON_LOCAL, ev.global_on_local),
+        (FINAL_LOCAL, ev.final_local),
+    ):
+        for cid, p in preds.items():
+            by_metric(role, {cid: site.summarize(role, cid, p, ev.round)}, numbers)
+    return metric.update(replace(ev, site=numbers.get(metric.name, {})))

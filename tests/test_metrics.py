@@ -10,7 +10,8 @@ import torch
 
 from fedreg.components import Predictions, RoundEvaluation
 from fedreg.evaluation import predict
-from fedreg.testing import tiny_federation
+from fedreg.site import SiteMetrics
+from fedreg.testing import tiny_federation, update_metric
 from fedreg_metrics.components import (
     BackwardTransfer,
     Flips,
@@ -58,19 +59,26 @@ def test_balanced_accuracy():
 
 def test_flips_metric_over_rounds():
     m = Flips()
+    site = SiteMetrics([m])  # each client's previous local correctness, kept where its predictions are
     y = [0, 1, 2, 3]
-    r1 = m.update(
-        RoundEvaluation(1, [0], 4, global_test=preds(y, [0, 1, 0, 0]), local={0: preds([0, 1], [0, 1])})
+    r1 = update_metric(
+        m,
+        RoundEvaluation(1, [0], 4, global_test=preds(y, [0, 1, 0, 0]), local={0: preds([0, 1], [0, 1])}),
+        site,
     )
     assert "global_nfr" not in r1.scalars  # no previous evaluation yet
-    r2 = m.update(RoundEvaluation(2, [1], 4, global_test=preds(y, [0, 0, 2, 0]), local={1: preds([1], [1])}))
+    r2 = update_metric(
+        m, RoundEvaluation(2, [1], 4, global_test=preds(y, [0, 0, 2, 0]), local={1: preds([1], [1])}), site
+    )
     assert r2.scalars["global_nfr"] == pytest.approx(1 / 4)
     assert r2.scalars["global_pfr"] == pytest.approx(1 / 4)
     assert r2.scalars["global_consistency"] == pytest.approx(2 / 4)
     assert "local_nfr" not in r2.scalars  # client 1 was never evaluated before
     # client 0 again: its local model is compared with its own previous local evaluation (round 1)
-    r3 = m.update(
-        RoundEvaluation(3, [0], 4, global_test=preds(y, [0, 0, 2, 0]), local={0: preds([0, 1], [1, 1])})
+    r3 = update_metric(
+        m,
+        RoundEvaluation(3, [0], 4, global_test=preds(y, [0, 0, 2, 0]), local={0: preds([0, 1], [1, 1])}),
+        site,
     )
     assert r3.scalars["local_nfr"] == pytest.approx(1 / 2)
     assert r3.scalars["local_consistency"] == pytest.approx(1 / 2)
@@ -83,32 +91,39 @@ def test_flips_metric_over_rounds():
 
 def test_bwt_metric_sequence():
     m = BackwardTransfer()
+    site = SiteMetrics([m])
     # round 1: clients 0 and 1 sampled; global-on-local accuracies 0.5 and 1.0
-    r1 = m.update(
+    r1 = update_metric(
+        m,
         RoundEvaluation(
             1, [0, 1], 2, global_on_local={0: preds([0, 0], [0, 1]), 1: preds([1], [1]), 2: preds([0], [1])}
-        )
+        ),
+        site,
     )
     assert "bwt" not in r1.scalars
     # round 2: client 2 sampled; now client 0 at 1.0 (+0.5), client 1 at 0.0 (-1.0)
-    r2 = m.update(
+    r2 = update_metric(
+        m,
         RoundEvaluation(
             2, [2], 2, global_on_local={0: preds([0, 0], [0, 0]), 1: preds([1], [0]), 2: preds([0], [0])}
-        )
+        ),
+        site,
     )
     assert r2.scalars["bwt"] == pytest.approx((0.5 - 1.0) / 2)
     # round 3: client 2 now counts too (last sampled in round 2 at 1.0)
-    r3 = m.update(
+    r3 = update_metric(
+        m,
         RoundEvaluation(
             3, [0], 2, global_on_local={0: preds([0, 0], [0, 0]), 1: preds([1], [0]), 2: preds([0], [1])}
-        )
+        ),
+        site,
     )
     assert r3.scalars["bwt"] == pytest.approx((0.5 + -1.0 + -1.0) / 3)
 
 
 def test_local_accuracy_mean_and_worst():
     ev = RoundEvaluation(1, [3, 5], 2, local={3: preds([0, 1, 1, 1], [0, 1, 1, 0]), 5: preds([0, 1], [1, 1])})
-    r = LocalAccuracy().update(ev)
+    r = update_metric(LocalAccuracy(), ev)
     assert r.scalars["local_acc_mean"] == pytest.approx((0.75 + 0.5) / 2)
     assert r.scalars["local_acc_worst"] == pytest.approx(0.5)
     assert (
@@ -119,7 +134,7 @@ def test_local_accuracy_mean_and_worst():
 
 def test_global_on_local_covers_all_clients():
     ev = RoundEvaluation(1, [0], 2, global_on_local={0: preds([0], [0]), 1: preds([1, 1], [0, 1])})
-    r = GlobalOnLocalAccuracy().update(ev)
+    r = update_metric(GlobalOnLocalAccuracy(), ev)
     assert r.scalars["global_on_local_acc_mean"] == pytest.approx(0.75)
     assert r.scalars["global_on_local_acc_worst"] == pytest.approx(0.5)
 

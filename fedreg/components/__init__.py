@@ -40,6 +40,7 @@ from fedreg.components.metrics import (
     MetricResult,
     Predictions,
     RoundEvaluation,
+    SiteSummary,
 )
 from fedreg.components.models import Model
 from fedreg.components.selection import Selector
@@ -83,6 +84,7 @@ __all__ = [
     "Partition",
     "Predictions",
     "RoundEvaluation",
+    "SiteSummary",
     "RunInfo",
     "Selector",
     "StateDict",

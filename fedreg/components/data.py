@@ -39,13 +39,26 @@ class Dataset(Component):
     kind = "dataset"
     hook = "fedreg_register_datasets"
     spec_path = ("data", "dataset")
-    contract = ("check_spec", "load")
+    contract = ("check_spec", "load", "load_site")
     #: modules ``load`` imports that are slow to import: the worker server of a parallel sweep imports them
     #: once, before it forks the workers (each child would import them again otherwise)
     warm_imports: tuple[str, ...] = ()
 
     def load(self, root: str | None, download: bool, size: int) -> DatasetTensors:
         raise NotImplementedError
+
+    def load_site(self, path: str, size: int) -> DatasetTensors:
+        """One site's own samples (a hospital's, in a deployment where each site holds its data) from the
+        file at ``path``, preprocessed exactly as :meth:`load` preprocesses the official splits: the site's
+        samples as the train split (its local test set is carved from them by the spec's
+        ``data.local_test`` rule), an empty test split, and the dataset's classes, channels and image size.
+        Default: the dataset cannot read a site's file (a :class:`~fedreg.errors.DataError` saying so)."""
+        from fedreg.errors import DataError
+
+        raise DataError(
+            f"dataset '{self.name}' cannot read a site's own data file: its plugin does not implement "
+            "Dataset.load_site (see docs/flower.md)"
+        )
 
 
 class Partition(Component):

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -77,6 +77,20 @@ class RoundEvaluation:
     #: global weights and the client's state, without training (its personal model where the method has
     #: one, else the final global model); required as ``FINAL_LOCAL``
     final_local: dict[int, Predictions] = field(default_factory=dict)
+    #: this metric's site part's numbers (see :meth:`Metric.at_site`): ``site[role][client]``, for each role
+    #: of its ``site_roles`` that was evaluated, whether the predictions were made in this process or at the
+    #: client's site. Where predictions stay at the sites (the Flower backend), ``local``,
+    #: ``global_on_local`` and ``final_local`` are empty and these numbers are all a metric gets of them.
+    site: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+
+
+@dataclass
+class SiteSummary:
+    """One client's predictions summarised where they were made: ``numbers[metric name]`` is that metric's
+    :meth:`Metric.at_site` result. A backend whose clients' predictions must not leave their sites returns
+    it in place of :class:`Predictions`."""
+
+    numbers: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,10 +112,24 @@ class Metric(Component):
     kind = "metric"
     hook = "fedreg_register_metrics"
     spec_path = ()
-    contract = ("check_spec", "start_run", "update", "state_dict", "load_state_dict")
+    contract = ("check_spec", "start_run", "at_site", "update", "state_dict", "load_state_dict")
     requires: ClassVar[frozenset[str]] = frozenset({GLOBAL_TEST})
+    #: the per-client roles (``LOCAL``, ``GLOBAL_ON_LOCAL``, ``FINAL_LOCAL``) whose predictions
+    #: :meth:`at_site` summarises. A metric that requires such a role and lists it here can run where
+    #: predictions stay at the clients' sites (the Flower backend); one that does not is refused there.
+    site_roles: ClassVar[frozenset[str]] = frozenset()
     #: how the scalars it logs read (curves, table columns, progress line): see :mod:`fedreg.figures`
     figures: ClassVar[tuple[Figure, ...]] = ()
+
+    def at_site(self, role: str, client: int, preds: Predictions, state: dict[str, Any]) -> dict[str, float]:
+        """The site part: called where ``client``'s predictions of ``role`` (one of :attr:`site_roles`) were
+        made, in rounds that are evaluated, before :meth:`update` of that round sees the numbers it returns
+        in ``RoundEvaluation.site[role][client]``. ``state`` is this metric's state for this client, kept
+        where the client's predictions are (at the site, never sent to the server); change it in place.
+        Return plain numbers (an empty dict: nothing this round). Runs on the client's node under Flower,
+        in the server's process otherwise: it must not depend on anything but its arguments and
+        ``start_run``'s facts."""
+        raise NotImplementedError
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
         raise NotImplementedError

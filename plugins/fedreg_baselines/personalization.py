@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from fedreg.components import FINAL_LOCAL, Metric, MetricResult, RoundEvaluation
+from fedreg.components import FINAL_LOCAL, Metric, MetricResult, Predictions, RoundEvaluation
 from fedreg.figures import Figure
 
 
@@ -29,8 +29,9 @@ class EndOfRunPersonalization(Metric):
     class-balanced, logged at the last round."""
 
     name = "personalization"
-    api_version = 4  # needs RoundEvaluation.final_local
+    api_version = 6  # its numbers come from its site part (RoundEvaluation.site)
     requires = frozenset({FINAL_LOCAL})
+    site_roles = frozenset({FINAL_LOCAL})
     figures = (
         Figure(
             "personalized_acc_mean",
@@ -76,11 +77,15 @@ class EndOfRunPersonalization(Metric):
             ]
         return []
 
+    def at_site(self, role: str, client: int, preds: Predictions, state) -> dict[str, float]:
+        return {"acc": preds.accuracy(), "bacc": preds.balanced_accuracy()}
+
     def update(self, ev: RoundEvaluation) -> MetricResult:
-        if not ev.final_local:  # filled after the last round only
+        final = ev.site.get(FINAL_LOCAL, {})
+        if not final:  # filled after the last round only
             return MetricResult()
-        acc = {c: p.accuracy() for c, p in ev.final_local.items()}
-        bacc = {c: p.balanced_accuracy() for c, p in ev.final_local.items()}
+        acc = {c: v["acc"] for c, v in final.items()}
+        bacc = {c: v["bacc"] for c, v in final.items()}
         mean, worst = mean_and_worst_client(acc)
         bmean, bworst = mean_and_worst_client(bacc)
         role = ev.local_model_role

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from fedreg.components import GLOBAL_ON_LOCAL, GLOBAL_TEST, LOCAL, Metric, MetricResult, RoundEvaluation
+from fedreg.components import (
+    GLOBAL_ON_LOCAL,
+    GLOBAL_TEST,
+    LOCAL,
+    Metric,
+    MetricResult,
+    Predictions,
+    RoundEvaluation,
+)
 from fedreg.figures import Figure
 from fedreg_metrics.formulas import (
     auc_ovr_macro,
@@ -132,6 +140,8 @@ class LocalAccuracy(Metric):
         ),
     )
     requires = frozenset({LOCAL})
+    site_roles = frozenset({LOCAL})
+    api_version = 6  # its numbers come from its site part (RoundEvaluation.site)
 
     def __init__(self, params=None):
         super().__init__(params)
@@ -143,10 +153,14 @@ class LocalAccuracy(Metric):
     def load_state_dict(self, state):
         self.last = {int(c): float(v) for c, v in (state.get("last") or {}).items()}
 
+    def at_site(self, role: str, client: int, preds: Predictions, state) -> dict[str, float]:
+        return {"acc": preds.accuracy(), "bacc": balanced_accuracy(preds.labels.numpy(), preds.preds.numpy())}
+
     def update(self, ev: RoundEvaluation) -> MetricResult:
-        acc = {c: p.accuracy() for c, p in ev.local.items()}
+        local = ev.site.get(LOCAL, {})
+        acc = {c: v["acc"] for c, v in local.items()}
         self.last.update(acc)
-        bacc = {c: balanced_accuracy(p.labels.numpy(), p.preds.numpy()) for c, p in ev.local.items()}
+        bacc = {c: v["bacc"] for c, v in local.items()}
         mean, worst, _ = mean_and_worst(acc)
         bmean, bworst, _ = mean_and_worst(bacc)
         out = MetricResult(
@@ -186,9 +200,14 @@ class GlobalOnLocalAccuracy(Metric):
         ),
     )
     requires = frozenset({GLOBAL_ON_LOCAL})
+    site_roles = frozenset({GLOBAL_ON_LOCAL})
+    api_version = 6  # its numbers come from its site part (RoundEvaluation.site)
+
+    def at_site(self, role: str, client: int, preds: Predictions, state) -> dict[str, float]:
+        return {"acc": preds.accuracy()} if len(preds.labels) else {}
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
-        acc = {c: p.accuracy() for c, p in ev.global_on_local.items() if len(p.labels)}
+        acc = {c: v["acc"] for c, v in ev.site.get(GLOBAL_ON_LOCAL, {}).items() if "acc" in v}
         mean, worst, _ = mean_and_worst(acc)
         return MetricResult(
             {"global_on_local_acc_mean": mean, "global_on_local_acc_worst": worst},
@@ -240,11 +259,21 @@ class Flips(Metric):
         ),
     )
     requires = frozenset({GLOBAL_TEST, LOCAL})
+    site_roles = frozenset({LOCAL})
+    api_version = 6  # its local flips come from its site part (RoundEvaluation.site)
 
     def __init__(self, params=None):
         super().__init__(params)
         self.prev_global: torch.Tensor | None = None
-        self.prev_local: dict[int, torch.Tensor] = {}
+
+    def at_site(self, role: str, client: int, preds: Predictions, state) -> dict[str, float]:
+        """The client's local flips since its previous local evaluation (whose per-sample correctness is
+        the client's state of this metric, kept where its predictions are)."""
+        now, prev = preds.correct, state.get("prev")
+        state["prev"] = now.clone()
+        if prev is None or len(prev) != len(now):
+            return {}
+        return flip_rates(prev.numpy(), now.numpy())
 
     def update(self, ev: RoundEvaluation) -> MetricResult:
         out = MetricResult()
@@ -256,11 +285,7 @@ class Flips(Metric):
                 {"global_nfr": r["nfr"], "global_pfr": r["pfr"], "global_consistency": r["consistency"]}
             )
         self.prev_global = now.clone()
-        local_rates = {}
-        for c, p in ev.local.items():
-            if c in self.prev_local and len(self.prev_local[c]) == len(p.correct):
-                local_rates[c] = flip_rates(self.prev_local[c].numpy(), p.correct.numpy())
-            self.prev_local[c] = p.correct.clone()
+        local_rates = {c: v for c, v in ev.site.get(LOCAL, {}).items() if v}
         if local_rates:
             for key in ("nfr", "pfr", "consistency"):
                 out.scalars[f"local_{key}"] = float(
@@ -270,11 +295,10 @@ class Flips(Metric):
         return out
 
     def state_dict(self):
-        return {"prev_global": self.prev_global, "prev_local": dict(self.prev_local)}
+        return {"prev_global": self.prev_global}
 
     def load_state_dict(self, state):
         self.prev_global = state.get("prev_global")
-        self.prev_local = dict(state.get("prev_local", {}))
 
 
 class BackwardTransfer(Metric):
@@ -286,13 +310,18 @@ class BackwardTransfer(Metric):
         Figure("bwt", "BwT", curve=True, column=True, order=41, tracked_as="forgetting/bwt", percent=True),
     )
     requires = frozenset({GLOBAL_ON_LOCAL})
+    site_roles = frozenset({GLOBAL_ON_LOCAL})
+    api_version = 6  # its numbers come from its site part (RoundEvaluation.site)
 
     def __init__(self, params=None):
         super().__init__(params)
         self.at_last_sample: dict[int, float] = {}
 
+    def at_site(self, role: str, client: int, preds: Predictions, state) -> dict[str, float]:
+        return {"acc": preds.accuracy()} if len(preds.labels) else {}
+
     def update(self, ev: RoundEvaluation) -> MetricResult:
-        now = {c: p.accuracy() for c, p in ev.global_on_local.items() if len(p.labels)}
+        now = {c: v["acc"] for c, v in ev.site.get(GLOBAL_ON_LOCAL, {}).items() if "acc" in v}
         out = MetricResult()
         if self.at_last_sample:
             out.scalars["bwt"] = backward_transfer(now, self.at_last_sample)

@@ -136,6 +136,53 @@ def load_medmnist(
     )
 
 
+def load_medmnist_site(flag: str, path: str, size: int) -> DatasetTensors:
+    """A site's own samples of MedMNIST dataset ``flag``: an ``.npz`` in the official files' layout holding
+    the site's images and labels as ``train_images`` and ``train_labels`` (uint8 ``(N, H, W)`` or
+    ``(N, H, W, C)``, labels ``(N,)`` or ``(N, 1)``), preprocessed as the official splits."""
+    info = INFO[flag]
+    file = Path(path).expanduser()
+    fix = (
+        f"a site's file is an .npz with 'train_images' (uint8, N x {size} x {size}"
+        f"{'' if int(info['n_channels']) == 1 else ' x ' + str(info['n_channels'])}) and 'train_labels'"
+    )
+    if not file.is_file():
+        raise DataError(
+            f"site data file '{file}' not found: {fix}; give its path as data-file in the node config"
+        )
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            images, labels = npz["train_images"], npz["train_labels"]
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
+        raise DataError(
+            f"cannot read '{file}' as a site's {flag} file ({type(exc).__name__}: {exc}): {fix}"
+        ) from None
+    channels, classes = int(info["n_channels"]), len(info["label"])
+    want = (size, size) if channels == 1 else (size, size, channels)
+    labels = np.asarray(labels).reshape(-1)
+    if images.dtype != np.uint8 or tuple(images.shape[1:]) != want or len(images) != len(labels):
+        raise DataError(
+            f"'{file}' holds train_images {images.dtype} {tuple(images.shape)} and {len(labels)} labels: "
+            + fix
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"'{file}' has labels outside 0..{classes - 1}, the classes of {flag}")
+    empty = np.empty((0, *want), dtype=np.uint8)
+    return DatasetTensors(
+        name=flag,
+        train_x=to_tensor(images),
+        train_y=torch.from_numpy(labels.astype(np.int64)),
+        test_x=to_tensor(empty),
+        test_y=torch.empty(0, dtype=torch.int64),
+        num_classes=classes,
+        in_channels=channels,
+        image_size=size,
+        class_names=[info["label"][str(i)] for i in range(classes)],
+        checksum=md5sum(file),
+        source=str(file),
+    )
+
+
 class MedMNISTParams(Params):
     md5: str | None = Field(default=None, description="expected MD5 of the file (default: the official one)")
 
@@ -151,6 +198,9 @@ def _make(flag: str) -> type[Dataset]:
 
         def load(self, root, download, size):
             return load_medmnist(flag, root, download, size, self.params.md5)
+
+        def load_site(self, path, size):
+            return load_medmnist_site(flag, path, size)
 
     _MedMNIST.__name__ = _MedMNIST.__qualname__ = info["python_class"] + "Dataset"
     return _MedMNIST
