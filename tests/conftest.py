@@ -24,6 +24,7 @@ if os.environ.get("FEDREG_DATA_DIR"):
 # The files with the longest tests go first: xdist hands out files in this order, so the two workers end
 # together instead of one finishing a long file alone.
 FIRST = (
+    "test_flower_deploy.py",
     "test_sweep.py",
     "test_reliability.py",
     "test_report.py",

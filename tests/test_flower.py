@@ -109,7 +109,7 @@ def test_weights_travel_bit_for_bit_in_their_dtypes():
 
 
 def test_data_round_trips_and_code_is_refused():
-    from fedreg.components import ClientInfo, Predictions, RunInfo
+    from fedreg.components import ClientInfo, RunInfo, SiteSummary
     from fedreg.errors import PluginError
     from fedreg_flower import codec
 
@@ -126,11 +126,9 @@ def test_data_round_trips_and_code_is_refused():
     assert {k: v for k, v in back.items() if k != "c"} == {k: v for k, v in value.items() if k != "c"}
     info = RunInfo((ClientInfo(0, 10, 2, (4, 6)), ClientInfo(1, 8, 2, (8, 0))), 2, 1, 5, 3)
     assert codec.dict_run_info(codec.unpack(codec.pack(codec.run_info_dict(info)))) == info
-    p = Predictions(
-        torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0.5, 0.1]), torch.ones(2, 2) / 2
-    )
-    q = codec.dict_predictions(codec.unpack(codec.pack(codec.predictions_dict(p))))
-    assert all(torch.equal(getattr(q, f), getattr(p, f)) for f in ("labels", "preds", "loss", "probs"))
+    summary = SiteSummary({"flips": {"nfr": 0.25, "pfr": 0.5}, "local_accuracy": {"acc": 1.0}, "bwt": {}})
+    record = codec.numbers_record(summary)
+    assert codec.record_numbers(record, ["bwt"]) == summary  # numbers only: a MetricRecord of floats
     # an object with code (here a class instance) is not loaded on the other side
     with pytest.raises(PluginError, match="holds objects other than tensors"):
         codec.unpack(codec.pack({"info": info}), "client state")
@@ -163,7 +161,10 @@ def test_a_resumed_run_gets_its_clients_states_back_from_the_checkpoint(tmp_path
         first.run()
     saved = checkpoint.load(ck)
     assert saved["round"] == 2 and saved["client_states"]  # gathered from the nodes
-    assert all(set(state) == {"personal"} for state in saved["client_states"].values())
+    trained = [s for s in saved["client_states"].values() if s["client"]]
+    assert trained and all(set(s["client"]) == {"personal"} for s in trained)
+    # in simulation the metrics' site state (flips: each client's last per-sample correctness) is kept too
+    assert any(torch.is_tensor(s["site"].get("flips", {}).get("prev")) for s in trained)
     resumed = FederatedRun(
         rs, fed, NullTracker(), "after", progress=False, checkpoint_file=ck, resume=saved, logged_through=2
     )

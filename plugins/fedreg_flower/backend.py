@@ -10,7 +10,11 @@ fedreg's :class:`~fedreg.clients.ClientRunner` and keeps each client's state on 
 - **Simulation** (a plain ``fedreg run`` of a spec with ``execution.backend: flower``): Flower's simulation
   runtime with one virtual SuperNode per client and ``execution.cpus_per_client`` CPUs per ClientApp,
   running in a thread of this process (:mod:`fedreg_flower.simulation`) and kept for the next run.
-- **Deployment**: the grid of a running ServerApp is given to the constructor (``grid=``).
+- **Deployment** (real sites): the ServerApp of :mod:`fedreg_flower.server` runs fedreg's experiment on
+  its grid (:data:`DEPLOYMENT`), each client's node at its site.
+
+Predictions stay on the nodes (``predictions_at_sites``): the site parts of the run's metrics summarise them
+there, and the global model is evaluated on the clients' local test sets by ``evaluate.global`` messages.
 
 A node that answers with a Flower error (gone, timed out, its ClientApp crashed) is that client's failure,
 handled by the spec's ``faults.client_failure``; a component failing on a node likewise. A user error on a
@@ -21,14 +25,17 @@ node (a spec the node cannot resolve, a plugin breaking the contract) is raised 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 from fedreg import checkpoint
 from fedreg.clients import Backend, ClientJob, ClientResult, RoundInput
-from fedreg.components import ClientUpdate, NonFiniteLoss, Predictions, RunInfo
+from fedreg.components import ClientUpdate, NonFiniteLoss, RunInfo, SiteSummary, StateDict
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg_flower import codec, simulation
+
+log = logging.getLogger(__name__)
 
 #: seconds a round waits for its clients' replies; a client without a reply by then has failed
 ROUND_TIMEOUT_S = float(os.environ.get("FEDREG_FLOWER_ROUND_TIMEOUT", "3600"))
@@ -53,26 +60,43 @@ class RemoteError(RuntimeError):
     failure's detail)."""
 
 
+class Deployment:
+    """The grid of a running ServerApp at real sites and the nodes it found (client id -> node id), set by
+    :mod:`fedreg_flower.server` for the experiment it runs; None grid: simulation."""
+
+    grid: Any = None
+    nodes: dict[int, int] = {}
+
+
+DEPLOYMENT = Deployment()
+
+
+def spec_facts(rs) -> dict[str, Any]:
+    """What a node needs to resolve a run's spec as the server did: the spec and its fingerprint."""
+    raw = {"raw": rs.raw, "variant": rs.variant}
+    return {
+        "spec": json.dumps(raw, sort_keys=True, default=str),
+        "fingerprint": checkpoint.fingerprint(rs.resolved_dict()),
+    }
+
+
 class FlowerBackend(Backend):
     name = "flower"
+    predictions_at_sites = True
 
     def __init__(self, execution, runner, clients_per_round, grid=None):
         super().__init__(execution, runner, clients_per_round)
-        self.grid = grid  # deployment: the ServerApp's grid; simulation: set by start()
+        self.grid = grid if grid is not None else DEPLOYMENT.grid  # simulation: set by start()
         self.nodes: dict[int, int] = {}  # fedreg client id -> Flower node id
         self.facts: dict[str, Any] = {}
         self.num_clients = 0
+        self.tolerant = False  # faults.client_failure skips: a node lost outside training is left out
 
     # -- the run ---------------------------------------------------------------------------------------
     def prepare(self, run_id: str, rs, info: RunInfo) -> None:
-        raw = {"raw": rs.raw, "variant": rs.variant}
-        self.facts = {
-            "run": run_id,
-            "spec": json.dumps(raw, sort_keys=True, default=str),
-            "fingerprint": checkpoint.fingerprint(rs.resolved_dict()),
-            "info": codec.pack(codec.run_info_dict(info)),
-        }
+        self.facts = {"run": run_id, **spec_facts(rs), "info": codec.pack(codec.run_info_dict(info))}
         self.num_clients = info.num_clients
+        self.tolerant = rs.spec.faults.client_failure != "stop"
 
     def start(self) -> None:
         if not self.facts:
@@ -83,7 +107,8 @@ class FlowerBackend(Backend):
             self.grid = sim.grid
             self.nodes = sim.nodes = simulation.discover(self.grid, self.num_clients, sim.nodes)
         else:
-            self.nodes = simulation.discover(self.grid, self.num_clients)
+            known = DEPLOYMENT.nodes if self.grid is DEPLOYMENT.grid else None
+            self.nodes = simulation.discover(self.grid, self.num_clients, known)
 
     # -- one round -------------------------------------------------------------------------------------
     def _facts(self, **more) -> Any:
@@ -92,23 +117,23 @@ class FlowerBackend(Backend):
         return ConfigRecord({**self.facts, **more})
 
     def _exchange(self, msgs: list, what: str) -> dict[int, Any]:
-        """Send ``msgs`` (one per client, in order) and return each client's reply (or a NodeError)."""
-        by_node = {self.nodes[c]: c for c in self.nodes}
+        """Send ``msgs`` (one per client) and return each client's reply (or a NodeError), in the order of
+        ``msgs`` whatever order the replies came in."""
+        by_node = {nid: c for c, nid in self.nodes.items()}
+        replies = {
+            r.metadata.reply_to_message_id: r
+            for r in self.grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S)
+        }
         out: dict[int, Any] = {}
-        for reply in self.grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S):
-            sent = next(
-                (m for m in msgs if m.metadata.message_id == reply.metadata.reply_to_message_id), None
-            )
-            if sent is None:
-                continue
-            cid = by_node[sent.metadata.dst_node_id]
-            if reply.has_error():
+        for m in msgs:
+            cid = by_node[m.metadata.dst_node_id]
+            reply = replies.get(m.metadata.message_id)
+            if reply is None:
+                out[cid] = NodeError(f"no {what} reply within {ROUND_TIMEOUT_S:.0f} s")
+            elif reply.has_error():
                 out[cid] = NodeError(f"Flower error {reply.error.code}: {reply.error.reason}")
             else:
                 out[cid] = reply.content
-        for m in msgs:
-            cid = by_node[m.metadata.dst_node_id]
-            out.setdefault(cid, NodeError(f"no {what} reply within {ROUND_TIMEOUT_S:.0f} s"))
         return out
 
     def train(self, jobs: list[ClientJob], rin: RoundInput) -> list[ClientResult]:
@@ -155,41 +180,53 @@ class FlowerBackend(Backend):
             payload=codec.unpack(fields["payload"], "objective's payload"),
             train_loss=float(fields["train_loss"]),
         )
-        local_eval = None
-        if "local_eval" in fields:
-            local_eval = codec.dict_predictions(codec.unpack(fields["local_eval"], "local evaluation"))
-        return ClientResult(job.cid, update=update, local_eval=local_eval, state={})
+        local = None
+        if "local" in content.metric_records:
+            local = codec.record_numbers(content.metric_records["local"])
+        return ClientResult(job.cid, update=update, local_eval=local, state={})
 
-    def final_eval(self, cids, rin: RoundInput, states, lr: float) -> dict[int, Predictions]:
-        """Each client's end-of-run model, evaluated on its node (where its state is)."""
+    def _evaluate(self, action: str, state: StateDict, r: int, what: str, record: str, **more):
+        """Every client's node evaluates ``state`` (``evaluate.<action>``): each client's site summary."""
         from flwr.app import Message, RecordDict
 
-        weights = codec.weights_record(rin.global_state)
+        weights = codec.weights_record(state)
+        kind = "evaluate" if action == "default" else f"evaluate.{action}"
         msgs = [
             Message(
-                RecordDict({"global": weights, "fedreg": self._facts(round=rin.round, client=cid, lr=lr)}),
-                self.nodes[cid],
-                "evaluate",
-                group_id=f"{self.facts['run']}:final",
+                RecordDict({"global": weights, "fedreg": self._facts(round=r, client=cid, **more)}),
+                nid,
+                kind,
+                group_id=f"{self.facts['run']}:{r}:{action}",
             )
-            for cid in cids
+            for cid, nid in sorted(self.nodes.items())
         ]
-        out: dict[int, Predictions] = {}
-        for cid, fields in sorted(self._ask(msgs, "end-of-run evaluation", "final").items()):
-            if "preds" in fields:
-                out[cid] = codec.dict_predictions(codec.unpack(fields["preds"], "end-of-run evaluation"))
-        return out
+        replies = self._ask(msgs, what)
+        return {
+            c: codec.record_numbers(rep.metric_records[record]) for c, rep in replies.items() if record in rep
+        }
 
-    def _ask(self, msgs: list, what: str, record: str) -> dict[int, Any]:
-        """Each client's reply record ``record`` to ``msgs``; a node that fails here stops the run (there is
-        no fault policy for evaluations and checkpoints)."""
+    def global_on_local(self, round: int, evaluated: StateDict) -> dict[int, SiteSummary]:
+        """The evaluated global weights on every client's local test set, summarised on its node."""
+        return self._evaluate("global", evaluated, round, "evaluation of the global model", "global_on_local")
+
+    def final_eval(self, cids, rin: RoundInput, states, lr: float) -> dict[int, SiteSummary]:  # type: ignore[override]
+        """Each client's end-of-run model, evaluated on its node (where its state is)."""
+        got = self._evaluate("default", rin.global_state, rin.round, "end-of-run evaluation", "final", lr=lr)
+        return {c: v for c, v in got.items() if c in set(cids)}
+
+    def _ask(self, msgs: list, what: str, record: str | None = None) -> dict[int, Any]:
+        """Each client's reply (its record ``record``) to ``msgs``. A node that fails here (an evaluation, a
+        checkpoint) stops the run under ``faults.client_failure: stop``; otherwise the client is left out."""
         out = {}
         for cid, content in self._exchange(msgs, what).items():
             if isinstance(content, NodeError):
+                if self.tolerant:
+                    log.warning("client %s left out of the %s: its node failed (%s)", cid, what, content)
+                    continue
                 raise FedregError(f"client {cid}'s {what} failed on its node: {content}")
             if "error" in content.config_records:
                 raise _raised_on_node(content.config_records["error"], cid)
-            out[cid] = content.config_records[record]
+            out[cid] = content if record is None else content.config_records[record]
         return out
 
     def client_states(self, held):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from fedreg.components import ClientInfo, Predictions, RunInfo, StateDict
+from fedreg.components import ClientInfo, RunInfo, SiteSummary, StateDict
 from fedreg.errors import PluginError
 
 
@@ -63,12 +63,25 @@ def record_weights(record, like: StateDict | None = None) -> StateDict:
     return dict(state)
 
 
-def predictions_dict(p: Predictions) -> dict[str, Any]:
-    return {"labels": p.labels, "preds": p.preds, "loss": p.loss, "probs": p.probs}
+def numbers_record(summary: SiteSummary):
+    """A client's site summary (each metric's numbers) as a ``MetricRecord``: ``<metric>/<name>`` keys, float
+    values. Numbers only: what the site parts of metrics say of a client's predictions, never the
+    predictions."""
+    from flwr.app import MetricRecord
+
+    return MetricRecord(
+        {f"{metric}/{k}": float(v) for metric, nums in summary.numbers.items() for k, v in nums.items()}
+    )
 
 
-def dict_predictions(d: dict[str, Any]) -> Predictions:
-    return Predictions(d["labels"], d["preds"], d["loss"], d["probs"])
+def record_numbers(record, metrics: list[str] | None = None) -> SiteSummary:
+    """The inverse of :func:`numbers_record`; ``metrics``: the names of metrics whose summaries are expected
+    even when empty."""
+    out = SiteSummary({m: {} for m in metrics or ()})
+    for key, v in record.items():
+        metric, _, name = str(key).partition("/")
+        out.numbers.setdefault(metric, {})[name] = float(v)
+    return out
 
 
 def run_info_dict(info: RunInfo) -> dict[str, Any]:

@@ -10,6 +10,7 @@ another federation, or when the process exits.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import queue
 import threading
@@ -110,11 +111,14 @@ def stop() -> None:
 atexit.register(stop)
 
 
-def discover(grid, n: int, known: dict[int, int] | None = None) -> dict[int, int]:
+def discover(
+    grid, n: int, known: dict[int, int] | None = None, facts: dict | None = None, reports: dict | None = None
+) -> dict[int, int]:
     """Client id -> node id for clients ``0..n-1``: each node answers a ``query`` with the client it is.
     Waits up to :data:`NODES_TIMEOUT_S` for all of them; ``known`` mappings of nodes still online are
-    kept without asking again."""
-    from flwr.app import Message, RecordDict
+    kept without asking again. With a run's ``facts`` (its spec), real sites also report on their data:
+    each client's report goes into ``reports``."""
+    from flwr.app import ConfigRecord, Message, RecordDict
 
     online = set(grid.get_node_ids())
     nodes = {c: nid for c, nid in (known or {}).items() if nid in online}
@@ -123,12 +127,14 @@ def discover(grid, n: int, known: dict[int, int] | None = None) -> dict[int, int
     while len(nodes) < n:
         fresh = [nid for nid in grid.get_node_ids() if nid not in asked]
         if fresh:
-            replies = grid.send_and_receive(
-                [Message(RecordDict(), nid, "query") for nid in fresh], timeout=120
-            )
+            content = RecordDict({"fedreg": ConfigRecord(facts)} if facts else {})
+            replies = grid.send_and_receive([Message(content, nid, "query") for nid in fresh], timeout=120)
             for reply in replies:
                 if reply.has_content() and "node" in reply.content.config_records:
-                    _take(nodes, int(reply.content.config_records["node"]["client"]), reply, n)
+                    cid = int(reply.content.config_records["node"]["client"])
+                    _take(nodes, cid, reply, n)
+                    if reports is not None and "report" in reply.content.config_records:
+                        reports[cid] = json.loads(reply.content.config_records["report"]["report"])
                 elif reply.has_content() and "error" in reply.content.config_records:
                     raise FedregError(
                         f"a SuperNode cannot serve: {reply.content.config_records['error']['message']}"
