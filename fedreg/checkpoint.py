@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fedreg.errors import EnvironmentProblem, FedregError
-from fedreg.tracking import flatten
+from fedreg.spec.loading import flatten
 
 FORMAT = 1
 IGNORED_FOR_IDENTITY = ("checkpoint", "tracking", "variant", "execution")

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from fedreg import spool
 from fedreg.errors import EnvironmentProblem, FedregError
 from fedreg.signals import interrupts_deferred
+from fedreg.spec.loading import flatten  # noqa: F401 - also used from here (params of a run)
 from fedreg.spool import (  # noqa: F401 - _is_outage: imported from here before fedreg.spool
     STORAGE_FIX,
     _is_outage,
@@ -76,19 +77,6 @@ def checked_uri(uri: str | None, setting: str = "--tracking-uri") -> str:
     if problem := uri_problem(resolved):
         raise FedregError(f"tracking store '{resolved}': {problem}. Check {setting} / MLFLOW_TRACKING_URI")
     return resolved
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
-        for i, v in enumerate(d):
-            out.update(flatten(v, f"{prefix}.{i}"))
-    else:
-        out[prefix] = json.dumps(d) if isinstance(d, list | dict) else str(d)
-    return out
 
 
 def git_commit(path: str | os.PathLike = ".") -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,18 @@ def load_raw(path: str | os.PathLike, overrides: list[str] | None = None) -> dic
     if overrides:
         raw = apply_overrides(raw, parse_overrides(overrides))
     return raw
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts (and lists of dicts) as dotted keys -> strings (lists of values as JSON): a resolved
+    spec as MLflow params, or as the identity of a checkpoint."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}.{i}"))
+    else:
+        out[prefix] = json.dumps(d) if isinstance(d, list | dict) else str(d)
+    return out
