@@ -31,7 +31,7 @@ from typing import Any
 
 from fedreg import checkpoint
 from fedreg.clients import Backend, ClientJob, ClientResult, RoundInput
-from fedreg.components import ClientUpdate, NonFiniteLoss, RunInfo, SiteSummary, StateDict
+from fedreg.components import ClientUpdate, NonFiniteLoss, Predictions, RunInfo, SiteSummary, StateDict
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg_flower import codec, simulation
 
@@ -209,10 +209,11 @@ class FlowerBackend(Backend):
         """The evaluated global weights on every client's local test set, summarised on its node."""
         return self._evaluate("global", evaluated, round, "evaluation of the global model", "global_on_local")
 
-    def final_eval(self, cids, rin: RoundInput, states, lr: float) -> dict[int, SiteSummary]:  # type: ignore[override]
+    def final_eval(self, cids, rin: RoundInput, states, lr: float) -> dict[int, Predictions | SiteSummary]:
         """Each client's end-of-run model, evaluated on its node (where its state is)."""
         got = self._evaluate("default", rin.global_state, rin.round, "end-of-run evaluation", "final", lr=lr)
-        return {c: v for c, v in got.items() if c in set(cids)}
+        wanted = set(cids)
+        return {c: v for c, v in got.items() if c in wanted}
 
     def _ask(self, msgs: list, what: str, record: str | None = None) -> dict[int, Any]:
         """Each client's reply (its record ``record``) to ``msgs``. A node that fails here (an evaluation, a
