@@ -200,9 +200,11 @@ def wait_for_round(tmp: Path, round: int, timeout: float = 300) -> None:
 def test_fedkper_at_three_sites_with_one_killed_mid_run(tmp_path):
     """Three sites run the FedKPer spec (all three clients each round); the third site's SuperNode is
     killed (SIGKILL) after round 1. Under faults.client_failure: skip its round 2 is a client failure (and
-    it is left out of the round-1 checkpoint and of later evaluations): the run finishes, round 2 trained by
+    it is left out of later evaluations and of the final checkpoint): the run finishes, round 2 trained by
     the two other sites, every figure (per-client ones from the sites' numbers) in the server's store."""
-    spec = write_spec(tmp_path, rounds=2, per_round=3, faults={"client_failure": "skip"})
+    spec = write_spec(
+        tmp_path, rounds=2, per_round=3, faults={"client_failure": "skip"}, checkpoint={"every": 2}
+    )
     app = flower_app(tmp_path, spec)
     with Deployment(tmp_path / "flwr", env=env(tmp_path)) as d:
         d.start_superlink()
@@ -239,6 +241,11 @@ def test_fedkper_at_three_sites_with_one_killed_mid_run(tmp_path):
     assert [r.split(",")[:3] for r in rows] == [["2", "2", "node"]], rows
     seen = check_audit(tmp_path, 3)
     assert seen["train"] == 3 + 2 and seen["evaluate"] == 2 and seen["query"] == 3, seen
+    from fedreg import checkpoint
+
+    (ck_file,) = (tmp_path / "checkpoints").rglob("*.pt")
+    ck = checkpoint.load(ck_file)
+    assert ck["finished"] and sorted(ck["client_states"]) == [0, 1]  # the lost site's state is not there
 
 
 def test_tls_and_supernode_authentication(tmp_path):
@@ -271,6 +278,7 @@ def test_tls_and_supernode_authentication(tmp_path):
     assert "2004" in evidence
     assert len(online) == 3
     assert status["status"] == "finished:completed", log
+    assert "fedreg: finished run(s)" in log  # the ServerApp's own lines reach `flwr log`
     run = finished_run(tmp_path)
     assert run.info.status == "FINISHED"
     # the sites' run is the local backend's run on the same data, round for round

@@ -18,7 +18,8 @@ from typing import Any
 
 from fedreg.errors import FedregError
 
-log = logging.getLogger(__name__)
+#: a child of Flower's logger, whose handlers send the ServerApp's log to the SuperLink (``flwr log RUN_ID``)
+log = logging.getLogger("flwr.fedreg")
 
 #: seconds the server waits for the parts (weights) of a reply a node has begun to send; a node that dies
 #: while sending fails its client after this. Flower 1.42 waits 7200 s by default.
@@ -87,12 +88,12 @@ def main(grid, context) -> None:
 
     backend.DEPLOYMENT.grid = grid
     try:
-        exp = Experiment(specs, None, False, log.warning, raw, jobs=1, sweep="local", data=data)
+        exp = Experiment(specs, None, False, log.info, raw, jobs=1, sweep="local", data=data)
         res = exp.run()
     finally:
         backend.DEPLOYMENT.grid, backend.DEPLOYMENT.nodes = None, {}
     runs = ", ".join(r.run_id for r in res.results)
-    log.warning("fedreg: finished run(s) %s in %s", runs, res.tracking_uri)
+    log.info("fedreg: finished run(s) %s in %s", runs, res.tracking_uri)
 
 
 def _make_app():
