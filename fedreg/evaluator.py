@@ -52,10 +52,11 @@ class Evaluator:
         self.need_global_on_local = GLOBAL_ON_LOCAL in needs
         self.need_final_local = FINAL_LOCAL in needs
         self.at_sites = at_sites
-        if at_sites and missing_site_parts(metrics):
+        missing = missing_site_parts(metrics) if at_sites else []
+        if missing:
             raise FedregError(
                 "the run's backend keeps the clients' predictions at their sites, but "
-                + "; ".join(missing_site_parts(metrics))
+                + "; ".join(missing)
                 + ". Drop the metric from 'metrics', or give it a site part (Metric.site_roles and at_site; "
                 "docs/plugins.md)"
             )
