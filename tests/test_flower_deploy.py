@@ -6,9 +6,12 @@ logs say what each reply carried)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,11 +183,22 @@ def metric_history(tmp: Path, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def store_has_a_run(db: Path) -> bool:
+    """Whether the server's SQLite store exists with a run in it (so its schema is complete), read-only."""
+    if not db.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return bool(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+    except sqlite3.Error:  # no runs table yet, or locked by the server's set-up
+        return False
+
+
 def wait_for_round(tmp: Path, round: int, timeout: float = 300) -> None:
     """Until the server's store holds round ``round`` of the run (between rounds: no reply is on its way)."""
     deadline = time.monotonic() + timeout
-    while not (tmp / "mlflow.db").exists() and time.monotonic() < deadline:
-        time.sleep(1)  # the server creates the store: not this process
+    while not store_has_a_run(tmp / "mlflow.db") and time.monotonic() < deadline:
+        time.sleep(1)  # the server creates the store: no MLflow client here may race its schema set-up
     client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     while time.monotonic() < deadline:
         exps = [e for e in client.search_experiments() if e.name == "sites"]
@@ -197,28 +211,89 @@ def wait_for_round(tmp: Path, round: int, timeout: float = 300) -> None:
     raise TimeoutError(f"round {round} was not logged within {timeout} s")
 
 
-def test_fedkper_at_three_sites_with_one_killed_mid_run(tmp_path):
+@dataclass
+class Deployed:
+    """What a deployment scenario left for its test: its folder, `flwr ls` status, `flwr log` and timings."""
+
+    tmp: Path
+    status: dict[str, Any]
+    log: str
+    wall: float
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def killed_site_scenario(tmp: Path) -> Deployed:
+    """Three sites, all three clients each round, 2 rounds; the third site's SuperNode SIGKILLed after
+    round 1, under faults.client_failure: skip."""
+    spec = write_spec(tmp, rounds=2, per_round=3, faults={"client_failure": "skip"}, checkpoint={"every": 2})
+    app = flower_app(tmp, spec)
+    with Deployment(tmp / "flwr", env=env(tmp)) as d:
+        d.start_superlink()
+        nodes = start_sites(d, tmp)
+        d.wait_nodes(3)
+        t0 = time.monotonic()
+        run_id = d.submit(app)
+        wait_for_round(tmp, 1)
+        d.kill_node(nodes[2])
+        status = d.wait_run(run_id, timeout=900)
+        return Deployed(tmp, status, d.run_log(run_id), time.monotonic() - t0)
+
+
+def tls_auth_scenario(tmp: Path) -> Deployed:
+    """TLS with certificates made here, SuperNode authentication with three registered keys and a fourth,
+    unregistered SuperNode; the three sites run 3 rounds, 2 clients a round."""
+    spec = write_spec(tmp, rounds=3, per_round=2, checkpoint={"every": 0})
+    app = flower_app(tmp, spec)
+    tls = make_tls(tmp / "tls")
+    keys = [make_node_key(tmp / "keys", f"site{i}") for i in range(4)]
+    with Deployment(tmp / "flwr", tls=tls, auth=True, env=env(tmp)) as d:
+        d.start_superlink()
+        for _, public in keys[:3]:
+            d.register_node(public)
+        start_sites(d, tmp, [private for private, _ in keys[:3]])
+        stranger = d.start_node(
+            f'client-id=0 data-file="{tmp / "site0" / "organcmnist-site.npz"}"',
+            private_key=keys[3][0],
+            name="stranger",
+        )
+        evidence = d.wait_refused(stranger)
+        d.wait_nodes(3)
+        t0 = time.monotonic()
+        run_id = d.submit(app)
+        status = d.wait_run(run_id, timeout=900)
+        wall = time.monotonic() - t0
+        online = [x for x in d.nodes() if x["status"] == "online"]
+        facts = {"refused": evidence, "online": online}
+        return Deployed(tmp, status, d.run_log(run_id), wall, facts)
+
+
+#: each test's deployment; the selected ones run at once (see the `deployed` fixture)
+SCENARIOS = {
+    "test_fedkper_at_three_sites_with_one_killed_mid_run": killed_site_scenario,
+    "test_tls_and_supernode_authentication": tls_auth_scenario,
+}
+
+
+@pytest.fixture(scope="module")
+def deployed(request, tmp_path_factory):
+    """The deployments of this file's selected tests, started together in threads: each spends most of its
+    time waiting on Flower's 3 s polls and on `flwr-clientapp` processes starting, so two at once take
+    little more than one. Each thread's Deployment stops and reaps its processes however its scenario
+    ends; a test gets its scenario's outcome (or its exception) from ``deployed[test name].result()``."""
+    names = [i.name for i in request.session.items if i.module is request.module and i.name in SCENARIOS]
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        yield {n: pool.submit(SCENARIOS[n], tmp_path_factory.mktemp(n[5:30])) for n in names}
+
+
+def test_fedkper_at_three_sites_with_one_killed_mid_run(deployed, request):
     """Three sites run the FedKPer spec (all three clients each round); the third site's SuperNode is
     killed (SIGKILL) after round 1. Under faults.client_failure: skip its round 2 is a client failure (and
     it is left out of later evaluations and of the final checkpoint): the run finishes, round 2 trained by
     the two other sites, every figure (per-client ones from the sites' numbers) in the server's store."""
-    spec = write_spec(
-        tmp_path, rounds=2, per_round=3, faults={"client_failure": "skip"}, checkpoint={"every": 2}
-    )
-    app = flower_app(tmp_path, spec)
-    with Deployment(tmp_path / "flwr", env=env(tmp_path)) as d:
-        d.start_superlink()
-        nodes = start_sites(d, tmp_path)
-        d.wait_nodes(3)
-        t0 = time.monotonic()
-        run_id = d.submit(app)
-        wait_for_round(tmp_path, 1)
-        d.kill_node(nodes[2])
-        status = d.wait_run(run_id, timeout=900)
-        wall = time.monotonic() - t0
-        log = d.run_log(run_id)
-    print(f"deployment with a killed node: {wall:.0f} s from flwr run to the end")
-    assert status["status"] == "finished:completed", log
+    out = deployed[request.node.name].result()
+    tmp_path, log = out.tmp, out.log
+    print(f"deployment with a killed node: {out.wall:.0f} s from flwr run to the end")
+    assert out.status["status"] == "finished:completed", log
     run = finished_run(tmp_path)
     assert run.info.status == "FINISHED", log
     rid = run.info.run_id
@@ -248,41 +323,21 @@ def test_fedkper_at_three_sites_with_one_killed_mid_run(tmp_path):
     assert ck["finished"] and sorted(ck["client_states"]) == [0, 1]  # the lost site's state is not there
 
 
-def test_tls_and_supernode_authentication(tmp_path):
+def test_tls_and_supernode_authentication(deployed, request):
     """With TLS (certificates made here) and SuperNode authentication, the three registered sites run the
     FedKPer spec for 3 rounds to a FINISHED run; a SuperNode whose key was not registered is refused and
     never comes online."""
-    spec = write_spec(tmp_path, rounds=3, per_round=2, checkpoint={"every": 0})
-    app = flower_app(tmp_path, spec)
-    tls = make_tls(tmp_path / "tls")
-    keys = [make_node_key(tmp_path / "keys", f"site{i}") for i in range(4)]
-    with Deployment(tmp_path / "flwr", tls=tls, auth=True, env=env(tmp_path)) as d:
-        d.start_superlink()
-        for _, public in keys[:3]:
-            d.register_node(public)
-        start_sites(d, tmp_path, [private for private, _ in keys[:3]])
-        stranger = d.start_node(
-            f'client-id=0 data-file="{tmp_path / "site0" / "organcmnist-site.npz"}"',
-            private_key=keys[3][0],
-            name="stranger",
-        )
-        evidence = d.wait_refused(stranger)
-        d.wait_nodes(3)
-        t0 = time.monotonic()
-        run_id = d.submit(app)
-        status = d.wait_run(run_id, timeout=900)
-        wall = time.monotonic() - t0
-        log = d.run_log(run_id)
-        online = [x for x in d.nodes() if x["status"] == "online"]
-    print(f"deployment with TLS and authentication: {wall:.0f} s from flwr run to the end")
-    assert "2004" in evidence
-    assert len(online) == 3
-    assert status["status"] == "finished:completed", log
+    out = deployed[request.node.name].result()
+    tmp_path, log = out.tmp, out.log
+    print(f"deployment with TLS and authentication: {out.wall:.0f} s from flwr run to the end")
+    assert "2004" in out.facts["refused"]
+    assert len(out.facts["online"]) == 3
+    assert out.status["status"] == "finished:completed", log
     assert "fedreg: finished run(s)" in log  # the ServerApp's own lines reach `flwr log`
     run = finished_run(tmp_path)
     assert run.info.status == "FINISHED"
     # the sites' run is the local backend's run on the same data, round for round
-    deployed = metric_history(tmp_path, run.info.run_id, "accuracy/global")
-    assert deployed == pytest.approx(local_reference(tmp_path), abs=1e-7)
-    assert deployed[-1] > 0.3  # it learns (11 classes)
+    deployed_acc = metric_history(tmp_path, run.info.run_id, "accuracy/global")
+    assert deployed_acc == pytest.approx(local_reference(tmp_path), abs=1e-7)
+    assert deployed_acc[-1] > 0.3  # it learns (11 classes)
     check_audit(tmp_path, 3)
