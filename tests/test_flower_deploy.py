@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,7 @@ def write_spec(tmp: Path, rounds: int, per_round: int, **more: Any) -> Path:
     spec["data"].update(dataset={"name": "organcmnist", "params": {"md5": md5}}, num_clients=3)
     spec["model"] = {"name": "cnn", "params": {"hidden": 8}}
     spec["training"].update(local_epochs=2, batch_size=16)
-    spec["training"]["optimizer"]["lr"] = 0.05  # so that 3 rounds learn: the comparison means something
+    spec["training"]["optimizer"]["lr"] = 0.05  # so that 2 rounds learn: the comparison means something
     spec["federation"].update(rounds=rounds, clients_per_round=per_round)
     spec["execution"] = {"backend": "flower", "threads": 1, "cpus_per_client": 1}
     spec["tracking"] = {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "sites"}
@@ -241,8 +242,8 @@ def killed_site_scenario(tmp: Path) -> Deployed:
 
 def tls_auth_scenario(tmp: Path) -> Deployed:
     """TLS with certificates made here, SuperNode authentication with three registered keys and a fourth,
-    unregistered SuperNode; the three sites run 3 rounds, 2 clients a round."""
-    spec = write_spec(tmp, rounds=3, per_round=2, checkpoint={"every": 0})
+    unregistered SuperNode; the three sites run 2 rounds, 2 clients a round."""
+    spec = write_spec(tmp, rounds=2, per_round=2, checkpoint={"every": 0})
     app = flower_app(tmp, spec)
     tls = make_tls(tmp / "tls")
     keys = [make_node_key(tmp / "keys", f"site{i}") for i in range(4)]
@@ -275,14 +276,18 @@ SCENARIOS = {
 
 
 @pytest.fixture(scope="module")
-def deployed(request, tmp_path_factory):
+def deployed(request, tmp_path_factory, _store_template):
     """The deployments of this file's selected tests, started together in threads: each spends most of its
     time waiting on Flower's 3 s polls and on `flwr-clientapp` processes starting, so two at once take
     little more than one. Each thread's Deployment stops and reaps its processes however its scenario
-    ends; a test gets its scenario's outcome (or its exception) from ``deployed[test name].result()``."""
+    ends; a test gets its scenario's outcome (or its exception) from ``deployed[test name].result()``.
+    The server's store is there before the run, empty (a copy of the session's migrated template)."""
     names = [i.name for i in request.session.items if i.module is request.module and i.name in SCENARIOS]
+    folders = {n: tmp_path_factory.mktemp(n[5:30]) for n in names}
+    for folder in folders.values():
+        shutil.copyfile(_store_template, folder / "mlflow.db")
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-        yield {n: pool.submit(SCENARIOS[n], tmp_path_factory.mktemp(n[5:30])) for n in names}
+        yield {n: pool.submit(SCENARIOS[n], folders[n]) for n in names}
 
 
 def test_fedkper_at_three_sites_with_one_killed_mid_run(deployed, request):
@@ -325,7 +330,7 @@ def test_fedkper_at_three_sites_with_one_killed_mid_run(deployed, request):
 
 def test_tls_and_supernode_authentication(deployed, request):
     """With TLS (certificates made here) and SuperNode authentication, the three registered sites run the
-    FedKPer spec for 3 rounds to a FINISHED run; a SuperNode whose key was not registered is refused and
+    FedKPer spec for 2 rounds to a FINISHED run; a SuperNode whose key was not registered is refused and
     never comes online."""
     out = deployed[request.node.name].result()
     tmp_path, log = out.tmp, out.log
