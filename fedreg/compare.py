@@ -25,8 +25,8 @@ NOTE = (
 
 
 def columns(figures: list[Figure], evaluated: int | None = None) -> list[tuple[str, str]]:
-    """(header, summary key in the child run): the declared table figures, then the wall time."""
-    return [*table_columns(figures, evaluated), ("wall time s", "wall_time_s")]
+    """(header, summary key in the child run): the declared table figures, then the wall and CPU time."""
+    return [*table_columns(figures, evaluated), ("wall time s", "wall_time_s"), ("cpu time s", "cpu_time_s")]
 
 
 def evaluated_rounds(children) -> int | None:

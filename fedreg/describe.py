@@ -71,8 +71,8 @@ def comparison_rows(
     runs: Sequence[tuple[str, str, Mapping[str, float]]], figures: Sequence[Figure]
 ) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of the comparison table: per run (name, overrides text, summary values by key) the
-    figures' table columns some run has, then the wall time."""
-    every = [*table_columns(figures), ("wall time s", "wall_time_s")]
+    figures' table columns some run has, then the wall and CPU time."""
+    every = [*table_columns(figures), ("wall time s", "wall_time_s"), ("cpu time s", "cpu_time_s")]
     cols = [(h, k) for h, k in every if any(k in s for *_, s in runs)]
     headers = ["variant", "overrides", *(h for h, _ in cols)]
     rows = [[name, over, *(fmt(s.get(k)) for _, k in cols)] for name, over, s in runs]

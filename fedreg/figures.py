@@ -101,8 +101,8 @@ def clashes(metrics: Sequence[tuple[str, Any]]) -> list[tuple[int, str]]:
 
 
 def headline_keys(figures: Iterable[Figure]) -> set[str]:
-    """The summary keys printed when a run ends: the final-column figures and the wall time."""
-    return {k for f in figures if f.final for _, k in f.columns()} | {"wall_time_s"}
+    """The summary keys printed when a run ends: the final-column figures, the wall and the CPU time."""
+    return {k for f in figures if f.final for _, k in f.columns()} | {"wall_time_s", "cpu_time_s"}
 
 
 def curve_keys(figures: Iterable[Figure]) -> tuple[str, ...]:

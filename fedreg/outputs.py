@@ -23,7 +23,7 @@ from fedreg.spec import ResolvedSpec
 from fedreg.tracking import RunTracker, Tracker
 
 #: per-round metrics that measure time, not learning: they differ between identical runs
-TIMING_KEYS = ("round_time_s", "elapsed_s")
+TIMING_KEYS = ("round_time_s", "elapsed_s", "cpu_s")
 #: the round loop's own per-round key: the mean training loss of the round's clients
 TRAIN_LOSS = "train_loss"
 
@@ -37,6 +37,7 @@ CORE_NAMES = {
     "clients_failed": "training/clients_failed",
     "round_time_s": "timing/round_time_s",
     "elapsed_s": "timing/elapsed_s",
+    "cpu_s": "timing/cpu_s",
 }
 #: the names runs logged the core's keys under before (runs of older fedreg read the same)
 LEGACY_NAMES = {
@@ -50,6 +51,10 @@ LEGACY_NAMES = {
 SUMMARY = "summary/"
 #: the run's total wall time (a summary figure of the run, not of a per-round key)
 WALL_TIME = "wall_time_s"
+#: the CPU time of the run's process (all its threads), resumed parts included: robust to a busy machine
+CPU_TIME = "cpu_time_s"
+#: the run's summaries that measure time: they differ between identical runs
+RUN_TIMES = (WALL_TIME, CPU_TIME)
 _SUMMARY_NAME = re.compile(r"^(?P<label>[^/]+?)(?: (?P<win>final|last\d+|all\d+))?(?P<pct> pct)?$")
 
 
@@ -107,7 +112,8 @@ class MetricNames:
 
     def summary_name(self, summary_key: str, evaluated: int | None = None) -> str:
         """``final_global_acc`` -> ``global acc final pct``; ``last10_global_acc`` -> ``global acc last10
-        pct`` (``all6`` for a run of 6 evaluated rounds); ``wall_time_s`` -> ``wall time s``."""
+        pct`` (``all6`` for a run of 6 evaluated rounds); ``wall_time_s`` -> ``wall time s`` (and so
+        ``cpu_time_s``)."""
         for window in ("final", f"last{WINDOW}"):
             if summary_key.startswith(window + "_"):
                 key = summary_key[len(window) + 1 :]
@@ -123,7 +129,7 @@ class MetricNames:
     ) -> dict[str, float]:
         """The summaries logged to MLflow: the comparison table's columns of ``figures`` and the wall time
         (the others stay in the run's metrics/history.json), percentages x 100, rounded for reading."""
-        wanted = {k for f in figures for _, k in f.columns()} | {WALL_TIME}
+        wanted = {k for f in figures for _, k in f.columns()} | set(RUN_TIMES)
         out = {}
         for k, v in final.items():
             if k not in wanted:

@@ -222,7 +222,7 @@ class FederatedRun:
             **{f"metric.{m.name}": m for m in self.metrics},
         }
 
-    def save_checkpoint(self, st: RunState, elapsed: float, backend: Backend) -> None:
+    def save_checkpoint(self, st: RunState, elapsed: float, cpu: float | None, backend: Backend) -> None:
         assert self.checkpoint_file is not None, "checkpoints are saved only when checkpointing is on"
         checkpoint.save_run(
             self.checkpoint_file,
@@ -242,6 +242,7 @@ class FederatedRun:
                 "per_client_rows": self.per_client_rows,
                 "failure_rows": self.failure_rows,
                 "elapsed_s": elapsed,
+                **({"cpu_s": cpu} if cpu is not None else {}),
             },
         )
 
@@ -289,10 +290,17 @@ class FederatedRun:
 
     def run(self) -> RunResult:
         spec = self.spec
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.process_time()
+        c0: float | None = started  # None where the run's CPU time is unknown
         st = self.start()
         if self.resume is not None:
             t0 -= float(self.resume["elapsed_s"])
+            # a checkpoint of a fedreg that did not measure CPU time: the run's CPU time stays unknown
+            c0 = started - float(self.resume["cpu_s"]) if "cpu_s" in self.resume else None
+
+        def cpu() -> float | None:  # this process's CPU time (all threads) in the run, resumed parts included
+            return None if c0 is None else time.process_time() - c0
+
         every = spec.checkpoint.every if self.checkpoint_file is not None else 0
         threads_before = torch.get_num_threads()
         if spec.execution.threads:
@@ -320,13 +328,15 @@ class FederatedRun:
                 now = time.perf_counter()
                 scalars["round_time_s"] = now - rt
                 scalars["elapsed_s"] = now - t0  # wall time since the run started, for accuracy-vs-time plots
+                if (used := cpu()) is not None:
+                    scalars["cpu_s"] = used
                 st.history.append({"round": st.round, **scalars})
                 # a resumed run re-runs the rounds after its checkpoint; those its history already holds
                 # (logged before the interruption) are not logged twice: each step is recorded once
                 if st.round > self.logged_through:
                     self.log_round(st.round, scalars)
                 if every and (st.round % every == 0 or st.round == spec.federation.rounds):
-                    self.save_checkpoint(st, time.perf_counter() - t0, backend)
+                    self.save_checkpoint(st, time.perf_counter() - t0, cpu(), backend)
                 bar.update(1)
                 shown: dict[str, str] = {
                     k: f"{scalars[k]:.4f}" for k in progress_keys(self.figures) if k in scalars
@@ -342,6 +352,8 @@ class FederatedRun:
         wall = time.perf_counter() - t0
         final = summarize(st.history)
         final["wall_time_s"] = wall
+        if (used := cpu()) is not None:
+            final["cpu_time_s"] = used
         evaluated = sum(1 for h in st.history if any(f.key in h for f in self.figures))
         self.tracker.log_metrics(
             self.run_id, self.names.summary(final, self.figures, evaluated or None), step=0

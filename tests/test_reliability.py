@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from fedreg import hookimpl
 from fedreg.errors import ComponentFailure, FedregError
-from fedreg.outputs import TIMING_KEYS, MetricNames
+from fedreg.outputs import RUN_TIMES, TIMING_KEYS, MetricNames
 from fedreg.testing import tiny_federation
 from fedreg_baselines.fedavg import CrossEntropy
 from testhelpers import (
@@ -81,7 +81,7 @@ def histories(uri: str) -> dict[str, dict[int, float]]:
     (run,) = c.search_runs([c.get_experiment_by_name("rel").experiment_id])
     out = {}
     for key in run.data.metrics:
-        if MetricNames().key_of(key) in (*TIMING_KEYS, "wall_time_s"):  # timing differs between runs
+        if MetricNames().key_of(key) in (*TIMING_KEYS, *RUN_TIMES):  # timing differs between runs
             continue
         out[key] = {
             m.step: m.value for m in c.get_metric_history(run.info.run_id, key)

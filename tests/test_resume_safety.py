@@ -182,10 +182,13 @@ def test_diverged_at_once_is_not_resumed_with_another_learning_rate(env, capsys)
 # --- each step once -----------------------------------------------------------------------------------------
 
 
-def test_resumed_run_logs_each_step_once(env, capsys):
+@pytest.mark.parametrize("cpu", ["carried", "unknown"])
+def test_resumed_run_logs_each_step_once(env, capsys, cpu):
     """Stopped after round 3 with a checkpoint every 2 rounds: the resume re-runs round 3 from the round-2
     checkpoint but does not log it again. Resumed with ``fedreg resume RUN_ID`` alone: the folder is found
-    from the run's tag, although checkpoint.dir is not the default."""
+    from the run's tag, although checkpoint.dir is not the default. The run's CPU time goes on from the
+    checkpoint's (here made 1000 s larger, so that a count restarted at zero would show); from a checkpoint
+    without it (an older fedreg's) it is unknown: not logged, rather than too small."""
     tmp, raw, uri = env
     spec = write_spec(tmp / "spec.yaml", raw)
     FailAt.rounds = {4}
@@ -195,13 +198,28 @@ def test_resumed_run_logs_each_step_once(env, capsys):
     c = MlflowClient(uri)
     assert sorted(m.step for m in c.get_metric_history(run_id, "training/loss")) == [1, 2, 3]
     (ck,) = checkpoint_files(tmp)
-    assert checkpoint.load(ck)["round"] == 2
+    state = checkpoint.load(ck)
+    assert state["round"] == 2 and 0 < state["cpu_s"] < 300
+    if cpu == "carried":
+        state["cpu_s"] += 1000.0
+    else:
+        del state["cpu_s"]
+    checkpoint.save(ck, state)
     FailAt.rounds = set()
     code, out, err = cli(capsys, "resume", run_id, "--no-progress")
     assert code == 0, err
     assert f"resuming run {run_id} after round 2" in out
     assert only_run(uri).info.status == "FINISHED"
     assert_each_step_once(uri, run_id, 5)
+    used = sorted((m.step, m.value) for m in c.get_metric_history(run_id, "timing/cpu_s"))
+    summary = c.get_run(run_id).data.metrics.get("cpu time s")
+    before = [v for _, v in used[:3]]  # rounds 1-3, logged before the interruption
+    assert [st for st, _ in used[:3]] == [1, 2, 3] and before == sorted(before) and before[-1] < 300
+    if cpu == "carried":
+        after = [v for _, v in used[3:]]
+        assert [st for st, _ in used] == [1, 2, 3, 4, 5] and 1000 < after[0] < after[1] <= summary
+    else:
+        assert len(used) == 3 and summary is None
 
 
 def test_interrupt_hint_names_a_store_that_is_not_the_default_and_works(env, capsys):

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
 from fedreg.errors import FedregError
-from fedreg.outputs import TIMING_KEYS, TRAIN_LOSS, MetricNames
+from fedreg.outputs import RUN_TIMES, TIMING_KEYS, TRAIN_LOSS, MetricNames
 from fedreg.pools import check_cluster_store, local_store
 from fedreg.progress import SweepProgress
 from fedreg.registry import installed_figures
@@ -57,7 +57,7 @@ def metrics_of(uri: str, run) -> dict[str, list[tuple[int, float]]]:
     client = MlflowClient(uri)
     out = {}
     for key in run.data.metrics:
-        if NAMES.key_of(key) in (*TIMING_KEYS, "wall_time_s"):
+        if NAMES.key_of(key) in (*TIMING_KEYS, *RUN_TIMES):
             continue
         out[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
     return out

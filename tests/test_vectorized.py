@@ -254,7 +254,7 @@ METHODS = {
         "federation.aggregation": "reliability_diversity",
     },
 }
-TIMING = ("round_time_s", "elapsed_s")
+TIMING = ("round_time_s", "elapsed_s", "cpu_s")
 
 
 def both(overrides):

@@ -49,9 +49,11 @@ TABLE: list[tuple[str, str, float, int]] = [
     ("BwT (last-10 mean)", "last10_bwt", 100.0, 2),
     ("global consistency (last-10 mean)", "last10_global_consistency", 100.0, 2),
     ("wall time s", "wall_time_s", 1.0, 0),
+    ("CPU time s", "cpu_time_s", 1.0, 0),
 ]
-#: TABLE columns shown only when some run logged them (runs without the 'personalization' metric)
-OPTIONAL_KEYS = frozenset({"final_personalized_acc_mean", "final_personalized_acc_worst"})
+#: TABLE columns shown only when some run logged them (runs without the 'personalization' metric; runs
+#: logged before fedreg measured CPU time have none)
+OPTIONAL_KEYS = frozenset({"final_personalized_acc_mean", "final_personalized_acc_worst", "cpu_time_s"})
 #: the metric keys of TABLE, in its order
 TABLE_KEYS: tuple[str, ...] = tuple(k for _, k, _, _ in TABLE)
 #: run parameters that describe the setting; shown in the header, and flagged when runs differ in them

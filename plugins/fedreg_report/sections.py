@@ -50,7 +50,7 @@ def results_headers(runs: Sequence[RunData]) -> list[str]:
             label = window_label(round_counts(runs, k[len(f"last{WINDOW}_") :]))
             if label != f"last {rounds_text(WINDOW)}":
                 h = h.replace(f" (last-{WINDOW} mean)", f", mean of the {label}")
-        out.append(h if k == "wall_time_s" else f"{h} %")
+        out.append(h if k in ("wall_time_s", "cpu_time_s") else f"{h} %")
     return out
 
 
