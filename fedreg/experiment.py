@@ -223,7 +223,7 @@ class Experiment:
             if self.original is not None:
                 self.tracker.log_text(parent, yaml.safe_dump(self.original, sort_keys=False), "spec.yaml")
             ParentRun(self.tracker, parent, self.specs, self.original, self.source).opened()
-            self.echo(f"parent run {parent} ({len(self.specs)} variants) -> {self.tracker.uri}")
+            self.echo(f"parent run {parent} ({len(self.specs)} child runs) -> {self.tracker.uri}")
         return parent
 
     def new_meta(self) -> dict[str, Any]:

@@ -71,9 +71,9 @@ def results_blocks(runs: Sequence[RunData], summaries: list[MethodSummary]) -> l
             "p",
             "Each cell: mean ± sample standard deviation (n - 1) over seeds; n is in the seeds column "
             "(a cell that has fewer values says so), and with one seed the cell is that seed's value. "
-            "Accuracies, NFR, BwT and consistency in percent; wall time in seconds. Worst-client local "
-            "accuracy: the minimum over all clients of each client's local accuracy at its last "
-            "participation (see the worst-client section).",
+            "Accuracies, NFR, BwT and consistency in percent; wall and CPU time in seconds (CPU: the "
+            "run's process, all its threads). Worst-client local accuracy: the minimum over all clients "
+            "of each client's local accuracy at its last participation (see the worst-client section).",
         ),
     ]
 
