@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from fedreg.describe import TABLE_FILE
 from fedreg.describe import fmt as _fmt
 from fedreg.errors import FedregError
-from fedreg.figures import WINDOW, Figure, curve_keys, table_columns
+from fedreg.figures import TIME_COLUMNS, WINDOW, Figure, curve_keys, table_columns
 from fedreg.outputs import MetricNames, plot_curves, write_csv
 from fedreg.registry import installed_figures
 from fedreg.tracking import log_table, tracking_uri
@@ -26,7 +26,7 @@ NOTE = (
 
 def columns(figures: list[Figure], evaluated: int | None = None) -> list[tuple[str, str]]:
     """(header, summary key in the child run): the declared table figures, then the wall and CPU time."""
-    return [*table_columns(figures, evaluated), ("wall time s", "wall_time_s"), ("cpu time s", "cpu_time_s")]
+    return [*table_columns(figures, evaluated), *TIME_COLUMNS]
 
 
 def evaluated_rounds(children) -> int | None:

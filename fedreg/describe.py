@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import fedreg
-from fedreg.figures import Figure, figures_of, table_columns
+from fedreg.figures import TIME_COLUMNS, Figure, figures_of, table_columns
 from fedreg.outputs import component_tags
 from fedreg.spec import ResolvedSpec
 from fedreg.sweep import grid_tags, group_tag
@@ -72,7 +72,7 @@ def comparison_rows(
 ) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of the comparison table: per run (name, overrides text, summary values by key) the
     figures' table columns some run has, then the wall and CPU time."""
-    every = [*table_columns(figures), ("wall time s", "wall_time_s"), ("cpu time s", "cpu_time_s")]
+    every = [*table_columns(figures), *TIME_COLUMNS]
     cols = [(h, k) for h, k in every if any(k in s for *_, s in runs)]
     headers = ["variant", "overrides", *(h for h, _ in cols)]
     rows = [[name, over, *(fmt(s.get(k)) for _, k in cols)] for name, over, s in runs]

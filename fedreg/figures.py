@@ -100,9 +100,13 @@ def clashes(metrics: Sequence[tuple[str, Any]]) -> list[tuple[int, str]]:
     return out
 
 
+#: (header, summary key) of a run's times, the last columns of comparison tables
+TIME_COLUMNS = (("wall time s", "wall_time_s"), ("cpu time s", "cpu_time_s"))
+
+
 def headline_keys(figures: Iterable[Figure]) -> set[str]:
     """The summary keys printed when a run ends: the final-column figures, the wall and the CPU time."""
-    return {k for f in figures if f.final for _, k in f.columns()} | {"wall_time_s", "cpu_time_s"}
+    return {k for f in figures if f.final for _, k in f.columns()} | {k for _, k in TIME_COLUMNS}
 
 
 def curve_keys(figures: Iterable[Figure]) -> tuple[str, ...]:

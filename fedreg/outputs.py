@@ -127,8 +127,8 @@ class MetricNames:
     def summary(
         self, final: dict[str, float], figures: Sequence[Figure], evaluated: int | None = None
     ) -> dict[str, float]:
-        """The summaries logged to MLflow: the comparison table's columns of ``figures`` and the wall time
-        (the others stay in the run's metrics/history.json), percentages x 100, rounded for reading."""
+        """The summaries logged to MLflow: the comparison table's columns of ``figures``, the wall and CPU
+        time (the others stay in the run's metrics/history.json), percentages x 100, rounded for reading."""
         wanted = {k for f in figures for _, k in f.columns()} | set(RUN_TIMES)
         out = {}
         for k, v in final.items():
