@@ -76,13 +76,18 @@ def non_finite_key(state: StateDict) -> str | None:
     return None
 
 
+#: per-round metrics that measure time, not learning: they differ between identical runs. The round loop
+#: sets them after the metrics' scalars, so a metric may not return these names either
+TIMING_KEYS = ("round_time_s", "elapsed_s", "cpu_s")
+
+
 def add_scalars(
     scalars: dict[str, float], owners: dict[str, str], metric: Component, new: dict, r: int
 ) -> None:
     """Add a metric's scalars of round ``r`` to the round's ``scalars``; a key the round already holds (the
-    round loop's own, or another metric's: ``owners`` says whose) is a :class:`PluginError` instead of a
-    silent overwrite."""
-    taken = sorted(k for k in new if k in scalars)
+    round loop's own, or another metric's: ``owners`` says whose) or one of the :data:`TIMING_KEYS` the
+    round loop sets after the metrics is a :class:`PluginError` instead of a silent overwrite."""
+    taken = sorted(k for k in new if k in scalars or k in TIMING_KEYS)
     if taken:
         who = "; ".join(f"'{k}' by {owners.get(k, 'the round loop')}" for k in taken[:5])
         raise PluginError(

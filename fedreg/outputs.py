@@ -18,12 +18,11 @@ import torch
 
 from fedreg.components import StateDict
 from fedreg.data import FederatedData, plot_label_histogram
+from fedreg.evaluation import TIMING_KEYS  # noqa: F401 - also imported from here
 from fedreg.figures import WINDOW, Figure
 from fedreg.spec import ResolvedSpec
 from fedreg.tracking import RunTracker, Tracker
 
-#: per-round metrics that measure time, not learning: they differ between identical runs
-TIMING_KEYS = ("round_time_s", "elapsed_s", "cpu_s")
 #: the round loop's own per-round key: the mean training loss of the round's clients
 TRAIN_LOSS = "train_loss"
 

@@ -54,6 +54,15 @@ class Sneaky(Metric):
         return MetricResult({"global_acc": 0.0})
 
 
+class Clock(Metric):
+    """Returns 'cpu_s', a timing scalar the round loop sets after the metrics."""
+
+    name = "clock"
+
+    def update(self, ev):
+        return MetricResult({"cpu_s": 0.0})
+
+
 class HugeParams(Params):
     gigabytes: float = 2.0
     eager: bool = False  # allocate the memory at once on the CPU (no estimate possible)
@@ -106,6 +115,7 @@ class Forgetful(Selector):
 def fedreg_register_metrics(register):
     register(GlobalEce)
     register(Sneaky)
+    register(Clock)
 
 
 @fedreg.hookimpl
@@ -239,13 +249,22 @@ def test_spec_name_not_ascii_says_ascii(world):
 # --- 1: an undeclared scalar returned twice -----------------------------------------------------------------
 
 
-def test_undeclared_scalar_taken_by_another_metric_fails_the_run(world):
-    world.raw["metrics"] = ["global_accuracy", "sneaky"]
+@pytest.mark.parametrize(
+    "metric, taken",
+    [
+        ("sneaky", "'global_acc' by metric 'global_accuracy'"),
+        # the round loop sets its timing scalars after the metrics': the check must not miss them
+        ("clock", "'cpu_s' by the round loop"),
+    ],
+)
+def test_undeclared_scalar_taken_by_another_metric_fails_the_run(world, metric, taken):
+    world.raw["metrics"] = ["global_accuracy", metric]
+    key = taken.split("'")[1]
     refused(
         world.cli("run", world.spec(), "--no-progress"),
         2,
-        "metric 'sneaky' (plugin 'hostile', fedreg-hostile 0.1.0) returned the scalar 'global_acc' in "
-        "round 1, already taken this round ('global_acc' by metric 'global_accuracy'",
+        f"metric '{metric}' (plugin 'hostile', fedreg-hostile 0.1.0) returned the scalar '{key}' in "
+        f"round 1, already taken this round ({taken}",
         "it would overwrite it",
     )
     (run,) = world.runs()
