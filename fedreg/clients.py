@@ -33,6 +33,7 @@ from fedreg.components import (
 from fedreg.devices import check_device, to_device
 from fedreg.errors import ComponentFailure, PluginError, call_component, describe
 from fedreg.evaluation import call, non_finite_key, predict
+from fedreg.site import evaluated
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -87,6 +88,8 @@ class TrainingConfig:
     eval_batch_size: int
     precision: str = "fp32"
     device: str = "cpu"  # where clients train; results come back to the CPU
+    eval_every: int = 1  # evaluation.every: clients evaluate locally only in the rounds that are evaluated
+    rounds: int = 0  # federation.rounds (the last round is always evaluated)
 
     @classmethod
     def from_spec(cls, spec: RunSpec, num_classes: int, eval_local: bool) -> TrainingConfig:
@@ -104,6 +107,8 @@ class TrainingConfig:
             eval_batch_size=spec.evaluation.batch_size,
             precision=t.precision,
             device=check_device(spec.execution.device),
+            eval_every=spec.evaluation.every,
+            rounds=spec.federation.rounds,
         )
 
     def make_optimizer_factory(self, lr: float):
@@ -300,7 +305,8 @@ class ClientRunner:
                 f"got {report!r} (round {r}, client {cid})"
             )
         local_eval = None
-        if self.config.eval_local and len(ctx.test_y):
+        cfg = self.config
+        if cfg.eval_local and len(ctx.test_y) and evaluated(r, cfg.eval_every, cfg.rounds):
             model = call(rin.objective, "eval_model", r, cid, ctx)
             with self.config.autocast():
                 local_eval = predict(model, ctx.test_x, ctx.test_y, self.config.eval_batch_size)

@@ -376,12 +376,12 @@ def _tensors(poisoned: int | None = None):
     return tensors
 
 
-def _round(backend_cls, runner, jobs):
+def _round(backend_cls, runner, jobs, r: int = 2):
     torch.manual_seed(0)
     global_state = {k: v.detach().clone() for k, v in runner.new_model().state_dict().items()}
     backend = backend_cls(None, runner, len(jobs))
     backend.start()
-    return backend.train(jobs, RoundInput(2, global_state, {}, CrossEntropy(), FedAvg()))
+    return backend.train(jobs, RoundInput(r, global_state, {}, CrossEntropy(), FedAvg()))
 
 
 def test_a_diverging_client_fails_alone(one_thread):
@@ -411,6 +411,21 @@ def test_clients_with_different_learning_rates(float64, one_thread):
     for a, b in zip(local, vec, strict=True):
         assert b.update.train_loss == pytest.approx(a.update.train_loss, rel=1e-12)
         assert weights_rel_diff(a.update.state, b.update.state) < 1e-10
+
+
+@pytest.mark.parametrize("backend_cls", [LocalBackend, VectorizedBackend])
+def test_clients_evaluate_locally_only_in_evaluated_rounds(backend_cls, one_thread):
+    """evaluation.every 2 of 5 rounds: rounds 2, 4 and the last (5) are evaluated; in rounds 1 and 3 no
+    client spends time on predictions nobody reads. Training is the same either way."""
+    runner = _runner(_tensors(), eval_every=2, rounds=5)
+    every_round = _runner(_tensors())
+    for r in range(1, 6):
+        jobs = [ClientJob(r, cid, 0.05, {}) for cid in (0, 2)]
+        got = _round(backend_cls, runner, jobs, r)
+        assert all((res.local_eval is not None) == (r in (2, 4, 5)) for res in got), r
+        same = _round(backend_cls, every_round, jobs, r)
+        assert all(res.local_eval is not None for res in same)
+        assert [x.update.train_loss for x in got] == [x.update.train_loss for x in same]
 
 
 class _BatchNormNet(nn.Module):
