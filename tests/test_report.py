@@ -288,31 +288,41 @@ def _paper_runs(seeds=(1, 2, 3)):
 
 def test_claims_are_judged_on_paired_differences_over_seeds():
     claims = {c.title.split(" (")[0]: c for c in judge_claims(_paper_runs(), [], "bloodmnist")}
-    gap = claims["Global accuracy 9.8 points above the next best method"]
-    last10, final = gap.comparisons
-    assert (last10.a, last10.b) == ("fedkper", "kd-only")  # the next best by its mean over seeds
-    assert last10.diffs == pytest.approx({1: 2.0, 2: 3.0, 3: 4.0})  # points
-    assert last10.interval.lo == pytest.approx(3 - 4.302652729911275 / math.sqrt(3))
-    assert last10.status == "not supported" and "excludes the claimed +9.8" in last10.verdict
-    assert last10.ranks == {1: (1, 5), 2: (1, 5), 3: (1, 5)} and final.b == "kd-only"
-    assert "global accuracy, mean of the last 10 rounds" in last10.figure
-    # worst client: moon is best, fedkper second in every seed, and above kd-only (second-best other)
+    gap = claims["Global accuracy 9.8% above the next best method"]
+    points, relative, final, final_relative = gap.comparisons
+    # the next best *method*: the best baseline by its mean over seeds; kd-only (0.79 on average) and
+    # agg-only are FedKPer's ablations, not methods
+    assert (points.a, points.b) == ("fedkper", "fedavg") and final.b == final_relative.b == "fedavg"
+    assert points.diffs == pytest.approx({1: 11.0, 2: 12.0, 3: 13.0}) and points.unit == "points"
+    assert points.interval.lo == pytest.approx(12 - 4.302652729911275 / math.sqrt(3))
+    assert points.status == "consistent" and "contains the claimed +9.8" in points.verdict
+    # the same seeds read relative to FedAvg: 11/69, 12/70, 13/71 -> the interval lies above 9.8 %
+    assert relative.unit == "%" and relative.diffs == pytest.approx(
+        {1: 1100 / 69, 2: 1200 / 70, 3: 1300 / 71}
+    )
+    assert relative.status == "holds" and "lies above the claimed +9.8" in relative.verdict
+    assert points.ranks == relative.ranks == {1: (1, 3), 2: (1, 3), 3: (1, 3)}  # among itself and baselines
+    assert points.figure == "global accuracy, mean of the last 10 rounds, in points"
+    assert relative.figure == "global accuracy, mean of the last 10 rounds, relative (%)"
+    # worst client: moon is the best baseline, fedkper second in every seed, and above fedavg (second-best)
     w = claims["Best or second-best worst-client local accuracy"]
     best, second = w.comparisons
-    assert (best.b, second.b) == ("moon", "kd-only")
+    assert (best.b, second.b) == ("moon", "fedavg")
     assert best.diffs == pytest.approx({1: -10.0, 2: -13.0, 3: -16.0}) and best.status == "contradicted"
-    assert second.diffs == pytest.approx({1: 10.0, 2: 10.0, 3: 13.0}) and second.status == "supported"
+    assert second.diffs == pytest.approx({1: 15.0, 2: 16.0, 3: 17.0}) and second.status == "supported"
     assert w.verdict.startswith(
-        "holds: FedKPer is above the second-best other method (kd-only), so at worst second"
+        "holds: FedKPer is above the second-best baseline (fedavg), so at worst second"
     )
-    assert "1: 2 of 5" in w.verdict
-    # forgetting: NFR is lower (better) than FedAvg's and the best other's (kd-only) in both windows
+    assert "1: 2 of 3" in w.verdict
+    # forgetting: NFR is lower (better) than FedAvg's, which is also the best baseline's, in both windows
     f = claims["Better forgetting metrics"]
-    by = {(c.figure, c.b): c for c in f.comparisons}
-    vs_avg = by[("global NFR, mean over all 19 rounds", "fedavg")]
+    by = {(c.figure, c.b, c.why): c for c in f.comparisons}
+    vs_avg = by[("global NFR, mean over all 19 rounds", "fedavg", "FedAvg")]
     assert vs_avg.diffs == pytest.approx({1: -4.0, 2: -3.0, 3: -5.0}) and vs_avg.status == "supported"
-    assert ("global NFR, mean over last 10 rounds", "kd-only") in by
-    assert f.verdict == "against FedAvg: supported 2; against the best other method: not shown 2"
+    assert ("global NFR, mean over last 10 rounds", "fedavg", "best baseline by mean over seeds") in by
+    assert f.verdict == "against FedAvg: supported 2; against the best baseline: supported 2"
+    # without the ablations' exclusion kd-only (NFR 0.03) would have been the best other method
+    assert all(c.b not in ("kd-only", "agg-only") for c in f.comparisons)
     # ablations: KD-only raises local accuracy over FedAvg (+2 each seed); Agg-only raises global accuracy
     kd = claims["Ablation: KD-only improves local accuracy over FedAvg"]
     assert kd.comparisons[0].diffs == pytest.approx({1: 2.0, 2: 2.0, 3: 2.0}) and kd.verdict.startswith(
@@ -321,11 +331,14 @@ def test_claims_are_judged_on_paired_differences_over_seeds():
     agg = claims["Ablation: Agg-only improves global accuracy over FedAvg"]
     assert agg.comparisons[0].diffs == pytest.approx({1: 3.0, 2: 3.0, 3: 4.0})
     bal = claims["Both together: the best balance of global and local accuracy"]
-    assert bal.comparisons[0].b == "kd-only"
+    assert bal.comparisons[0].b == "fedavg"
     # one seed: no interval, nothing judged; another dataset: the gap is judged against 0
     one = judge_claims(_paper_runs(seeds=(1,)), [], "bloodmnist")
     assert all(c.status == "not judged" for cl in one for c in cl.comparisons)
-    assert "one seed: no interval" in one[0].comparisons[0].verdict
+    assert "one seed: no interval (the difference is +11.0 points" in one[0].comparisons[0].verdict
+    assert "(the difference is +15.9%, the claim +9.8)" in one[0].comparisons[1].verdict
+    ablations_only = [r for r in _paper_runs() if r.method in ("fedkper", "kd-only", "agg-only")]
+    assert judge_claims(ablations_only, [], "bloodmnist")[0].verdict.startswith("not judged: no baseline")
     other = judge_claims(_paper_runs(), [], "organcmnist")[0]
     assert other.comparisons[0].status == "supported" and "not recorded here" in other.verdict
     assert judge_claims([r for r in _paper_runs() if r.method != "fedkper"], [], "bloodmnist") == []
@@ -753,25 +766,29 @@ def test_report_of_the_paper_methods_has_worst_clients_windows_claims_and_protoc
     forgetting = md.split("## Forgetting")[1].split("\n## ")[0]
     assert "global NFR, all 3 rounds %" in forgetting and "global NFR, last 3 rounds (all) %" in forgetting
     claims = md.split("## The paper's claims, across seeds")[1].split("\n## ")[0]
-    assert "### Global accuracy 9.8 points above the next best method (bloodmnist)" in claims
-    # fedkper - kd-only: +4 and +6 points; t_{0.975,1} = 12.706, s = sqrt(2): +5.0 ± 12.7 -> [-7.7, +17.7]
+    assert "### Global accuracy 9.8% above the next best method (bloodmnist)" in claims
+    # the next best method is FedAvg, the one baseline (kd-only and agg-only are ablations): +14 and +16
+    # points; t_{0.975,1} = 12.706, s = sqrt(2): +15.0 ± 12.7 -> [+2.3, +27.7]
     assert (
-        "| fedkper − kd-only | next best by mean over seeds | "
-        "1: +4.0 (rank 1 of 4), 2: +6.0 (rank 1 of 4) | "
-        "+5.0 [-7.7, +17.7] | consistent with the claim: "
-        "the interval [-7.7, +17.7] contains the claimed +9.8 "
-        "(it also contains 0: FedKPer is not shown ahead at all) |" in claims
+        "| fedkper − fedavg | best baseline by mean over seeds | points | "
+        "1: +14.0 (rank 1 of 2), 2: +16.0 (rank 1 of 2) | "
+        "+15.0 [+2.3, +27.7] | consistent with the claim: "
+        "the interval [+2.3, +27.7] contains the claimed +9.8 |" in claims
     )
+    # relative to FedAvg: 14/66 and 16/66 -> +21.2 % and +24.2 %
+    assert "| % | 1: +21.2 (rank 1 of 2), 2: +24.2 (rank 1 of 2) | +22.7 [" in claims
     with (out / "claims.csv").open() as f:
         rows = list(csv.DictReader(f))
     first = rows[0]
-    assert (first["method"], first["compared_with"], first["n"], first["status"]) == (
+    assert (first["method"], first["compared_with"], first["unit"], first["n"], first["status"]) == (
         "fedkper",
-        "kd-only",
+        "fedavg",
+        "points",
         "2",
         "consistent",
     )
-    assert float(first["ci95_low"]) == pytest.approx(5.0 - 12.706204736 * math.sqrt(2) / math.sqrt(2))
+    assert float(first["ci95_low"]) == pytest.approx(15.0 - 12.706204736 * math.sqrt(2) / math.sqrt(2))
+    assert rows[1]["unit"] == "%" and float(rows[1]["mean"]) == pytest.approx(100 * 15 / 66)
     with (out / "runs.csv").open() as f:
         runs = {(r["method"], r["seed"], r["metric"]): r["value"] for r in csv.DictReader(f)}
     assert (
@@ -944,7 +961,7 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     assert "projection_dim=0)" in rows[0] and "moon" not in rows[0], rows
     assert "2 different protocols (they differ in: model)" in protocol
     claims = md.split("## The paper's claims, across seeds")[1].split("\n## ")[0]
-    assert "### Global accuracy 9.8 points above the next best method (bloodmnist)" in claims
+    assert "### Global accuracy 9.8% above the next best method (bloodmnist)" in claims
     with (out / "claims.csv").open() as f:
         judged = list(csv.DictReader(f))
     assert judged and all(r["n"] == "2" for r in judged)

@@ -22,16 +22,17 @@ def _iv(iv: Interval, decimals: int) -> str:
     return f"[{iv.lo:+.{decimals}f}, {iv.hi:+.{decimals}f}]{zero}"
 
 
-def gap_verdict(iv: Interval, claimed: float, decimals: int = 1) -> tuple[str, str]:
-    """(status, wording) for the claim 'the mean paired difference is ``claimed`` (points)', from the
+def gap_verdict(iv: Interval, claimed: float, decimals: int = 1, unit: str = "points") -> tuple[str, str]:
+    """(status, wording) for the claim 'the mean paired difference is ``claimed`` (in ``unit``)', from the
     interval: 'holds' only when the whole interval lies above the claimed gap, 'not supported' when it lies
     below it, else 'consistent'."""
     if iv.n == 0:
         return "not judged", "not judged: no seed has both methods"
     if iv.lo is None or iv.hi is None:
         return "not judged", (
-            f"one seed: no interval (the difference is {iv.mean:+.{decimals}f} points, the claim "
-            f"{claimed:+.{decimals}f}); more seeds are needed to judge it"
+            f"one seed: no interval (the difference is {iv.mean:+.{decimals}f}"
+            f"{'%' if unit == '%' else ' ' + unit}, the claim {claimed:+.{decimals}f}); more seeds are "
+            "needed to judge it"
         )
     where = _iv(iv, decimals)
     if iv.lo > claimed:
@@ -76,7 +77,8 @@ def direction_verdict(iv: Interval, higher_is_better: bool = True, decimals: int
 
 @dataclass
 class Comparison:
-    """One paired comparison over seeds: ``a`` minus ``b`` on a figure, in points."""
+    """One paired comparison over seeds: ``a`` minus ``b`` on a figure, in points (``unit`` "points"), or
+    relative to ``b`` (``unit`` "%": 100 (a / b - 1))."""
 
     figure: str
     a: str
@@ -88,6 +90,7 @@ class Comparison:
     verdict: str
     decimals: int = 1
     ranks: dict[Any, tuple[int, int]] = field(default_factory=dict)  # a's rank per seed, where it matters
+    unit: str = "points"
 
     def per_seed(self) -> str:
         """'1: +2.0 (rank 1 of 4), 2: -0.5 (rank 2 of 4)'."""
@@ -111,17 +114,24 @@ def compare_pair(
     claimed: float | None = None,
     decimals: int = 1,
     scale: float = 100.0,
+    relative: bool = False,
 ) -> Comparison:
-    """``a`` minus ``b`` per seed (times ``scale``: points), its t-interval and the verdict: against the
-    claimed gap when ``claimed`` is given, else on the direction."""
-    diffs = {s: d * scale for s, d in paired_differences(values.get(a, {}), values.get(b, {})).items()}
+    """``a`` minus ``b`` per seed (times ``scale``: points), or with ``relative`` ``a`` relative to ``b``
+    (100 (a / b - 1), percent; seeds where ``b`` is not positive are left out), its t-interval and the
+    verdict: against the claimed gap when ``claimed`` is given, else on the direction."""
+    va, vb = values.get(a, {}), values.get(b, {})
+    if relative:
+        diffs = {s: 100.0 * d / vb[s] for s, d in paired_differences(va, vb).items() if vb[s] > 0}
+    else:
+        diffs = {s: d * scale for s, d in paired_differences(va, vb).items()}
+    unit = "%" if relative else "points"
     iv = t_interval(diffs.values())
     status, verdict = (
-        gap_verdict(iv, claimed, decimals)
+        gap_verdict(iv, claimed, decimals, unit)
         if claimed is not None
         else direction_verdict(iv, higher_is_better, decimals)
     )
-    return Comparison(figure, a, b, why, diffs, iv, status, verdict, decimals)
+    return Comparison(figure, a, b, why, diffs, iv, status, verdict, decimals, unit=unit)
 
 
 def tally(comps: Sequence[Comparison]) -> str:

@@ -198,7 +198,10 @@ def claims_blocks(claims: Sequence[Claim]) -> list[Block]:
             "'holds' only when the whole interval lies above it, is 'not supported' when the interval lies "
             "below it, and the data are 'consistent' with it when the interval contains it. With 2 or 3 "
             "seeds the intervals are wide. The method compared with is chosen by its mean over seeds of "
-            "the same figure and named in each row.",
+            "the same figure and named in each row; where FedKPer is compared with the best or "
+            "second-best method, those are baselines (FedKPer's ablations are parts of it, not methods). "
+            "Differences are in points (of accuracy or of the metric's percentage), or relative to the "
+            "method compared with where the unit says %.",
         )
     )
     for c in claims:
@@ -212,8 +215,9 @@ def claims_blocks(claims: Sequence[Claim]) -> list[Block]:
                         "figure",
                         "difference",
                         "chosen as",
-                        "per seed (points)",
-                        "mean [95% interval] (points)",
+                        "unit",
+                        "per seed",
+                        "mean [95% interval]",
                         "verdict",
                     ],
                     [
@@ -221,6 +225,7 @@ def claims_blocks(claims: Sequence[Claim]) -> list[Block]:
                             x.figure,
                             f"{x.a} − {x.b}",
                             x.why,
+                            x.unit,
                             x.per_seed(),
                             x.interval.fmt(x.decimals),
                             x.verdict,
