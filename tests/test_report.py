@@ -24,6 +24,7 @@ from fedreg_report import (
     Stat,
     aggregate,
     all_label,
+    clock_of,
     curve_over_seeds,
     direction_verdict,
     gap_verdict,
@@ -41,12 +42,14 @@ from fedreg_report import (
     render_markdown,
     run_values,
     t_interval,
+    total_time,
     trailing_mean,
     window_label,
     window_means,
     within_budget,
     worst_client,
 )
+from fedreg_report.summary import CPU, WALL
 from testhelpers import REPO
 
 PLOTS = ("curves.png", "curves_by_method.png", "curves_raw.png", "clients.png", "accuracy_vs_time.png")
@@ -350,6 +353,39 @@ def test_claims_are_judged_on_paired_differences_over_seeds():
         missing["Ablation: KD-only improves local accuracy over FedAvg"].verdict
         == "not judged: no finished runs of kd-only"
     )
+
+
+def test_the_time_axis_is_cpu_time_where_every_run_logged_it_in_its_own_process():
+    """Two methods whose wall times are inflated by sharing the machine: CPU time decides the matched
+    budget once every run has it to its last round, trained in its own process."""
+
+    def run(method, seed, cpu_per_round, wall_per_round, rounds=10, backend="local", cpu_rounds=None):
+        r = rd(
+            method,
+            seed,
+            global_acc=[(i, 0.1 * i) for i in range(1, rounds + 1)],
+            elapsed_s=[(i, wall_per_round * i) for i in range(1, rounds + 1)],
+            cpu_s=[(i, cpu_per_round * i) for i in range(1, (cpu_rounds or rounds) + 1)],
+        )
+        r.last_round, r.params = rounds, {"execution.backend": backend}
+        return r
+
+    # 'a' costs 1 CPU s a round but ran beside other work (4 s of wall time a round); 'b' 2 CPU s, alone
+    shown = {"a": [run("a", 1, 1.0, 4.0)], "b": [run("b", 1, 2.0, 2.0)]}
+    assert clock_of(shown) is CPU
+    budget, rows = matched_budget(shown, clock=CPU)
+    assert budget == pytest.approx(10.0)  # a's 10 CPU s; on wall time it would be b's 20 s
+    by = {r.method: r for r in rows}
+    assert by["b"].rounds.mean == 5 and by["a"].rounds.mean == 10
+    assert matched_budget(shown)[0] == pytest.approx(20.0)  # the wall clock, as before
+    assert total_time(shown["a"][0], CPU) == pytest.approx(10.0)
+    # any run without CPU time to its last round, or whose clients trained elsewhere: wall time for all
+    for other in (
+        run("c", 1, 1.0, 1.0, cpu_rounds=6),  # resumed from a checkpoint that did not carry CPU time
+        run("c", 1, 1.0, 1.0, backend="ray"),  # CPU time of the server's process only
+        rd("c", 1, global_acc=[(1, 0.5)], elapsed_s=[(1, 1.0)]),  # logged before CPU time existed
+    ):
+        assert clock_of({**shown, "c": [other]}) is WALL
 
 
 def test_protocol_reads_old_and_new_local_test_params():

@@ -1,6 +1,6 @@
 """`fedreg report`: a markdown and HTML report of a comparison (the variants of one or more parent runs, or
 every child run of an experiment), with statistics over seeds, curves, a client-level view and a
-matched wall-clock budget comparison.
+matched time budget comparison (on CPU time where every run logged it, else wall-clock time).
 
 The steps are plain functions, one module each:
 
@@ -37,6 +37,7 @@ from typing import Any
 #: public name -> the module that defines it; imported on first use, so that loading the `report` command
 #: (every `fedreg` invocation builds its parser) does not import MLflow, matplotlib, SciPy and Jinja2
 _WHERE = {
+    "ABLATIONS": "fedreg_report.claims",
     "BALANCE_KEY": "fedreg_report.metrics",
     "Block": "fedreg_report.render",
     "BudgetRow": "fedreg_report.summary",
@@ -47,6 +48,7 @@ _WHERE = {
     "CURVE_KEYS": "fedreg_report.metrics",
     "CURVE_TITLES": "fedreg_report.metrics",
     "Claim": "fedreg_report.claims",
+    "Clock": "fedreg_report.summary",
     "Collection": "fedreg_report.runs",
     "Comparison": "fedreg_report.paired",
     "EXTRA_KEYS": "fedreg_report.metrics",
@@ -70,6 +72,7 @@ _WHERE = {
     "all_label": "fedreg_report.stats",
     "build_blocks": "fedreg_report.layout",
     "claims_blocks": "fedreg_report.sections",
+    "clock_of": "fedreg_report.summary",
     "collect": "fedreg_report.runs",
     "compare_pair": "fedreg_report.paired",
     "curve_over_seeds": "fedreg_report.stats",

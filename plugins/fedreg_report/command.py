@@ -18,7 +18,7 @@ from fedreg_report.render import render_html, render_markdown
 from fedreg_report.runs import collect, datasets_of
 from fedreg_report.sensitivity import sensitivity
 from fedreg_report.store import open_store
-from fedreg_report.summary import aggregate, group, matched_budget
+from fedreg_report.summary import aggregate, clock_of, group, matched_budget
 from fedreg_report.tables import write_tables
 
 
@@ -59,12 +59,13 @@ def report(
         ) from None
     summaries = aggregate(col.finished, col.methods)
     tm = {m: by_method[m] for m in (time_methods or by_method)}
-    budget, budget_rows = matched_budget(tm)
-    plots = make_plots(by_method, out, time_methods, budget)
+    clock = clock_of(tm)
+    budget, budget_rows = matched_budget(tm, clock=clock)
+    plots = make_plots(by_method, out, time_methods, budget, clock)
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     datasets = datasets_of(col.finished)
     claims = judge_claims(col.finished, col.methods, datasets[0] if len(datasets) == 1 else None)
-    blocks = build_blocks(col, summaries, budget, budget_rows, plots, time_methods, generated, claims)
+    blocks = build_blocks(col, summaries, budget, budget_rows, plots, time_methods, generated, claims, clock)
     sens_blocks, sens_plots, sens_files = sensitivity(col.finished, out)  # nothing without a grid
     plots.update(sens_plots)
     blocks += sens_blocks
@@ -72,7 +73,7 @@ def report(
     (out / "report.html").write_text(render_html(blocks, out, title=str(blocks[0][2])), encoding="utf-8")
     files = (
         list(REPORT_FILES[:2])
-        + write_tables(out, col, summaries, budget, budget_rows, claims)
+        + write_tables(out, col, summaries, budget, budget_rows, claims, clock)
         + sens_files
         + list(plots)
     )

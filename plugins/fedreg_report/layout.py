@@ -18,7 +18,15 @@ from fedreg_report.sections import (
     time_blocks,
     worst_client_blocks,
 )
-from fedreg_report.summary import BudgetRow, MethodSummary, group, has_global_model, round_to_round_swing
+from fedreg_report.summary import (
+    WALL,
+    BudgetRow,
+    Clock,
+    MethodSummary,
+    group,
+    has_global_model,
+    round_to_round_swing,
+)
 
 
 def settings(runs: Sequence[RunData]) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
@@ -48,6 +56,7 @@ def build_blocks(
     time_methods: Sequence[str] | None,
     generated: str,
     claims: Sequence[Claim] | None = None,
+    clock: Clock = WALL,
 ) -> list[Block]:
     """The whole report; its first block is the title. ``plots``: {file name: caption} of the figures
     written; ``claims``: judged here when not given."""
@@ -66,7 +75,7 @@ def build_blocks(
         *forgetting_blocks(by_method),
         *claims_blocks(claims),
         *_figure_blocks(runs, plots),
-        *time_blocks(by_method, budget, budget_rows, plots, time_methods),
+        *time_blocks(by_method, budget, budget_rows, plots, time_methods, clock),
         *_runs_blocks(col),
     ]
 

@@ -207,6 +207,7 @@ def read_run(client, run, details: bool = True) -> RunData:
     rd.last_round = elapsed[-1][0] if elapsed else None
     if details:
         rd.curves["elapsed_s"] = elapsed
+        rd.curves["cpu_s"] = _history(client, rd.run_id, "cpu_s")
         for key in HISTORY_KEYS:
             rd.curves[key] = _history(client, rd.run_id, key)
         rows, stats = _run_artifacts(client, rd.run_id)

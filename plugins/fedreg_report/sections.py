@@ -12,7 +12,7 @@ from fedreg_report.metrics import FORGETTING, OPTIONAL_KEYS, SMALL_LOCAL_TEST, T
 from fedreg_report.render import Block
 from fedreg_report.runs import RunData
 from fedreg_report.stats import Stat, WorstClient, all_label, rounds_text, window_label
-from fedreg_report.summary import BudgetRow, MethodSummary, round_counts, run_values, worst_of
+from fedreg_report.summary import WALL, BudgetRow, Clock, MethodSummary, round_counts, run_values, worst_of
 
 
 def seeds_text(seeds: Sequence[int | None]) -> str:
@@ -244,9 +244,11 @@ def time_blocks(
     budget_rows: list[BudgetRow],
     plots: dict[str, str],
     time_methods: Sequence[str] | None,
+    clock: Clock = WALL,
 ) -> list[Block]:
-    """Accuracy against wall-clock time, and the matched-budget table."""
-    B: list[Block] = [("h", 2, "Accuracy against wall-clock time")]
+    """Accuracy against time (CPU time where every run has it, else wall-clock), and the matched-budget
+    table."""
+    B: list[Block] = [("h", 2, f"Accuracy against {clock.name}")]
     if time_methods:
         B.append(("p", f"Methods shown (--time-methods): {', '.join(time_methods)}."))
     B.append(("img", "accuracy_vs_time.png", plots["accuracy_vs_time.png"]))
@@ -254,16 +256,23 @@ def time_blocks(
         B.append(
             (
                 "p",
-                f"Matched budget: every method cut at T = {budget:.0f} s ({budget / 60:.1f} min), the "
-                "shortest mean total wall time among the methods shown. For each seed: the rounds it "
-                "completed by T, its global accuracy at the last of them, and the mean over its last "
-                f"{WINDOW} rounds before T; then mean ± std over seeds. Timings depend on the machine and "
-                "its load: runs that shared the machine with other work are slower.",
+                f"Matched budget: every method cut at T = {budget:.0f} s ({budget / 60:.1f} min) of "
+                f"{clock.name}, the shortest mean total {clock.name} among the methods shown. For each "
+                "seed: the rounds it completed by T, its global accuracy at the last of them, and the mean "
+                f"over its last {WINDOW} rounds before T; then mean ± std over seeds. "
+                + (
+                    "CPU time is the CPU seconds of each run's process (all its threads): other work on "
+                    "the machine does not inflate it, but it depends on the machine's processor."
+                    if clock.curve != WALL.curve
+                    else "Timings depend on the machine and its load: runs that shared the machine with "
+                    "other work are slower (runs that log CPU time up to their last round, in their own "
+                    "process, are compared on CPU time instead)."
+                ),
             )
         )
         head = [
             "method",
-            "total wall time s",
+            f"total {clock.name} s",
             "rounds by T",
             "global acc at T %",
             f"global acc last-{WINDOW} mean at T %",

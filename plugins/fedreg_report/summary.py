@@ -1,8 +1,9 @@
 """Per-run values and per-method statistics over seeds, on :class:`~fedreg_report.runs.RunData`: a run's
 derived values (:func:`run_values`: its worst client, forgetting means over two windows, the balance of
 global and local accuracy; no global figures for a method without a global model), :func:`group` and
-:func:`aggregate` (mean ± std per method), the matched wall-clock budget (:func:`matched_budget`) and the
-round-to-round swing of global accuracy."""
+:func:`aggregate` (mean ± std per method), the matched time budget (:func:`matched_budget`, on the
+:class:`Clock` of :func:`clock_of`: CPU time where every run has it, else wall time) and the round-to-round
+swing of global accuracy."""
 
 from __future__ import annotations
 
@@ -105,17 +106,47 @@ def aggregate(
     return out
 
 
-def total_time(rd: RunData) -> float | None:
-    """The run's wall time: elapsed_s at its last round, else its wall_time_s metric."""
-    el = rd.curves.get("elapsed_s")
+@dataclass(frozen=True)
+class Clock:
+    """The time axis of the accuracy-against-time view and of the matched budget."""
+
+    curve: str  # the per-round history: seconds since the run started, at each round
+    total: str  # the run's summary metric of its whole time
+    name: str  # in sentences and headings
+
+
+WALL = Clock("elapsed_s", "wall_time_s", "wall-clock time")
+CPU = Clock("cpu_s", "cpu_time_s", "CPU time")
+#: fedreg's backends whose clients train in the process that runs the round loop, so that its CPU time
+#: (timing/cpu_s) is the run's whole cost; with another backend (Ray, Flower) it is the server's part only
+IN_PROCESS_BACKENDS = ("local", "vectorized")
+
+
+def clock_of(by_method: dict[str, list[RunData]]) -> Clock:
+    """CPU time when every run shown logged it up to its last round and trained in its own process, else wall
+    time. On a machine shared with other work (or by the runs of a parallel sweep), or for a run that was
+    paused, wall time measures the machine; CPU time measures the run."""
+    runs = [rd for rs in by_method.values() for rd in rs]
+    ok = runs and all(
+        rd.curves.get(CPU.curve)
+        and rd.curves[CPU.curve][-1][0] == rd.last_round
+        and rd.params.get("execution.backend", "local") in IN_PROCESS_BACKENDS
+        for rd in runs
+    )
+    return CPU if ok else WALL
+
+
+def total_time(rd: RunData, clock: Clock = WALL) -> float | None:
+    """The run's time on ``clock``: the curve's value at its last round, else the run's summary metric."""
+    el = rd.curves.get(clock.curve)
     if el:
         return el[-1][1]
-    return rd.summary.get("wall_time_s")
+    return rd.summary.get(clock.total)
 
 
 @dataclass
 class BudgetRow:
-    """One method cut at the matched wall-clock budget T (see :func:`matched_budget`)."""
+    """One method cut at the matched time budget T (see :func:`matched_budget`)."""
 
     method: str
     total_time: Stat
@@ -126,11 +157,14 @@ class BudgetRow:
 
 
 def matched_budget(
-    by_method: dict[str, list[RunData]], key: str = "global_acc", budget: float | None = None
+    by_method: dict[str, list[RunData]],
+    key: str = "global_acc",
+    budget: float | None = None,
+    clock: Clock = WALL,
 ) -> tuple[float, list[BudgetRow]]:
-    """Every method cut at the same wall-clock time T (default: the shortest mean total wall time among the
+    """Every method cut at the same time T on ``clock`` (default T: the shortest mean total time among the
     methods): rounds reached, ``key`` at T and its mean over the last 10 rounds before T, over seeds."""
-    totals = {m: Stat.of(total_time(rd) for rd in rs) for m, rs in by_method.items()}
+    totals = {m: Stat.of(total_time(rd, clock) for rd in rs) for m, rs in by_method.items()}
     if budget is None:
         finite = [s.mean for s in totals.values() if s.n]
         if not finite:
@@ -138,7 +172,7 @@ def matched_budget(
         budget = min(finite)
     rows = []
     for m, rs in by_method.items():
-        cut = [within_budget(rd.curves.get("elapsed_s", []), rd.curves.get(key, []), budget) for rd in rs]
+        cut = [within_budget(rd.curves.get(clock.curve, []), rd.curves.get(key, []), budget) for rd in rs]
         full = [
             float(np.mean([v for _, v in rd.curves.get(key, [])][-WINDOW:])) if rd.curves.get(key) else None
             for rd in rs

@@ -14,7 +14,7 @@ from fedreg_report.claims import Claim
 from fedreg_report.metrics import CLAIMS_FILE, EXTRA_KEYS, REPORT_FILES, TABLE
 from fedreg_report.runs import Collection
 from fedreg_report.stats import Stat
-from fedreg_report.summary import BudgetRow, MethodSummary, group, run_values, worst_of
+from fedreg_report.summary import WALL, BudgetRow, Clock, MethodSummary, group, run_values, worst_of
 
 
 def _write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -31,10 +31,11 @@ def write_tables(
     budget: float,
     budget_rows: list[BudgetRow],
     claims: Sequence[Claim] = (),
+    clock: Clock = WALL,
 ) -> list[str]:
-    """summary.csv (tidy: method, metric, mean, std, n), runs.csv (one row per run and metric), clients.csv
-    (one row per run and client) and, with claims, claims.csv (one row per paired comparison). Returns the
-    names of the files written."""
+    """summary.csv (tidy: method, metric, mean, std, n; the matched budget's rows on ``clock``), runs.csv
+    (one row per run and metric), clients.csv (one row per run and client) and, with claims, claims.csv (one
+    row per paired comparison). Returns the names of the files written."""
 
     def num(v):
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
@@ -50,7 +51,7 @@ def write_tables(
                 rows.append([s.method, k, num(st.mean), num(st.std), st.n, ""])
     for b in budget_rows:
         for k, st in (
-            ("wall_time_total_s", b.total_time),
+            (f"{clock.total.removesuffix('_s')}_total_s", b.total_time),
             ("rounds_by_T", b.rounds),
             ("global_acc_at_T", b.at_budget),
             ("last10_global_acc_at_T", b.last10_at_budget),
