@@ -303,7 +303,7 @@ def test_claims_are_judged_on_paired_differences_over_seeds():
     assert relative.unit == "%" and relative.diffs == pytest.approx(
         {1: 1100 / 69, 2: 1200 / 70, 3: 1300 / 71}
     )
-    assert relative.status == "holds" and "lies above the claimed +9.8" in relative.verdict
+    assert relative.status == "holds" and relative.verdict.endswith("lies above the claimed +9.8%")
     assert points.ranks == relative.ranks == {1: (1, 3), 2: (1, 3), 3: (1, 3)}  # among itself and baselines
     assert points.figure == "global accuracy, mean of the last 10 rounds, in points"
     assert relative.figure == "global accuracy, mean of the last 10 rounds, relative (%)"
@@ -339,7 +339,7 @@ def test_claims_are_judged_on_paired_differences_over_seeds():
     one = judge_claims(_paper_runs(seeds=(1,)), [], "bloodmnist")
     assert all(c.status == "not judged" for cl in one for c in cl.comparisons)
     assert "one seed: no interval (the difference is +11.0 points" in one[0].comparisons[0].verdict
-    assert "(the difference is +15.9%, the claim +9.8)" in one[0].comparisons[1].verdict
+    assert "(the difference is +15.9%, the claim +9.8%)" in one[0].comparisons[1].verdict
     ablations_only = [r for r in _paper_runs() if r.method in ("fedkper", "kd-only", "agg-only")]
     assert judge_claims(ablations_only, [], "bloodmnist")[0].verdict.startswith("not judged: no baseline")
     other = judge_claims(_paper_runs(), [], "organcmnist")[0]

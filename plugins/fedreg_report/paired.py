@@ -26,17 +26,18 @@ def gap_verdict(iv: Interval, claimed: float, decimals: int = 1, unit: str = "po
     """(status, wording) for the claim 'the mean paired difference is ``claimed`` (in ``unit``)', from the
     interval: 'holds' only when the whole interval lies above the claimed gap, 'not supported' when it lies
     below it, else 'consistent'."""
+    pct = "%" if unit == "%" else ""
+    claim = f"{claimed:+.{decimals}f}{pct}"
     if iv.n == 0:
         return "not judged", "not judged: no seed has both methods"
     if iv.lo is None or iv.hi is None:
         return "not judged", (
-            f"one seed: no interval (the difference is {iv.mean:+.{decimals}f}"
-            f"{'%' if unit == '%' else ' ' + unit}, the claim {claimed:+.{decimals}f}); more seeds are "
-            "needed to judge it"
+            f"one seed: no interval (the difference is {iv.mean:+.{decimals}f}{pct or ' ' + unit}, the "
+            f"claim {claim}); more seeds are needed to judge it"
         )
     where = _iv(iv, decimals)
     if iv.lo > claimed:
-        return "holds", f"holds: the interval {where} lies above the claimed {claimed:+.{decimals}f}"
+        return "holds", f"holds: the interval {where} lies above the claimed {claim}"
     if iv.hi < claimed:
         tail = (
             "FedKPer is ahead, by less than claimed"
@@ -45,13 +46,9 @@ def gap_verdict(iv: Interval, claimed: float, decimals: int = 1, unit: str = "po
             if iv.hi < 0
             else "it contains 0: FedKPer is not shown ahead at all"
         )
-        return "not supported", (
-            f"not supported: the interval {where} excludes the claimed {claimed:+.{decimals}f} ({tail})"
-        )
+        return "not supported", f"not supported: the interval {where} excludes the claimed {claim} ({tail})"
     tail = "" if iv.lo > 0 else " (it also contains 0: FedKPer is not shown ahead at all)"
-    return "consistent", (
-        f"consistent with the claim: the interval {where} contains the claimed {claimed:+.{decimals}f}{tail}"
-    )
+    return "consistent", f"consistent with the claim: the interval {where} contains the claimed {claim}{tail}"
 
 
 def direction_verdict(iv: Interval, higher_is_better: bool = True, decimals: int = 1) -> tuple[str, str]:
