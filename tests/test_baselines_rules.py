@@ -24,7 +24,7 @@ from fedreg_baselines.fedper import FedPer
 from fedreg_baselines.moon import Moon, moon_contrastive
 from fedreg_baselines.personal_math import average_shared
 from fedreg_baselines.presets import PRESETS
-from fedreg_baselines.scaffold import Scaffold, ScaffoldAggregator
+from fedreg_baselines.scaffold import Scaffold, ScaffoldAggregator, momentum_step_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -342,6 +342,47 @@ def test_scaffold_two_rounds_by_hand():
         if r == 2:
             assert any(bool(v.abs().gt(1e-6).any()) for v in c.values())  # round 2 ran with a correction
         x, c, c_i = new_x, c_srv, c_new
+
+
+def test_momentum_step_count_is_the_distance_momentum_sgd_travels():
+    """SGD with heavy-ball momentum rho from an empty buffer, on a loss with a constant gradient g, moves the
+    weights lr * g * K' in K steps: the K' of ``momentum_step_count`` (K when rho = 0)."""
+    g = torch.tensor([0.3, -1.2])
+    for rho, steps in ((0.9, 1), (0.9, 5), (0.9, 40), (0.5, 7), (0.0, 6)):
+        w = torch.zeros(2, requires_grad=True)
+        opt = torch.optim.SGD([w], lr=0.01, momentum=rho)
+        for _ in range(steps):
+            opt.zero_grad()
+            (w * g).sum().backward()
+            opt.step()
+        travelled = -w.detach() / (0.01 * g)
+        assert torch.allclose(travelled, torch.full((2,), momentum_step_count(steps, rho)), rtol=1e-5)
+    assert momentum_step_count(6, 0.0) == 6
+    assert momentum_step_count(5, 0.9) < 5 / (1 - 0.9)  # fewer than the steady state's K / (1 - rho)
+
+
+@pytest.mark.parametrize("divisor", ["momentum", "steps"])
+def test_scaffold_option_ii_under_momentum_by_hand(divisor):
+    """With SGD momentum 0.9, option II divides x - y by K' lr (``divisor: momentum``, the FedKPer codebase's
+    reading: Lee-Gihun/FedNTD ``algorithms/scaffold/ClientTrainer.py`` with adaptive_divison) or by K lr
+    (``divisor: steps``, NIID-Bench's); by hand over K = 3 full-batch steps of a client's first round."""
+    lr, rho, K = 0.2, 0.9, 3
+    agg, obj = ScaffoldAggregator(), Scaffold(Scaffold.Params(divisor=divisor))
+    agg.num_clients = 2
+    x = clone_state(tiny_model().state_dict())
+    y, buf = dict(x), {k: torch.zeros_like(v) for k, v in x.items()}
+    for _ in range(K):
+        _, g = ce_grad(y)
+        buf = {k: rho * buf[k] + g[k] for k in y}
+        y = {k: y[k] - lr * buf[k] for k in y}
+    k_eff = (K - rho * (1 - rho**K) / (1 - rho)) / (1 - rho) if divisor == "momentum" else K
+    ctx = tiny_ctx(global_state=x, lr=lr, epochs=K, broadcast=agg.broadcast(1, x))
+    ctx.momentum = rho
+    ctx.make_optimizer = lambda p, **o: torch.optim.SGD(p, lr=lr, momentum=rho)
+    out = obj.train(ctx)
+    assert close(ctx.model.state_dict(), y, atol=1e-5)
+    assert close(ctx.state["c_i"], {k: (x[k] - y[k]) / (k_eff * lr) for k in x}, atol=1e-4)
+    assert close(out.payload["scaffold_delta_c"], ctx.state["c_i"], atol=1e-6)  # c_i was 0
 
 
 # --- FedDyn: the linear term over two rounds ---------------------------------------------------------------

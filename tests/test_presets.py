@@ -35,7 +35,7 @@ def test_preset_expands_into_its_parts_with_its_params(registry):
     }
     (rs,) = resolve(spec_with(method="scaffold"), registry)
     assert parts(rs) == (
-        {"name": "scaffold", "params": {}},
+        {"name": "scaffold", "params": {"divisor": "momentum"}},
         {"name": "scaffold", "params": {"weighting": "uniform", "global_lr": 1.0}},
     )
 

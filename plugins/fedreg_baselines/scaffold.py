@@ -5,12 +5,13 @@ together; the control-variate updates as plain functions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from fedreg.aggregate import weighted_average
-from fedreg.components import Aggregator, Objective, StateDict
+from fedreg.components import Aggregator, Objective, Params, StateDict
 from fedreg.errors import FedregError
 from fedreg.losses import cross_entropy
 from fedreg_baselines._pairing import broadcast_value, pairing_problems
@@ -18,11 +19,21 @@ from fedreg_baselines.fedavg import UniformWeightingParams, averaging_weights
 
 
 def scaffold_client_control(
-    c_i: StateDict, c: StateDict, x: StateDict, y: StateDict, steps: int, lr: float
+    c_i: StateDict, c: StateDict, x: StateDict, y: StateDict, steps: float, lr: float
 ) -> StateDict:
     """SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K * lr)."""
     scale = 1.0 / (max(steps, 1) * lr)
     return {k: c_i[k] - c[k] + (x[k] - y[k]) * scale for k in c_i}
+
+
+def momentum_step_count(steps: int, momentum: float) -> float:
+    """How many plain-SGD steps K local steps of SGD with heavy-ball momentum rho (buffer starting at zero)
+    move the weights for a constant gradient: sum_{t=1..K} (1 - rho^t) / (1 - rho)
+    = (K - rho (1 - rho^K) / (1 - rho)) / (1 - rho); K itself when rho = 0."""
+    if momentum == 0:
+        return float(steps)
+    rho = momentum
+    return (steps - rho * (1.0 - rho**steps) / (1.0 - rho)) / (1.0 - rho)
 
 
 def scaffold_server_control(c: StateDict, deltas: Sequence[StateDict], num_clients: int) -> StateDict:
@@ -34,14 +45,25 @@ def scaffold_server_control(c: StateDict, deltas: Sequence[StateDict], num_clien
     return out
 
 
+class ScaffoldParams(Params):
+    divisor: Literal["momentum", "steps"] = Field(
+        default="momentum",
+        description="the K of option II's (x - y_i) / (K lr): 'momentum' counts the plain-SGD steps that K "
+        "momentum steps from rest amount to (Lee-Gihun/FedNTD adaptive_divison, the FedKPer codebase's "
+        "default); 'steps' is K, the local steps (NIID-Bench; the same when momentum is 0)",
+    )
+
+
 class Scaffold(Objective):
     """SCAFFOLD client: gradients corrected by (c - c_i), control variate c_i updated by option II
     (Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", ICML 2020).
 
     Pair with the ``scaffold`` aggregation. Option II's (x - y_i) / (K lr) assumes plain SGD; with SGD
-    momentum beta the step size used there is the effective lr / (1 - beta)."""
+    momentum the K there is, by default, the number of plain steps the momentum steps amount to
+    (``momentum_step_count``), so that c_i+ is the mean corrected gradient again."""
 
     name = "scaffold"
+    Params = ScaffoldParams
 
     @classmethod
     def check_spec(cls, params, spec):
@@ -70,10 +92,12 @@ class Scaffold(Objective):
     def finish(self, ctx):
         y = {k: v.detach() for k, v in ctx.model.state_dict().items() if k in self._c}
         x = {k: ctx.global_state[k] for k in self._c}
-        # option II assumes plain SGD; with momentum beta the effective step is lr / (1 - beta)
-        new_c_i = scaffold_client_control(
-            self._c_i, self._c, x, y, self._steps, ctx.lr / (1.0 - ctx.momentum)
+        steps = (
+            momentum_step_count(self._steps, ctx.momentum)
+            if self.params.divisor == "momentum"
+            else self._steps
         )
+        new_c_i = scaffold_client_control(self._c_i, self._c, x, y, steps, ctx.lr)
         delta = {k: new_c_i[k] - self._c_i[k] for k in new_c_i}
         ctx.state["c_i"] = new_c_i
         self._params = None
