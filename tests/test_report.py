@@ -628,6 +628,7 @@ def toy_store(tmp_path_factory, _store_template):
     ids["gamma1"] = _child(client, exp, p2, "gamma", 1, [0.2, 0.3, 0.4], 4.0, clients={0: (2, 0.3)}, tmp=tmp)
     ids["gamma2"] = _child(client, exp, p2, "gamma", 2, [0.2], 4.0, status="RUNNING")
     ids["beta2"] = _child(client, exp, p1, "beta", 2, [0.2, 0.3], 2.0, status="FAILED")
+    client.set_tag(ids["beta2"], "fedreg.failure", "round 3: the data file   went missing " + "x" * 200)
     for p in (p1, p2):
         client.set_terminated(p, "FINISHED")
     single = client.create_run(exp, run_name="alone", tags={"fedreg.role": "single"}).info.run_id
@@ -658,9 +659,11 @@ def test_report_merges_parents_and_logs_to_each(toy_store, tmp_path, capsys):
     assert "| gamma | 1 (1) | 40.0 | 30.0 |" in lines["gamma"]
     incomplete = md.split("## Incomplete runs")[1]
     assert (
-        "| gamma.seed2 | gamma | 2 | RUNNING | 1 |" in incomplete
-        and "| beta.seed2 | beta | 2 | FAILED | 2 |" in incomplete
+        "| gamma.seed2 | gamma | 2 | RUNNING | 1 | - |" in incomplete
+        and "| beta.seed2 | beta | 2 | FAILED | 2 | round 3: the data file went missing xxx" in incomplete
     )
+    assert "x" * 200 not in incomplete and "…" in incomplete  # a long reason is cut
+    assert "beta.seed2 (FAILED, round 2; round 3: the data file went missing" in printed
     assert "superseded" in md and s["ids"]["beta.old"] in md
     assert "- the client's personal model (`personal`): beta" in md
     assert "- the client's trained copy of the global model (`local`): alpha, gamma" in md

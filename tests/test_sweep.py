@@ -26,6 +26,7 @@ from fedreg.pools import check_cluster_store, local_store
 from fedreg.progress import SweepProgress
 from fedreg.registry import installed_figures
 from fedreg.tracking import Tracker
+from fedreg_report.runs import read_run, why_incomplete
 from testhelpers import child, deadline, run_child, small_medmnist_spec, write_spec
 
 NAMES = MetricNames(installed_figures())  # how keys are named in MLflow
@@ -221,6 +222,9 @@ def test_a_failed_child_fails_alone(env, capsys):
             "ok2": "FINISHED",
         }
         assert kids["diverges"].data.tags["fedreg.failure"]
+        # the report names the cause of a diverged run
+        diverged = read_run(MlflowClient(uri), kids["diverges"], details=False)
+        assert why_incomplete(diverged) == "diverged: non-finite training loss in round 1"
         parent = MlflowClient(uri).get_run(kids["ok"].data.tags["mlflow.parentRunId"])
         assert parent.info.status == "FAILED"
 

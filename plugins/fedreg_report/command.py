@@ -15,7 +15,7 @@ from fedreg_report.layout import build_blocks
 from fedreg_report.metrics import REPORT_FILES
 from fedreg_report.plots import make_plots
 from fedreg_report.render import render_html, render_markdown
-from fedreg_report.runs import collect, datasets_of
+from fedreg_report.runs import collect, datasets_of, why_incomplete
 from fedreg_report.sensitivity import sensitivity
 from fedreg_report.store import open_store
 from fedreg_report.summary import aggregate, clock_of, group, matched_budget
@@ -83,7 +83,10 @@ def report(
         echo(
             f"left out {len(col.incomplete)} incomplete run(s): "
             + ", ".join(
-                f"{rd.name or rd.run_id} ({rd.status}, round {rd.last_round or 0})" for rd in col.incomplete
+                f"{rd.name or rd.run_id} ({rd.status}, round {rd.last_round or 0}"
+                + (f"; {why}" if (why := why_incomplete(rd, 80)) else "")
+                + ")"
+                for rd in col.incomplete
             )
         )
     if log:

@@ -10,7 +10,7 @@ from fedreg_report.claims import Claim, judge_claims
 from fedreg_report.metrics import CLIENT_METRIC_PREFIX, SETTING_KEYS, WINDOW
 from fedreg_report.protocol import protocol_blocks, protocols
 from fedreg_report.render import Block
-from fedreg_report.runs import Collection, RunData, datasets_of, uniq
+from fedreg_report.runs import Collection, RunData, datasets_of, uniq, why_incomplete
 from fedreg_report.sections import (
     claims_blocks,
     forgetting_blocks,
@@ -268,7 +268,7 @@ def _runs_blocks(col: Collection) -> list[Block]:
         B.append(
             (
                 "table",
-                ["run", "method", "seed", "status", "last round", "run id"],
+                ["run", "method", "seed", "status", "last round", "why", "run id"],
                 [
                     [
                         rd.name,
@@ -276,6 +276,7 @@ def _runs_blocks(col: Collection) -> list[Block]:
                         "?" if rd.seed is None else str(rd.seed),
                         rd.status,
                         str(rd.last_round or 0),
+                        why_incomplete(rd) or "-",
                         f"`{rd.run_id}`",
                     ]
                     for rd in col.incomplete

@@ -177,6 +177,19 @@ def participants_of(rows: Iterable[dict[str, Any]]) -> set[int]:
     return {int(float(r["client"])) for r in rows if r.get("metric") == "train_loss"}
 
 
+def why_incomplete(rd: RunData, limit: int = 160) -> str:
+    """Why a run did not finish, from its ``fedreg.failure`` tag: a failure from a non-finite training loss
+    reads "diverged: ..." with the round; other failures their reason, cut at ``limit`` characters; "" when
+    the run recorded none (still running, or stopped from outside)."""
+    text = " ".join(rd.tags.get("fedreg.failure", "").split())
+    if not text:
+        return ""
+    if "NonFiniteLoss" in text:
+        where = re.search(r"\bround (\d+)\b", text)
+        return "diverged: non-finite training loss" + (f" in round {where.group(1)}" if where else "")
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def local_test_sizes_of(stats: dict | None) -> dict[int, int]:
     """client -> local test size, from a run's partition/stats.json (``clients[i].local_test``)."""
     out = {}
