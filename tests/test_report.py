@@ -626,6 +626,8 @@ def toy_store(tmp_path_factory, _store_template):
         client, exp, p1, "beta", 1, [0.3, 0.4, 0.5], 2.0, role="personal", clients={3: (3, 0.95)}, tmp=tmp
     )
     ids["gamma1"] = _child(client, exp, p2, "gamma", 1, [0.2, 0.3, 0.4], 4.0, clients={0: (2, 0.3)}, tmp=tmp)
+    ids["gamma2.old"] = _child(client, exp, p2, "gamma", 2, [0.1], 4.0, status="FAILED")
+    time.sleep(0.01)  # a later start
     ids["gamma2"] = _child(client, exp, p2, "gamma", 2, [0.2], 4.0, status="RUNNING")
     ids["beta2"] = _child(client, exp, p1, "beta", 2, [0.2, 0.3], 2.0, status="FAILED")
     client.set_tag(ids["beta2"], "fedreg.failure", "round 3: the data file   went missing " + "x" * 200)
@@ -665,6 +667,9 @@ def test_report_merges_parents_and_logs_to_each(toy_store, tmp_path, capsys):
     assert "x" * 200 not in incomplete and "…" in incomplete  # a long reason is cut
     assert "beta.seed2 (FAILED, round 2; round 3: the data file went missing" in printed
     assert "superseded" in md and s["ids"]["beta.old"] in md
+    # an unfinished run replaced by a later run of its method and seed is superseded, not incomplete
+    assert f"gamma.seed2 (`{s['ids']['gamma2.old']}`, FAILED)" in md.split("superseded")[1]
+    assert s["ids"]["gamma2.old"] not in incomplete
     assert "- the client's personal model (`personal`): beta" in md
     assert "- the client's trained copy of the global model (`local`): alpha, gamma" in md
     assert "2 of 4 clients per round" in md and "single round of a single seed decides nothing" in md

@@ -224,8 +224,13 @@ def _numbers_blocks(col: Collection, summaries: list[MethodSummary], same: dict[
         B.append(
             (
                 "p",
-                "Left out as superseded (a later finished run of the same method and seed is used): "
-                + ", ".join(f"{rd.name or rd.run_id} (`{rd.run_id}`)" for rd in col.superseded),
+                "Left out as superseded (a later run of the same method and seed takes its place): "
+                + ", ".join(
+                    f"{rd.name or rd.run_id} (`{rd.run_id}`"
+                    + ("" if rd.status == "FINISHED" else f", {rd.status}")
+                    + ")"
+                    for rd in col.superseded
+                ),
             )
         )
     return B

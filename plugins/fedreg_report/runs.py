@@ -62,7 +62,8 @@ class Collection:
     parents: list[Any]  # mlflow Run objects
     finished: list[RunData]
     incomplete: list[RunData]
-    superseded: list[RunData]  # finished runs of a (method, seed) that has a later finished run
+    #: runs of a (method, seed) that has a later finished run, or that did not finish and has a later run
+    superseded: list[RunData]
     methods: list[str]  # in spec order
     experiment: str | None = None
 
@@ -278,6 +279,16 @@ def collect(
         else:
             superseded.append(rd)
     kept = [rd for rd in finished if latest[(rd.method, rd.seed if rd.seed is not None else rd.run_id)] is rd]
+    # an unfinished run that a later run of its method and seed replaced (a spec fixed after it failed)
+    started: dict[tuple, int] = {}
+    for rd in [*kept, *incomplete]:
+        key = (rd.method, rd.seed if rd.seed is not None else rd.run_id)
+        started[key] = max(started.get(key, 0), rd.start_time)
+    replaced = [
+        rd for rd in incomplete if rd.seed is not None and rd.start_time < started[(rd.method, rd.seed)]
+    ]
+    incomplete = [rd for rd in incomplete if rd not in replaced]
+    superseded += replaced
     order: list[str] = []
     for p in parents:
         order += [v for v in p.data.tags.get("fedreg.variants", "").split(",") if v]
