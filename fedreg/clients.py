@@ -308,8 +308,8 @@ class ClientRunner:
         cfg = self.config
         if cfg.eval_local and len(ctx.test_y) and evaluated(r, cfg.eval_every, cfg.rounds):
             model = call(rin.objective, "eval_model", r, cid, ctx)
-            with self.config.autocast():
-                local_eval = predict(model, ctx.test_x, ctx.test_y, self.config.eval_batch_size)
+            with cfg.autocast():
+                local_eval = predict(model, ctx.test_x, ctx.test_y, cfg.eval_batch_size)
         update = ClientUpdate(
             client_id=cid,
             num_samples=ctx.num_samples,
