@@ -49,6 +49,8 @@ from fedreg_report import (
     within_budget,
     worst_client,
 )
+from fedreg_report.layout import not_in_table_blocks
+from fedreg_report.runs import Collection
 from fedreg_report.summary import CPU, WALL
 from testhelpers import REPO
 
@@ -660,6 +662,9 @@ def test_report_merges_parents_and_logs_to_each(toy_store, tmp_path, capsys):
     assert "| beta | 1 (1) | 50.0 | 40.0 |" in lines["beta"]
     assert "| gamma | 1 (1) | 40.0 | 30.0 |" in lines["gamma"]
     incomplete = md.split("## Incomplete runs")[1]
+    left_out = md.split("## Results")[1].split("\n## ")[0]  # beside the table: what it leaves out, and why
+    assert "Not in this table, as they did not finish: beta seed 2 (round 3: the data file" in left_out
+    assert "; gamma seed 2 (running, round 1). The section 'Incomplete runs' lists them." in left_out
     assert (
         "| gamma.seed2 | gamma | 2 | RUNNING | 1 | - |" in incomplete
         and "| beta.seed2 | beta | 2 | FAILED | 2 | round 3: the data file went missing xxx" in incomplete
@@ -1038,3 +1043,29 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
         f"report/{n}" for n in ("report.md", "report.html", "summary.csv", "claims.csv", *PLOTS)
     } <= logged
     print(f"13 variants x 2 seeds: run {t_run:.0f} s, report {t_report:.0f} s")
+
+
+def test_a_method_without_a_finished_run_is_named_beside_the_results_table():
+    """A method whose every run diverged has no row in the Results table; the paragraph under it names it,
+    each run with the round its training loss went non-finite (the failure text is fedreg's own)."""
+    failure = (
+        "round 11: 0 of 2 clients succeeded, fewer than faults.min_clients=1. Failures: client 7: objective "
+        "'scaffold' (plugin 'baselines', fedreg 0.1.0): loss raised NonFiniteLoss: loss is nan at step 24"
+    )
+
+    def failed(seed, tags):
+        return RunData(
+            f"r{seed}", "scaffold", seed, "FAILED", name=f"scaffold.seed{seed}", last_round=10, tags=tags
+        )
+
+    col = Collection(
+        "sqlite://", [], [], [failed(1, {"fedreg.failure": failure}), failed(3, {})], [], ["fedavg"]
+    )
+    ((kind, text),) = not_in_table_blocks(col)
+    assert kind == "p"
+    assert text.startswith(
+        "Not in this table, as they did not finish: scaffold seed 1 (diverged: non-finite training loss in "
+        "round 11); scaffold seed 3 (failed, round 10)."
+    )
+    assert "Without a finished run at all: scaffold." in text
+    assert not_in_table_blocks(Collection("sqlite://", [], [], [], [], ["fedavg"])) == []

@@ -69,6 +69,7 @@ def build_blocks(
     return [
         *_header_blocks(col, summaries, generated, same, differ),
         *results_blocks(runs, summaries),
+        *not_in_table_blocks(col),
         *protocol_blocks(runs, col.methods),
         *_numbers_blocks(col, summaries, same),
         *worst_client_blocks(by_method),
@@ -263,6 +264,28 @@ def _figure_blocks(runs: Sequence[RunData], plots: dict[str, str]) -> list[Block
             )
         )
     return B
+
+
+def not_in_table_blocks(col: Collection) -> list[Block]:
+    """Beside the Results table, the runs it leaves out and why (a diverged method must not vanish)."""
+    if not col.incomplete:
+        return []
+    items = []
+    for rd in col.incomplete:
+        seed = "" if rd.seed is None else f" seed {rd.seed}"
+        why = why_incomplete(rd) or f"{rd.status.lower()}, round {rd.last_round or 0}"
+        items.append(f"{rd.method}{seed} ({why})")
+    missing = [m for m in dict.fromkeys(rd.method for rd in col.incomplete) if m not in col.methods]
+    return [
+        (
+            "p",
+            "Not in this table, as they did not finish: "
+            + "; ".join(items)
+            + "."
+            + (f" Without a finished run at all: {', '.join(missing)}." if missing else "")
+            + " The section 'Incomplete runs' lists them.",
+        )
+    ]
 
 
 def _runs_blocks(col: Collection) -> list[Block]:
