@@ -217,3 +217,27 @@ def test_paper_specs_use_the_authors_protocol(registry):
             assert rs.spec.data.local_test.rule == "per_class_equal"
             assert rs.components["partition"].params.cap is True
             assert rs.components["model"].name == "medmnist_net"
+
+
+def test_paper_specs_second_readings_follow_the_fedkper_code_base_configs(registry):
+    """FedProx and MOON once more as Lee-Gihun/FedNTD (the base of the FedKPer authors' code) configures them:
+    config/fedprox.json mu 1.0; config/moon.json mu 0.1, tau 0.5 on the network's own features (its
+    MedMNISTNet returns relu(linear_1) with get_features: no projection head); the presets stay as they
+    are."""
+    from fedreg.spec import load_spec
+
+    for name in ("bloodmnist", "organcmnist", "organsmnist"):
+        runs = {
+            rs.key: rs
+            for rs in load_spec(Path(__file__).parent.parent / "specs" / "paper" / f"{name}.yaml", registry)
+        }
+        assert len({k.rsplit(".", 1)[0] for k in runs}) == 15, name
+        prox, moon = runs["fedprox-fedntd.seed1"], runs["moon-fedntd.seed1"]
+        assert (
+            prox.components["objective"].name == "fedprox" and prox.components["objective"].params.mu == 1.0
+        )
+        assert moon.components["objective"].name == "moon"
+        assert (moon.components["objective"].params.mu, moon.components["objective"].params.tau) == (0.1, 0.5)
+        assert moon.components["model"].params.projection_dim == 0
+        assert runs["fedprox.seed1"].components["objective"].params.mu == 0.01  # the preset's reading
+        assert runs["moon.seed1"].components["model"].params.projection_dim == 256
