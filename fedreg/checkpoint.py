@@ -137,7 +137,21 @@ def save(path: Path, payload: dict[str, Any]) -> None:
             tmp.unlink(missing_ok=True)
         if isinstance(cause, OSError) and cause.errno in DISK_ERRORS:
             raise disk_problem(path, cause) from None
+        interrupt = _interruption(exc)
+        if interrupt is not None and interrupt is not exc:
+            raise interrupt from None  # Ctrl-C or SIGTERM mid-write, not torch's error while it unwound
         raise
+
+
+def _interruption(exc: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt (Ctrl-C, or SIGTERM as :mod:`fedreg.signals` turns it) that ``exc`` is or was
+    raised while handling, if any."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc, seen = exc.__context__, seen + 1
+    return None
 
 
 def save_run(path: Path, resolved: dict[str, Any], state: dict[str, Any]) -> None:

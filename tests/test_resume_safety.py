@@ -427,3 +427,29 @@ def test_an_interrupt_during_a_tracking_write_waits_for_the_write_to_end():
                 time.sleep(0.2)  # the handler would have run here
                 done.append("write")  # the write goes on to its end
         assert done == ["write"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_is_an_interruption(tmp_path, monkeypatch):
+    """Ctrl-C that lands inside ``torch.save`` (a KeyboardInterrupt in the file's write) surfaces as the
+    interruption, not as torch's ``unexpected pos`` error raised while it unwinds; the partial ``.tmp`` file
+    is removed and the previous checkpoint is left whole."""
+    import torch
+
+    ck = tmp_path / "run.pt"
+    checkpoint.save(ck, {"round": 1, "w": torch.ones(4)})
+    before = ck.read_bytes()
+    calls = {"n": 0}
+    real_write = checkpoint._Recorder.write
+
+    def interrupted_write(self, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_write(self, data)
+
+    monkeypatch.setattr(checkpoint._Recorder, "write", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(ck, {"round": 2, "w": torch.zeros(10_000)})
+    assert calls["n"] >= 3
+    assert ck.read_bytes() == before and checkpoint.load(ck)["round"] == 1
+    assert not (tmp_path / "run.pt.tmp").exists()
