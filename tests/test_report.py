@@ -1059,14 +1059,16 @@ def test_a_method_without_a_finished_run_is_named_beside_the_results_table():
             f"r{seed}", "scaffold", seed, "FAILED", name=f"scaffold.seed{seed}", last_round=10, tags=tags
         )
 
+    running = RunData("r9", "ditto", 1, "RUNNING", name="ditto.seed1", last_round=57)
     col = Collection(
-        "sqlite://", [], [], [failed(1, {"fedreg.failure": failure}), failed(3, {})], [], ["fedavg"]
+        "sqlite://", [], [], [failed(1, {"fedreg.failure": failure}), failed(3, {}), running], [], ["fedavg"]
     )
     ((kind, text),) = not_in_table_blocks(col)
     assert kind == "p"
     assert text.startswith(
         "Not in this table, as they did not finish: scaffold seed 1 (diverged: non-finite training loss in "
-        "round 11); scaffold seed 3 (failed, round 10)."
+        "round 11); scaffold seed 3 (failed, round 10); ditto seed 1 (running, round 57)."
     )
-    assert "Without a finished run at all: scaffold." in text
+    assert "Without a finished run, none still running: scaffold." in text
+    assert "No finished run yet, still running: ditto." in text
     assert not_in_table_blocks(Collection("sqlite://", [], [], [], [], ["fedavg"])) == []

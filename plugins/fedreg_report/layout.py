@@ -276,13 +276,17 @@ def not_in_table_blocks(col: Collection) -> list[Block]:
         why = why_incomplete(rd) or f"{rd.status.lower()}, round {rd.last_round or 0}"
         items.append(f"{rd.method}{seed} ({why})")
     missing = [m for m in dict.fromkeys(rd.method for rd in col.incomplete) if m not in col.methods]
+    running = {rd.method for rd in col.incomplete if rd.status == "RUNNING"}
+    ended = [m for m in missing if m not in running]
+    waiting = [m for m in missing if m in running]
     return [
         (
             "p",
             "Not in this table, as they did not finish: "
             + "; ".join(items)
             + "."
-            + (f" Without a finished run at all: {', '.join(missing)}." if missing else "")
+            + (f" Without a finished run, none still running: {', '.join(ended)}." if ended else "")
+            + (f" No finished run yet, still running: {', '.join(waiting)}." if waiting else "")
             + " The section 'Incomplete runs' lists them.",
         )
     ]
