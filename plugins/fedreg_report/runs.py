@@ -236,6 +236,11 @@ def read_run(client, run, details: bool = True) -> RunData:
     return rd
 
 
+def run_key(rd: RunData) -> tuple:
+    """(method, seed) of a run; a run without a seed stands alone (its run id instead)."""
+    return (rd.method, rd.seed if rd.seed is not None else rd.run_id)
+
+
 def collect(
     client, run_ids: Sequence[str] = (), experiment: str | None = None, progress: bool = True
 ) -> Collection:
@@ -270,7 +275,7 @@ def collect(
     latest: dict[tuple, RunData] = {}
     superseded = []
     for rd in finished:
-        key = (rd.method, rd.seed if rd.seed is not None else rd.run_id)
+        key = run_key(rd)
         old = latest.get(key)
         if old is None or (rd.end_time or 0) >= (old.end_time or 0):
             if old is not None:
@@ -278,15 +283,13 @@ def collect(
             latest[key] = rd
         else:
             superseded.append(rd)
-    kept = [rd for rd in finished if latest[(rd.method, rd.seed if rd.seed is not None else rd.run_id)] is rd]
+    kept = [rd for rd in finished if latest[run_key(rd)] is rd]
     # an unfinished run that a later run of its method and seed replaced (a spec fixed after it failed)
     started: dict[tuple, int] = {}
     for rd in [*kept, *incomplete]:
-        key = (rd.method, rd.seed if rd.seed is not None else rd.run_id)
+        key = run_key(rd)
         started[key] = max(started.get(key, 0), rd.start_time)
-    replaced = [
-        rd for rd in incomplete if rd.seed is not None and rd.start_time < started[(rd.method, rd.seed)]
-    ]
+    replaced = [rd for rd in incomplete if rd.seed is not None and rd.start_time < started[run_key(rd)]]
     incomplete = [rd for rd in incomplete if rd not in replaced]
     superseded += replaced
     order: list[str] = []
