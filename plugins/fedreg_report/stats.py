@@ -236,7 +236,28 @@ def rank_per_seed(
 def ranked_others(
     values: dict[str, dict[Any, float]], method: str, higher_is_better: bool = True
 ) -> list[str]:
-    """The other methods with a value, best first by their mean over seeds."""
-    means = {m: Stat.of(v.values()).mean for m, v in values.items() if m != method}
-    means = {m: x for m, x in means.items() if math.isfinite(x)}
-    return sorted(means, key=lambda m: (-means[m] if higher_is_better else means[m], m))
+    """The other methods with a value, best first, ranked paired with ``method``: each by its mean over the
+    seeds it shares with ``method``, less ``method``'s mean over the same seeds. With every seed present
+    that is the order of the means over seeds; where a method lacks a seed (a run that diverged), it is
+    not ranked on easier or harder seeds than the rest. Methods that share no seed with ``method`` come
+    last, by their own mean over seeds (all methods so, where ``method`` has no value)."""
+
+    def finite(v: dict[Any, float]) -> dict[Any, float]:
+        return {s: float(x) for s, x in v.items() if x is not None and math.isfinite(float(x))}
+
+    mine = finite(values.get(method, {}))
+    paired, unpaired = {}, {}
+    for m, v in values.items():
+        theirs = finite(v)
+        if m == method or not theirs:
+            continue
+        shared = sorted(theirs.keys() & mine.keys(), key=str)
+        if shared:
+            paired[m] = math.fsum(theirs[s] - mine[s] for s in shared) / len(shared)
+        else:
+            unpaired[m] = math.fsum(theirs.values()) / len(theirs)
+
+    def best_first(keyed: dict[str, float]) -> list[str]:
+        return sorted(keyed, key=lambda m: (-keyed[m] if higher_is_better else keyed[m], m))
+
+    return best_first(paired) + best_first(unpaired)
