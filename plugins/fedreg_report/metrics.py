@@ -72,6 +72,12 @@ SETTING_KEYS = (
     "training.local_epochs",
     "training.batch_size",
     "training.optimizer.lr",
+    "training.optimizer.momentum",
+    "training.optimizer.weight_decay",
+    "training.optimizer.nesterov",
+    "training.lr_schedule.gamma",
+    "training.lr_schedule.step_rounds",
+    "training.precision",
     "model.name",
 )
 
