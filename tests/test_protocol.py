@@ -223,7 +223,7 @@ def test_paper_specs_second_readings_follow_the_fedkper_code_base_configs(regist
     """FedProx and MOON once more as Lee-Gihun/FedNTD (the base of the FedKPer authors' code) configures them:
     config/fedprox.json mu 1.0; config/moon.json mu 0.1, tau 0.5 on the network's own features (its
     MedMNISTNet returns relu(linear_1) with get_features: no projection head); the presets stay as they
-    are."""
+    are. And SCAFFOLD once more with plain SGD, the one variant whose optimizer is not the protocol's."""
     from fedreg.spec import load_spec
 
     for name in ("bloodmnist", "organcmnist", "organsmnist"):
@@ -231,7 +231,7 @@ def test_paper_specs_second_readings_follow_the_fedkper_code_base_configs(regist
             rs.key: rs
             for rs in load_spec(Path(__file__).parent.parent / "specs" / "paper" / f"{name}.yaml", registry)
         }
-        assert len({k.rsplit(".", 1)[0] for k in runs}) == 15, name
+        assert len({k.rsplit(".", 1)[0] for k in runs}) == 16, name
         prox, moon = runs["fedprox-fedntd.seed1"], runs["moon-fedntd.seed1"]
         assert (
             prox.components["objective"].name == "fedprox" and prox.components["objective"].params.mu == 1.0
@@ -241,3 +241,9 @@ def test_paper_specs_second_readings_follow_the_fedkper_code_base_configs(regist
         assert moon.components["model"].params.projection_dim == 0
         assert runs["fedprox.seed1"].components["objective"].params.mu == 0.01  # the preset's reading
         assert runs["moon.seed1"].components["model"].params.projection_dim == 256
+        # SCAFFOLD once more with plain SGD; every other variant keeps the protocol's momentum
+        sgd = runs["scaffold-sgd.seed1"]
+        assert sgd.components["objective"].name == "scaffold" and sgd.spec.training.optimizer.momentum == 0
+        assert {k for k, rs in runs.items() if rs.spec.training.optimizer.momentum != 0.9} == {
+            f"scaffold-sgd.seed{s}" for s in (1, 2, 3)
+        }

@@ -50,7 +50,7 @@ from fedreg_report import (
     within_budget,
     worst_client,
 )
-from fedreg_report.layout import not_in_table_blocks
+from fedreg_report.layout import not_in_table_blocks, settings
 from fedreg_report.runs import Collection
 from fedreg_report.summary import CPU, WALL
 from testhelpers import REPO
@@ -480,6 +480,27 @@ def test_protocol_reads_old_and_new_local_test_params():
         in text
     )
     assert "Warning" not in render_markdown(protocol_blocks(runs[:3], ["a", "b"]))
+
+
+def test_settings_that_differ_between_runs_are_flagged_with_their_methods():
+    base = {
+        "data.dataset.name": "bloodmnist",
+        "federation.clients_per_round": "2",
+        "training.optimizer.lr": "0.01",
+        "training.optimizer.momentum": "0.9",
+        "training.lr_schedule.gamma": "0.99",
+    }
+    runs = [rd("fedavg", 1), rd("fedavg", 2), rd("scaffold-sgd", 1), rd("median", 1)]
+    runs[0].params = runs[1].params = dict(base)
+    runs[2].params = {**base, "training.optimizer.momentum": "0.0"}
+    runs[3].params = {k: v for k, v in base.items() if k != "training.lr_schedule.gamma"}  # an older run
+    runs[3].params["federation.clients_per_round"] = "5"
+    same, differ = settings(runs)
+    assert same["training.optimizer.lr"] == "0.01" and same["training.lr_schedule.gamma"] == "0.99"
+    assert differ == {
+        "federation.clients_per_round": {"fedavg": ["2"], "scaffold-sgd": ["2"], "median": ["5"]},
+        "training.optimizer.momentum": {"fedavg": ["0.9"], "scaffold-sgd": ["0.0"], "median": ["0.9"]},
+    }
 
 
 def test_trailing_mean_and_curves_over_seeds():
@@ -954,7 +975,7 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
 
     spec = REPO / "specs" / "paper" / "bloodmnist.yaml"
     variants = list(yaml.safe_load(spec.read_text())["variants"])
-    assert len(variants) == 15  # the paper's 13 and two second readings
+    assert len(variants) == 16  # the paper's 13 and three second readings
     # tiny scale: a tenth of the real data, 2 rounds (NFR and BwT need a previous round), 8 clients, batches
     # of 32, one thread, 2 child runs at once
     overrides = [
@@ -1055,7 +1076,13 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     rows = [r for r in protocol.splitlines() if r.startswith("| bloodmnist (subset=0.1) |")]
     assert len(rows) == 2 and "projection_dim=256" in rows[1] and rows[1].endswith("| moon (1, 2) |"), rows
     assert "projection_dim=0)" in rows[0] and "moon (1, 2)" not in rows[0], rows
-    assert rows[0].endswith("moon-fedntd (1, 2) |"), rows  # the second reading of MOON: no projection head
+    assert "; moon-fedntd (1, 2);" in rows[0], rows  # the second reading of MOON: no projection head
+    assert rows[0].endswith("; scaffold-sgd (1, 2) |"), rows
+    # SCAFFOLD's plain-SGD reading is the one variant whose optimizer differs: the header says so
+    header = md.split("## Results")[0]
+    assert "Warning: the runs differ in settings other than the method" in header
+    momentum = next(x for x in header.splitlines() if x.startswith("- `training.optimizer.momentum`:"))
+    assert "fedkper: 0.9;" in momentum and momentum.endswith("scaffold-sgd: 0.0"), momentum
     assert "2 different protocols (they differ in: model)" in protocol
     claims = md.split("## The paper's claims, across seeds")[1].split("\n## ")[0]
     assert "### Global accuracy 9.8% above the next best method (bloodmnist)" in claims
