@@ -123,9 +123,12 @@ def _header_blocks(
     title = "Report: " + (", ".join(specs) or col.experiment or "comparison")
     B: list[Block] = [("h", 1, title), ("ul", header)]
     if differ:
-        items = [
-            f"`{k}`: " + "; ".join(f"{m}: {'/'.join(v)}" for m, v in per.items()) for k, per in differ.items()
-        ]
+        items = []
+        for k, per in differ.items():
+            by_value: dict[str, list[str]] = {}  # the methods that used each value (or values, across seeds)
+            for m, v in per.items():
+                by_value.setdefault("/".join(v), []).append(m)
+            items.append(f"`{k}`: " + "; ".join(f"{v} ({', '.join(ms)})" for v, ms in by_value.items()))
         B.append(("p", "Warning: the runs differ in settings other than the method; compare with care:"))
         B.append(("ul", items))
     return B
