@@ -241,21 +241,17 @@ def ranked_others(
     that is the order of the means over seeds; where a method lacks a seed (a run that diverged), it is
     not ranked on easier or harder seeds than the rest. Methods that share no seed with ``method`` come
     last, by their own mean over seeds (all methods so, where ``method`` has no value)."""
-
-    def finite(v: dict[Any, float]) -> dict[Any, float]:
-        return {s: float(x) for s, x in v.items() if x is not None and math.isfinite(float(x))}
-
-    mine = finite(values.get(method, {}))
+    mine = values.get(method, {})
     paired, unpaired = {}, {}
     for m, v in values.items():
-        theirs = finite(v)
-        if m == method or not theirs:
+        own = Stat.of(v.values())
+        if m == method or own.n == 0:
             continue
-        shared = sorted(theirs.keys() & mine.keys(), key=str)
-        if shared:
-            paired[m] = math.fsum(theirs[s] - mine[s] for s in shared) / len(shared)
+        diffs = paired_differences(v, mine)
+        if diffs:
+            paired[m] = Stat.of(diffs.values()).mean
         else:
-            unpaired[m] = math.fsum(theirs.values()) / len(theirs)
+            unpaired[m] = own.mean
 
     def best_first(keyed: dict[str, float]) -> list[str]:
         return sorted(keyed, key=lambda m: (-keyed[m] if higher_is_better else keyed[m], m))
