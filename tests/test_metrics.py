@@ -15,9 +15,6 @@ from fedreg.testing import tiny_federation, update_metric
 from fedreg_metrics.components import (
     BackwardTransfer,
     Flips,
-    GlobalAUC,
-    GlobalBrier,
-    GlobalECE,
     GlobalOnLocalAccuracy,
     LocalAccuracy,
 )
@@ -30,6 +27,7 @@ from fedreg_metrics.formulas import (
     expected_calibration_error,
     flip_rates,
 )
+from fedreg_metrics.probabilities import GlobalAUC, GlobalBrier, GlobalECE
 
 
 def preds(labels, predicted):

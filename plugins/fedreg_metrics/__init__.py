@@ -7,12 +7,10 @@ from fedreg_metrics.components import (
     BackwardTransfer,
     Flips,
     GlobalAccuracy,
-    GlobalAUC,
-    GlobalBrier,
-    GlobalECE,
     GlobalOnLocalAccuracy,
     LocalAccuracy,
 )
+from fedreg_metrics.probabilities import GlobalAUC, GlobalBrier, GlobalECE
 
 
 @hookimpl
