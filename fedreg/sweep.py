@@ -114,10 +114,11 @@ def group_tag(rs: Any, parent: str | None) -> str:
 
 def expected_cost(rs: Any, fed: Any) -> float:
     """A child's expected work, for ordering a sweep longest first: the training samples of the clients its
-    selection draws, round by round, x local epochs, plus its evaluations (a forward pass of the test sets,
-    counted as a third of a training step). The draws are those of the run's own sampling stream with a
-    fresh selector (one that learns from the run is simulated without that feedback); under label skew the
-    clients' sizes differ widely, so two seeds of one spec can differ by half in cost."""
+    selection draws, round by round, x local epochs x the objective's ``relative_cost`` (its work per sample
+    against plain cross-entropy), plus its evaluations (a forward pass of the test sets, counted as a third
+    of a training step). The draws are those of the run's own sampling stream with a fresh selector (one
+    that learns from the run is simulated without that feedback); under label skew the clients' sizes
+    differ widely, so two seeds of one spec can differ by half in cost."""
     from fedreg.components import RunInfo
     from fedreg.evaluation import call, select_clients
 
@@ -138,7 +139,9 @@ def expected_cost(rs: Any, fed: Any) -> float:
         trained = sum(sizes) / max(1, len(sizes)) * fr.clients_per_round * fr.rounds
     evaluations = -(-fr.rounds // s.evaluation.every)
     tested = len(fed.dataset.test_y) + sum(len(c.test_idx) for c in fed.clients)
-    return trained * s.training.local_epochs + evaluations * tested / 3
+    objective = rs.components["objective"]
+    per_sample = float(objective.info.cls.relative_cost(objective.params, s))
+    return trained * s.training.local_epochs * per_sample + evaluations * tested / 3
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -466,3 +466,29 @@ def test_a_sigkilled_sweep_parent_leaves_no_worker_running_and_no_run_running(en
     parent = MlflowClient(uri).get_run(kids["a"].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
     assert "fedreg resume" in parent.data.tags["fedreg.failure"]
+
+
+def test_expected_cost_weighs_each_method_by_its_objectives_relative_cost(env):
+    """A sweep orders its children by expected work; a method's extra passes count: on one partition and one
+    sampling stream, Ditto (two models trained) costs FedAvg's training twice and FedRep (head epochs that
+    train the head alone) less than FedAvg, in the ratio its objective declares."""
+    from fedreg.data import DataCache
+    from fedreg.registry import build_registry
+    from fedreg.spec.resolve import resolve
+    from fedreg.sweep import expected_cost
+    from fedreg_baselines.fedrep import FedRep
+
+    tmp, raw, _ = env
+    raw["model"] = "medmnist_net"
+    raw["training"]["local_epochs"] = 5
+    del raw["training"]["objective"], raw["federation"]["aggregation"]  # the variants' presets name them
+    raw["variants"] = {name: {"method": name} for name in ("fedavg", "ditto", "fedrep")}
+    specs = {rs.variant: rs for rs in resolve(raw, build_registry())}
+    cache = DataCache()
+    cost = {name: expected_cost(rs, cache.get(rs)) for name, rs in specs.items()}
+    assert cost["ditto"] > cost["fedavg"] > cost["fedrep"]
+    training = cost["ditto"] - cost["fedavg"]  # FedAvg's training (Ditto's is twice it); evaluations cancel
+    rep = specs["fedrep"].components["objective"]
+    factor = FedRep.relative_cost(rep.params, specs["fedrep"].spec)
+    assert factor == pytest.approx((0.4 * 4 + 1) / 5)  # local_epochs 5, of which rep_epochs 1 train the body
+    assert cost["fedavg"] - cost["fedrep"] == pytest.approx(training * (1 - factor))

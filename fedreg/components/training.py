@@ -171,6 +171,15 @@ class Objective(Component):
     #: local-only training): global metrics are still logged, and reports leave them out of rankings
     global_model_role: ClassVar[str] = "global"
 
+    @classmethod
+    def relative_cost(cls, params: Any, spec: Any) -> float:
+        """The training work of a client's round per training sample and local epoch, relative to one
+        forward and backward pass of the model (plain cross-entropy: 1.0; an extra forward pass of a model
+        counts about 1/3, an extra epoch of training 1). Only orders a sweep's children longest first and
+        scales its ETA; it never changes a result. ``spec`` is the run spec (a
+        :class:`fedreg.spec.RunSpec`). Default 1.0."""
+        return 1.0
+
     def setup(self, ctx: LocalContext) -> None:
         """Runs before the first batch (e.g. build the frozen global model, load client state)."""
 

@@ -143,6 +143,10 @@ class APFL(PersonalObjective):
     name = "apfl"
     Params = APFLParams
 
+    @classmethod
+    def relative_cost(cls, params, spec):
+        return 2.0  # the personal and the global model both train on every batch
+
     # -- shared ------------------------------------------------------------------------------------------
     def personal_start(self, ctx) -> StateDict:
         if "personal" in ctx.state:

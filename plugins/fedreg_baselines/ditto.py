@@ -44,6 +44,10 @@ class Ditto(PersonalObjective):
     name = "ditto"
     Params = DittoParams
 
+    @classmethod
+    def relative_cost(cls, params, spec):
+        return 2.0  # the personal model trains as many epochs as the global one
+
     def personal_start(self, ctx):
         """The client's personal weights: stored, else where the run says personal models start."""
         if "personal" in ctx.state:

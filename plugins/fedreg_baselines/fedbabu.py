@@ -54,6 +54,11 @@ class FedBABU(KeptLayers):
     name = "fedbabu"
     Params = FedBABUParams
 
+    @classmethod
+    def relative_cost(cls, params, spec):
+        # each evaluated round, a participant fine-tunes a copy for finetune_epochs before its local score
+        return 1.0 + params.finetune_epochs / max(1, spec.training.local_epochs) / spec.evaluation.every
+
     def train(self, ctx):
         head, _ = split_parameters(ctx.model, self.params.head_layers, "head_layers")
         with frozen(head):

@@ -44,6 +44,10 @@ class FedNTD(Objective):
     name = "fedntd"
     Params = FedNTDParams
 
+    @classmethod
+    def relative_cost(cls, params, spec):
+        return 4 / 3  # a forward pass of the received (teacher) model per batch
+
     def setup(self, ctx):
         self._teacher = ctx.global_model()
 

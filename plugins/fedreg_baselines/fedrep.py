@@ -47,6 +47,12 @@ class FedRep(FedPer):
     Params = FedRepParams
 
     @classmethod
+    def relative_cost(cls, params, spec):
+        # a head epoch is a forward pass and the head's backward (about 0.4 of a training step)
+        head, body = phase_epochs(spec.training.local_epochs, params.rep_epochs)
+        return (0.4 * head + body) / max(1, head + body)
+
+    @classmethod
     def check_spec(cls, params, spec):
         problems = super().check_spec(params, spec)
         epochs = spec.training.local_epochs

@@ -27,6 +27,10 @@ class AdaptiveKD(Objective):
     api_version = 3  # its loss is a functional_loss alone (the local loop needs contract 3)
     Params = AdaptiveKDParams
 
+    @classmethod
+    def relative_cost(cls, params, spec):
+        return 4 / 3  # a forward pass of the received (teacher) model per batch
+
     def functional_loss(self, forward, params, x, y, weight, fctx):
         loss, _ = adaptive_kd_loss(
             forward(params, x), fctx.teacher(x), y, self.params.tau, self.params.lambda_max, weight
