@@ -173,6 +173,14 @@ def cmd_compare(args) -> int:
     return compare(args.run_id, tracking=args.tracking_uri, log=not args.no_log)
 
 
+def cmd_status(args) -> int:
+    from fedreg.status import status
+    from fedreg.tracking import checked_uri
+
+    checked_uri(args.tracking_uri)
+    return status(args.run_id, args.tracking_uri, args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
+
+
 def cmd_replay(args) -> int:
     from fedreg.replay import replay
 
@@ -287,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tracking-uri", default=None)
     sp.add_argument("--no-log", action="store_true", help="do not log the table and plots to the parent run")
     sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("status", help="where the child runs of parent runs stand, and how to continue them")
+    sp.add_argument("run_id", nargs="+", help="parent run ids printed by 'fedreg run'")
+    sp.add_argument("--tracking-uri", default=None)
+    sp.add_argument("--checkpoint-dir", default=None, help="where to look when the run's tags name no folder")
+    sp.set_defaults(func=cmd_status)
 
     sp = sub.add_parser("replay", help="send tracking calls a run could not deliver (its spool folder)")
     sp.add_argument("folder")

@@ -43,6 +43,25 @@ class FolderLock:
             return {}
         return data if isinstance(data, dict) else {}
 
+    @staticmethod
+    def alive(holder: dict[str, Any]) -> bool:
+        """Whether the process a lock file names still runs: its pid exists on this host (a holder on another
+        host cannot be checked from here and counts as alive). For reading only (``fedreg status``):
+        whether the lock is held is what ``acquire`` decides."""
+        if holder.get("host") != socket.gethostname():
+            return bool(holder)
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except (KeyError, TypeError, ValueError, ProcessLookupError):
+            return False
+        except PermissionError:  # another user's process
+            return True
+        cmdline = Path(f"/proc/{holder['pid']}/cmdline")
+        try:  # a pid the system gave to another program since
+            return b"fedreg" in cmdline.read_bytes() if cmdline.parent.exists() else True
+        except OSError:
+            return False
+
     def acquire(self) -> None:
         """Take the lock or raise :class:`FedregError` naming the process that holds it."""
         if fcntl is None or self._fd is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,17 @@ def expected_cost(rs: Any, fed: Any) -> float:
     objective = rs.components["objective"]
     per_sample = float(objective.info.cls.relative_cost(objective.params, s))
     return trained * s.training.local_epochs * per_sample + evaluations * tested / 3
+
+
+def failure_summary(text: str, limit: int = 160) -> str:
+    """A child's recorded failure (its ``fedreg.failure`` tag) in one short line: a non-finite training loss
+    reads "diverged: non-finite training loss in round N"; other failures their reason, cut at ``limit``
+    characters; "" when none was recorded."""
+    text = " ".join(text.split())
+    if "NonFiniteLoss" in text:
+        where = re.search(r"\bround (\d+)\b", text)
+        return "diverged: non-finite training loss" + (f" in round {where.group(1)}" if where else "")
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def failure_reason(exc: BaseException) -> str:

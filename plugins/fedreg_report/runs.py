@@ -20,6 +20,7 @@ from typing import Any
 from fedreg.errors import FedregError
 from fedreg.outputs import MetricNames
 from fedreg.registry import installed_figures
+from fedreg.sweep import failure_summary
 from fedreg_report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS, OPTIONAL_KEYS
 from fedreg_report.store import find_runs
 
@@ -179,16 +180,11 @@ def participants_of(rows: Iterable[dict[str, Any]]) -> set[int]:
 
 
 def why_incomplete(rd: RunData, limit: int = 160) -> str:
-    """Why a run did not finish, from its ``fedreg.failure`` tag: a failure from a non-finite training loss
-    reads "diverged: ..." with the round; other failures their reason, cut at ``limit`` characters; "" when
-    the run recorded none (still running, or stopped from outside)."""
-    text = " ".join(rd.tags.get("fedreg.failure", "").split())
-    if not text:
-        return ""
-    if "NonFiniteLoss" in text:
-        where = re.search(r"\bround (\d+)\b", text)
-        return "diverged: non-finite training loss" + (f" in round {where.group(1)}" if where else "")
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    """Why a run did not finish, from its ``fedreg.failure`` tag (:func:`fedreg.sweep.failure_summary`): a
+    failure from a non-finite training loss reads "diverged: ..." with the round; other failures their
+    reason, cut at ``limit`` characters; "" when the run recorded none (still running, or stopped from
+    outside)."""
+    return failure_summary(rd.tags.get("fedreg.failure", ""), limit)
 
 
 def local_test_sizes_of(stats: dict | None) -> dict[int, int]:

@@ -1,0 +1,77 @@
+"""``fedreg status`` on a real sweep in a real subprocess and a real MLflow store: while it runs (the
+running child, the failed one and why, the finished one, the ones not started, the process that runs them),
+and after the process was killed (the child left RUNNING in the store reads INTERRUPTED, and the printed
+command continues the sweep)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+
+from mlflow.tracking import MlflowClient
+
+from fedreg.cli import main
+from testhelpers import child, run_child, small_medmnist_spec, write_spec
+
+
+def status_of(capsys, parent: str) -> tuple[int, dict[str, str], str]:
+    """(exit status, child name -> its line, the whole output) of ``fedreg status PARENT``."""
+    code = main(["status", parent])
+    out = capsys.readouterr().out
+    lines = {m.group(1): line for line in out.splitlines() if (m := re.match(r"  (\S+\.seed\d+|\w+) ", line))}
+    return code, lines, out
+
+
+def test_status_while_a_sweep_runs_and_after_it_was_killed(tmp_path, tracking_uri, capsys):
+    raw, _ = small_medmnist_spec(tmp_path, n_train=240, n_test=60)
+    raw["execution"] = {"threads": 1}
+    raw["checkpoint"] = {"dir": str(tmp_path / "ck"), "every": 1}
+    raw["federation"]["rounds"] = 3
+    raw["variants"] = {  # run one after another, in this order
+        "ok": {},
+        "diverges": {"training.optimizer.lr": 1.0e12, "faults.divergence": "stop"},
+        "slow": {"federation.rounds": 100},
+        "later": {},
+    }
+    spec = write_spec(tmp_path / "status.yaml", raw)
+    cmd = [sys.executable, "-m", "fedreg", "run", str(spec), "--no-progress"]
+    with child(cmd, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "ck").rglob("slow.pt")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the sweep ended before its slow child checkpointed"
+            time.sleep(0.2)
+        client = MlflowClient(tracking_uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        parent = next(r.info.run_id for r in runs if r.data.tags.get("fedreg.role") == "parent")
+
+        code, lines, out = status_of(capsys, parent)
+        assert code == 1, out  # a child failed
+        assert f"being run by pid {proc.pid}" in out, out
+        assert re.search(r"FINISHED\s+3/3\s+[\d,]+\s+global acc 0\.\d{4}", lines["ok"]), lines["ok"]
+        assert "FAILED" in lines["diverges"]
+        assert "diverged: non-finite training loss in round 1" in lines["diverges"]
+        assert re.search(r"RUNNING\s+\d+/100 .* logged \d+s ago", lines["slow"]), lines["slow"]
+        assert re.search(r"NOT STARTED\s+-\s+-$", lines["later"]), lines["later"]
+        assert "1 finished, 1 running, 1 failed, 1 not started" in out
+        assert "continue:" not in out  # it is running
+
+        proc.send_signal(signal.SIGKILL)  # as a machine that stops: nothing of the process runs
+        proc.wait(timeout=60)
+
+    code, lines, out = status_of(capsys, parent)
+    assert "being run by" not in out
+    assert re.search(r"INTERRUPTED\s+\d+/100", lines["slow"]), lines["slow"]
+    assert "1 finished, 1 interrupted, 1 failed, 1 not started" in out
+    # the slow child's rounds to go, at its CPU per round
+    assert re.search(r"CPU time \S+ so far, about (\d+m)?\d+s left", out), out
+    command = re.search(r"continue: (fedreg resume \S+)", out).group(1)
+    assert command == f"fedreg resume {parent}"  # the store is the default one ($MLFLOW_TRACKING_URI)
+    # the printed command continues the sweep: the slow child from its checkpoint, then the later one
+    resumed = run_child([sys.executable, "-m", *command.split(), "--no-progress"], 600, cwd=tmp_path)
+    assert resumed.returncode == 1, resumed.stderr  # the diverging child is retried and fails again
+    code, lines, out = status_of(capsys, parent)
+    assert re.search(r"FINISHED\s+100/100", lines["slow"]) and "FINISHED" in lines["later"], out
+    assert "3 finished, 1 failed" in out
