@@ -501,6 +501,9 @@ def test_settings_that_differ_between_runs_are_flagged_with_their_methods():
         "federation.clients_per_round": {"fedavg": ["2"], "scaffold-sgd": ["2"], "median": ["5"]},
         "training.optimizer.momentum": {"fedavg": ["0.9"], "scaffold-sgd": ["0.0"], "median": ["0.9"]},
     }
+    # methods in the spec's order, whatever order the runs started in (a sweep starts its longest first)
+    _, differ = settings(runs, ["median", "scaffold-sgd", "fedavg"])
+    assert list(differ["training.optimizer.momentum"]) == ["median", "scaffold-sgd", "fedavg"]
 
 
 def test_trailing_mean_and_curves_over_seeds():

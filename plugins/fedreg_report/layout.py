@@ -29,8 +29,13 @@ from fedreg_report.summary import (
 )
 
 
-def settings(runs: Sequence[RunData]) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
-    """Settings shared by all runs, and those that differ (key -> method -> values)."""
+def settings(
+    runs: Sequence[RunData], methods: Sequence[str] = ()
+) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
+    """Settings shared by all runs, and those that differ (key -> method -> values), methods in the order
+    of ``methods`` (the spec's), others after them in the order of the runs."""
+    rank = {m: i for i, m in enumerate(methods)}
+    runs = sorted(runs, key=lambda rd: rank.get(rd.method, len(rank)))  # stable
     same, differ = {}, {}
     for key in SETTING_KEYS:
         vals = uniq(rd.params.get(key) for rd in runs)
@@ -62,7 +67,7 @@ def build_blocks(
     written; ``claims``: judged here when not given."""
     runs = col.finished
     by_method = group(runs, col.methods)
-    same, differ = settings(runs)
+    same, differ = settings(runs, col.methods)
     if claims is None:
         datasets = datasets_of(runs)
         claims = judge_claims(runs, col.methods, datasets[0] if len(datasets) == 1 else None)
