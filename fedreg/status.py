@@ -80,6 +80,9 @@ def planned_children(client: MlflowClient, parent: Any, meta: dict[str, Any]) ->
         order_by=["attributes.start_time ASC"],
         max_results=50_000,
     )
+    names = MetricNames(installed_figures())
+    if not found and parent.data.tags.get("fedreg.role") != "parent":  # a single run: itself
+        return [read_child(client, names, parent.info.run_name, parent)], 0
     by_id = {r.info.run_id: r for r in found}
     current = dict(meta.get("runs", {}))
     for r in found:  # without a folder: the latest run of each name
@@ -87,8 +90,6 @@ def planned_children(client: MlflowClient, parent: Any, meta: dict[str, Any]) ->
             current[r.info.run_name] = r.info.run_id
     order = list(meta.get("identities") or current)
     order += [n for n in current if n not in order]
-    figures = installed_figures()
-    names = MetricNames(figures)
     children = [read_child(client, names, n, by_id.get(current.get(n, ""))) for n in order]
     return children, len(found) - sum(c.run is not None for c in children)
 
@@ -155,10 +156,13 @@ def status(run_ids: Sequence[str], tracking: str | None, folder_root: str, echo:
 
 
 def parent_status(client: MlflowClient, run_id: str, tracking: str | None, root: Path, echo: Callable) -> int:
-    """Print one parent run's children; returns how many failed."""
+    """Print one parent run's children (a child's id stands for its parent; a single run is its own only
+    child); returns how many failed."""
     checkpoint.check_run_id(run_id)
     try:
         parent = client.get_run(run_id)
+        if up := parent.data.tags.get("mlflow.parentRunId"):  # a child: its whole invocation
+            run_id, parent = up, client.get_run(up)
     except MlflowException:
         raise FedregError(
             f"no MLflow run '{run_id}' in {client.tracking_uri}; pass the parent run id printed by 'fedreg "
@@ -169,7 +173,9 @@ def parent_status(client: MlflowClient, run_id: str, tracking: str | None, root:
     children, superseded = planned_children(client, parent, meta)
     holder = live_holder(exp.path) if exp is not None else None
     spec = parent.data.tags.get("fedreg.spec_file")
-    echo(f"{parent.info.run_name} (parent {run_id}{', ' + spec if spec else ''}): {len(children)} child runs")
+    what = "parent" if parent.data.tags.get("fedreg.role") == "parent" else "run"
+    count = f"{len(children)} child runs" if what == "parent" else "a single run"
+    echo(f"{parent.info.run_name} ({what} {run_id}{', ' + spec if spec else ''}): {count}")
     if holder:
         echo(
             f"  being run by pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "

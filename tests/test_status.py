@@ -75,3 +75,30 @@ def test_status_while_a_sweep_runs_and_after_it_was_killed(tmp_path, tracking_ur
     code, lines, out = status_of(capsys, parent)
     assert re.search(r"FINISHED\s+100/100", lines["slow"]) and "FINISHED" in lines["later"], out
     assert "3 finished, 1 failed" in out
+
+
+def test_status_of_a_single_run_and_of_a_child_id(tmp_path, tracking_uri, capsys):
+    raw, _ = small_medmnist_spec(tmp_path, n_train=160, n_test=40)
+    raw["checkpoint"] = {"dir": str(tmp_path / "ck"), "every": 1}
+    raw["federation"]["rounds"] = 2
+    assert main(["run", str(write_spec(tmp_path / "one.yaml", raw)), "--no-progress"]) == 0
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}}
+    assert main(["run", str(write_spec(tmp_path / "two.yaml", raw)), "--no-progress"]) == 0
+    capsys.readouterr()
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    single = next(
+        r
+        for r in runs
+        if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("fedreg.role") != "parent"
+    )
+    kid = next(r for r in runs if r.info.run_name == "b")
+
+    code, _, out = status_of(capsys, single.info.run_id)
+    assert code == 0 and f"(run {single.info.run_id}" in out and ": a single run" in out, out
+    assert re.search(rf"  {single.info.run_name}\s+FINISHED\s+2/2", out), out
+    assert "1 finished;" in out and "continue:" not in out
+
+    code, lines, out = status_of(capsys, kid.info.run_id)  # a child's id: its parent's children
+    assert code == 0 and kid.data.tags["mlflow.parentRunId"] in out, out
+    assert set(lines) >= {"a", "b"} and "2 finished;" in out, out
