@@ -175,9 +175,7 @@ def cmd_compare(args) -> int:
 
 def cmd_status(args) -> int:
     from fedreg.status import status
-    from fedreg.tracking import checked_uri
 
-    checked_uri(args.tracking_uri)
     return status(args.run_id, args.tracking_uri, args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
 
 

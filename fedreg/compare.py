@@ -16,7 +16,8 @@ from fedreg.errors import FedregError
 from fedreg.figures import TIME_COLUMNS, WINDOW, Figure, curve_keys, table_columns
 from fedreg.outputs import MetricNames, plot_curves, write_csv
 from fedreg.registry import installed_figures
-from fedreg.tracking import log_table, tracking_uri
+from fedreg.stores import open_store
+from fedreg.tracking import log_table
 
 NOTE = (
     "'final' is the last evaluated round; 'last-{w} mean' averages the last {w} evaluated rounds (never "
@@ -162,7 +163,7 @@ def terminal(rows: list[dict], cols: list[tuple[str, str]], figures: list[Figure
 
 
 def compare(parent_id: str, tracking: str | None = None, log: bool = True, echo=print) -> int:
-    client = MlflowClient(tracking_uri(tracking))
+    client = open_store(tracking)  # a store that is not there is an error, not a new empty one
     parent, children = collect(client, parent_id)
     figures = installed_figures()
     names = MetricNames(figures)

@@ -24,8 +24,8 @@ from fedreg.outputs import MetricNames
 from fedreg.progress import duration
 from fedreg.registry import installed_figures
 from fedreg.resume import continue_command
+from fedreg.stores import open_store
 from fedreg.sweep import failure_summary
-from fedreg.tracking import tracking_uri
 
 CPU = "cpu_s"  # the core's per-round key of the run's cumulative CPU seconds
 #: the order of the statuses in the summary line
@@ -148,7 +148,7 @@ def fmt(value: float | None) -> str:
 
 def status(run_ids: Sequence[str], tracking: str | None, folder_root: str, echo: Callable = print) -> int:
     """Print where each parent run's children stand; 0, or 1 when a child failed."""
-    client = MlflowClient(tracking_uri(tracking))
+    client = open_store(tracking)
     failed = 0
     for run_id in run_ids:
         failed += parent_status(client, run_id, tracking, Path(folder_root), echo)

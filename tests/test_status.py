@@ -102,3 +102,13 @@ def test_status_of_a_single_run_and_of_a_child_id(tmp_path, tracking_uri, capsys
     code, lines, out = status_of(capsys, kid.info.run_id)  # a child's id: its parent's children
     assert code == 0 and kid.data.tags["mlflow.parentRunId"] in out, out
     assert set(lines) >= {"a", "b"} and "2 finished;" in out, out
+
+
+def test_status_and_compare_never_create_a_store(tmp_path, capsys):
+    """Readers of a store: one that is not there is an error naming the fix, and no empty store is left."""
+    uri = f"sqlite:///{tmp_path / 'no' / 'mlflow.db'}"
+    for command in ("status", "compare"):
+        assert main([command, "0123456789abcdef0123456789abcdef", "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert "no MLflow tracking store at" in err and "--tracking-uri" in err, err
+        assert not (tmp_path / "no").exists()

@@ -4,9 +4,9 @@ matched time budget comparison (on CPU time where every run logged it, else wall
 
 The steps are plain functions, one module each:
 
-- :mod:`~fedreg_report.store` opens the MLflow store and finds the runs (:func:`open_store`,
-  :func:`find_runs`); :mod:`~fedreg_report.runs` reads them into :class:`RunData` records
-  (:func:`collect`).
+- :mod:`~fedreg_report.store` finds the runs (:func:`find_runs`) in the store the core's
+  :func:`fedreg.stores.open_store` opens; :mod:`~fedreg_report.runs` reads them into :class:`RunData`
+  records (:func:`collect`).
 - :mod:`~fedreg_report.stats` holds the statistics as small plain functions on plain values:
   :class:`Stat` (mean ± sample std over seeds), :func:`worst_client` (the worst client's local accuracy at
   its last participation), :func:`window_means` and :func:`window_label` (means over all rounds and over
@@ -88,7 +88,6 @@ _WHERE = {
     "make_plots": "fedreg_report.plots",
     "matched_budget": "fedreg_report.summary",
     "method_of": "fedreg_report.runs",
-    "open_store": "fedreg_report.store",
     "paired_differences": "fedreg_report.stats",
     "participants_of": "fedreg_report.runs",
     "plot_clients": "fedreg_report.client_plot",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedreg.errors import FedregError
+from fedreg.stores import open_store
 from fedreg_report.claims import judge_claims
 from fedreg_report.layout import build_blocks
 from fedreg_report.metrics import REPORT_FILES
@@ -17,7 +18,6 @@ from fedreg_report.plots import make_plots
 from fedreg_report.render import render_html, render_markdown
 from fedreg_report.runs import collect, datasets_of, why_incomplete
 from fedreg_report.sensitivity import sensitivity
-from fedreg_report.store import open_store
 from fedreg_report.summary import aggregate, clock_of, group, matched_budget
 from fedreg_report.tables import write_tables
 

@@ -1,56 +1,11 @@
-"""The MLflow store a report reads: :func:`open_store` (checked to exist and answer, never created) and
-:func:`find_runs` (the parent runs of a comparison and their child runs)."""
+"""The runs a report reads: :func:`find_runs` (the parent runs of a comparison and their child runs);
+:func:`open_store` (from :mod:`fedreg.stores`: checked to exist and answer, never created)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from fedreg.errors import FedregError
-
-
-def open_store(uri: str | None):
-    """An MlflowClient on ``uri`` (default: as ``fedreg run``), checked to exist and answer. A report only
-    reads: a local store that is not there is an error, never created."""
-    from mlflow.tracking import MlflowClient
-
-    from fedreg.tracking import _is_outage, tracking_uri
-
-    uri = tracking_uri(uri)
-    hint = (
-        "pass --tracking-uri with the store 'fedreg run' printed (e.g. sqlite:////path/to/mlflow.db), or "
-        "set MLFLOW_TRACKING_URI"
-    )
-    path = None
-    if uri.startswith("sqlite:"):
-        path = uri.split(":///", 1)[1] if ":///" in uri else ""
-        if path in ("", ":memory:"):
-            raise FedregError(f"'{uri}' is not a store with runs in it; {hint}")
-    elif uri.startswith("file:"):
-        from urllib.parse import unquote, urlparse
-
-        path = unquote(urlparse(uri).path)
-    elif "://" not in uri:
-        path = uri
-    if path is not None and not Path(path).exists():
-        raise FedregError(f"no MLflow tracking store at '{uri}' ('{path}' does not exist); {hint}")
-    if uri.startswith(("http://", "https://")):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001
-        why = (
-            "the server cannot be reached"
-            if _is_outage(exc)
-            else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        )
-        raise FedregError(
-            f"cannot read the MLflow tracking store '{uri}': {why}. Start the server, or {hint}"
-        ) from None
-    return client
 
 
 def _search_all(client, experiment_ids: list[str], filter_string: str = "") -> list:
