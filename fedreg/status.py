@@ -47,10 +47,6 @@ class Child:
     def status(self) -> str:
         return self.run.info.status if self.run is not None else "NOT STARTED"
 
-    @property
-    def variant(self) -> str:
-        return self.run.data.tags.get("fedreg.variant", self.name) if self.run is not None else ""
-
     def cpu_per_round(self) -> float | None:
         return self.cpu_s / self.round if self.cpu_s and self.round else None
 
@@ -95,8 +91,9 @@ def planned_children(client: MlflowClient, parent: Any, meta: dict[str, Any]) ->
 
 
 def live_holder(folder: Path) -> dict[str, Any] | None:
-    """The process that holds the folder's lock, when it is alive (``remote``: on another host, not
-    checkable from here); None when no process runs the folder's runs."""
+    """What the folder's lock file says of the process that runs its runs (pid, host, start, command), when
+    that process is alive (one on another host cannot be checked from here and counts as alive); None when
+    no process runs them."""
     held = FolderLock(folder).holder()
     return held if held and FolderLock.alive(held) else None
 
@@ -111,21 +108,23 @@ def cpu_left(children: Sequence[Child]) -> float | None:
         if (v := c.cpu_per_round()) is not None:
             per_variant.setdefault(variant_of(c), []).append(v)
     every = [v for vs in per_variant.values() for v in vs]
-    known = [c.rounds for c in children if c.rounds]
-    if not every or not known:
+    rounds = {variant_of(c): c.rounds for c in children if c.rounds}  # a child not started: its variant's
+    if not every or not rounds:
         return None
     total = 0.0
     for c in children:
         if c.status in ("FINISHED", "FAILED"):
             continue
         rate = per_variant.get(variant_of(c)) or every
-        total += ((c.rounds or max(known)) - c.round) * sum(rate) / len(rate)
+        planned = c.rounds or rounds.get(variant_of(c)) or max(rounds.values())
+        total += (planned - c.round) * sum(rate) / len(rate)
     return total
 
 
 def variant_of(c: Child) -> str:
-    """The child's variant: its tag, else its name less the seed (``fedkper.seed3`` -> ``fedkper``)."""
-    return c.variant or c.name.rsplit(".seed", 1)[0]
+    """The child's variant and grid point: its name less the seed (``fedkper.tau=2.seed3`` ->
+    ``fedkper.tau=2``), whose seeds cost about the same per round."""
+    return c.name.rsplit(".seed", 1)[0]
 
 
 def child_line(c: Child, status: str, shown: dict[str, str], now: float) -> str:

@@ -112,3 +112,22 @@ def test_status_and_compare_never_create_a_store(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "no MLflow tracking store at" in err and "--tracking-uri" in err, err
         assert not (tmp_path / "no").exists()
+
+
+def test_cpu_left_counts_each_unfinished_child_at_its_variants_rate():
+    from types import SimpleNamespace
+
+    from fedreg.status import Child, cpu_left
+
+    def run(status):
+        return SimpleNamespace(info=SimpleNamespace(status=status))
+
+    children = [
+        Child("a.seed1", run("FINISHED"), round=10, rounds=10, cpu_s=20.0),  # 2 s a round
+        Child("a.seed2", run("RUNNING"), round=4, rounds=10, cpu_s=12.0),  # 3 s a round: 6 rounds to go
+        Child("a.seed3"),  # not started: a's 10 rounds at a's mean rate, 2.5 s
+        Child("b.seed1", run("FAILED"), round=3, rounds=20, cpu_s=30.0),  # failed: done; b's rate 10 s
+        Child("b.seed2"),  # not started: b's 20 rounds at 10 s
+    ]
+    assert cpu_left(children) == 6 * 2.5 + 10 * 2.5 + 20 * 10.0
+    assert cpu_left([Child("a.seed1")]) is None  # nothing logged yet: no estimate
