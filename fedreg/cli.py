@@ -300,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-dir", default=None, help="where to look when the run's tags name no folder")
     sp.set_defaults(func=cmd_status)
 
+    from fedreg.transfer import add_commands as add_transfer_commands
+
+    add_transfer_commands(sub)
+
     sp = sub.add_parser("replay", help="send tracking calls a run could not deliver (its spool folder)")
     sp.add_argument("folder")
     sp.add_argument("--tracking-uri", default=None, help="default: the store the run was logging to")

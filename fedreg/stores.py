@@ -50,3 +50,20 @@ def open_store(uri: str | None):
             f"cannot read the MLflow tracking store '{uri}': {why}. Start the server, or {hint}"
         ) from None
     return client
+
+
+def search_all(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every run of the experiments that matches ``filter_string``, oldest first (all pages of MLflow's
+    search, whose pages hold at most 1000 runs)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        if not (token := page.token):
+            return runs

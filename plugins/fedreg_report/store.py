@@ -6,22 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedreg.errors import FedregError
-
-
-def _search_all(client, experiment_ids: list[str], filter_string: str = "") -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            experiment_ids,
-            filter_string=filter_string,
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+from fedreg.stores import search_all as _search_all
 
 
 def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None) -> tuple[list, list]:

@@ -1,0 +1,142 @@
+"""``fedreg export`` / ``fedreg import``: a real sweep's runs moved to a new store keep every figure (the
+report of the imported runs equals the report of the originals), importing again adds nothing, a run that
+changed is replaced, runs still running are left out, and bad folders are refused with the fix."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fedreg.cli import main
+from fedreg.transfer import IMPORTED
+from testhelpers import small_medmnist_spec, write_spec
+
+
+def _parent(client: MlflowClient) -> str:
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return next(r.info.run_id for r in runs if r.data.tags.get("fedreg.role") == "parent")
+
+
+def _children(client: MlflowClient, parent: str) -> dict[str, object]:
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return {r.info.run_name: r for r in client.search_runs(exps, f"tags.mlflow.parentRunId = '{parent}'")}
+
+
+def _report_tables(uri: str, parent: str, out) -> str:
+    """The report's markdown from the Results table on (its header names run ids and the store)."""
+    assert (
+        main(["report", parent, "--tracking-uri", uri, "--out", str(out), "--no-progress", "--no-log"]) == 0
+    )
+    return (out / "report.md").read_text().split("## Results", 1)[1]
+
+
+@pytest.fixture
+def sweep(tmp_path, tracking_uri, one_thread):
+    """A real two-variant, two-seed sweep in the test's store: (store uri, parent id)."""
+    raw, _ = small_medmnist_spec(tmp_path, n_train=160, n_test=40)
+    raw["metrics"] = ["global_accuracy", "local_accuracy", "flips", "bwt"]
+    raw["seeds"] = [1, 2]
+    raw.pop("seed")
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.01}}
+    raw["checkpoint"] = {"dir": str(tmp_path / "ck"), "every": 0}
+    assert main(["run", str(write_spec(tmp_path / "s.yaml", raw)), "--no-progress"]) == 0
+    return tracking_uri, _parent(MlflowClient(tracking_uri))
+
+
+def test_exported_runs_imported_into_a_new_store_give_the_same_report(sweep, tmp_path, new_store, capsys):
+    uri, parent = sweep
+    src = MlflowClient(uri)
+    bundle = tmp_path / "bundle"
+    assert main(["export", parent, "--out", str(bundle), "--tracking-uri", uri]) == 0
+    assert "exported 5 runs" in capsys.readouterr().out
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    kids = _children(src, parent)
+    assert set(manifest["runs"]) == {parent, *(r.info.run_id for r in kids.values())}
+    one = kids["a.seed2"]
+    with open(bundle / one.info.run_id / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["key"] == "global_acc"]
+    history = src.get_metric_history(one.info.run_id, "global_acc")
+    assert [(int(r["step"]), float(r["value"])) for r in rows] == [(m.step, m.value) for m in history]
+    assert (bundle / one.info.run_id / "artifacts" / "spec.yaml").is_file()
+
+    dst_uri = new_store(tmp_path / "other.db")
+    assert main(["import", str(bundle), "--tracking-uri", dst_uri]) == 0
+    printed = capsys.readouterr().out
+    assert "imported 5 runs" in printed
+    dst = MlflowClient(dst_uri)
+    new_parent = _parent(dst)
+    assert new_parent != parent and f"{parent} -> {new_parent}" in printed
+    new_kids = _children(dst, new_parent)
+    assert sorted(new_kids) == sorted(kids) == ["a.seed1", "a.seed2", "b.seed1", "b.seed2"]
+    for name, old in kids.items():
+        new = new_kids[name]
+        assert new.data.tags[IMPORTED] == old.info.run_id
+        assert new.data.params == old.data.params
+        assert new.data.metrics == old.data.metrics
+        assert (new.info.status, new.info.start_time, new.info.end_time) == (
+            old.info.status,
+            old.info.start_time,
+            old.info.end_time,
+        )
+        assert {a.path for a in dst.list_artifacts(new.info.run_id)} == {
+            a.path for a in src.list_artifacts(old.info.run_id)
+        }
+    assert _report_tables(dst_uri, new_parent, tmp_path / "r2") == _report_tables(
+        uri, parent, tmp_path / "r1"
+    )
+
+    # importing the same folder again adds nothing
+    assert main(["import", str(bundle), "--tracking-uri", dst_uri]) == 0
+    assert "imported 0 runs" in capsys.readouterr().out
+    assert len(_children(dst, new_parent)) == 4
+
+
+def test_a_changed_run_is_replaced_and_running_ones_are_left_out(sweep, tmp_path, new_store, capsys):
+    uri, parent = sweep
+    src = MlflowClient(uri)
+    bundle, dst_uri = tmp_path / "bundle", new_store(tmp_path / "other.db")
+    assert main(["export", parent, "--out", str(bundle), "--tracking-uri", uri]) == 0
+    assert main(["import", str(bundle), "--tracking-uri", dst_uri]) == 0
+    capsys.readouterr()
+
+    # a child ends later than it did (as a resumed run does), and a new child is still running
+    changed = _children(src, parent)["b.seed1"]
+    src.log_metric(changed.info.run_id, "global_acc", 0.5, step=99)
+    src.set_terminated(changed.info.run_id, "FINISHED", end_time=changed.info.end_time + 1000)
+    running = src.create_run(
+        changed.info.experiment_id, run_name="c.seed1", tags={"mlflow.parentRunId": parent}
+    ).info.run_id
+    assert main(["export", parent, "--out", str(bundle), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "not exported, still running: c.seed1" in out
+    assert not (bundle / running).exists()
+    assert main(["import", str(bundle), "--tracking-uri", dst_uri]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"imported 1 runs .*\(4 imported before, unchanged\)", out), out
+    dst = MlflowClient(dst_uri)
+    kids = _children(dst, _parent(dst))
+    assert sorted(kids) == ["a.seed1", "a.seed2", "b.seed1", "b.seed2"]  # replaced, not doubled
+    assert dst.get_metric_history(kids["b.seed1"].info.run_id, "global_acc")[-1].step == 99
+
+
+def test_bad_folders_and_ids_are_refused_with_the_fix(sweep, tmp_path, capsys):
+    uri, _ = sweep
+    assert main(["export", "nosuchrun", "--out", str(tmp_path / "x"), "--tracking-uri", uri]) == 2
+    assert "no MLflow run 'nosuchrun'" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    assert (
+        main(["export", _parent(MlflowClient(uri)), "--out", str(tmp_path / "notes"), "--tracking-uri", uri])
+        == 2
+    )
+    assert "holds files but no manifest.json" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "a.txt").read_text() == "mine"  # nothing of the user's is touched
+    assert main(["import", str(tmp_path / "notes"), "--tracking-uri", uri]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    (tmp_path / "notes" / "manifest.json").write_text('{"format": "fedreg-runs", "version": 9, "runs": {}}')
+    assert main(["import", str(tmp_path / "notes"), "--tracking-uri", uri]) == 2
+    assert "format version 9" in capsys.readouterr().err
