@@ -19,6 +19,7 @@ end); a parent run is exported whatever its status, for its children."""
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -59,8 +60,9 @@ def runs_to_export(client, run_ids: Sequence[str]) -> tuple[list, list]:
     return list(chosen.values()), running
 
 
-def write_run(client, run, folder: Path) -> None:
-    """``run.json``, ``metrics.csv`` and ``artifacts/`` of one run into ``folder`` (replaced if there)."""
+def write_run(client, run, folder: Path, exclude: Sequence[str] = ()) -> list[str]:
+    """``run.json``, ``metrics.csv`` and ``artifacts/`` of one run into ``folder`` (replaced if there),
+    without the artifacts whose path matches a pattern of ``exclude`` (fnmatch); returns those left out."""
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "artifacts").mkdir(parents=True)
@@ -85,6 +87,13 @@ def write_run(client, run, folder: Path) -> None:
                 out.writerow([key, m.step, m.timestamp, repr(float(m.value))])
     if client.list_artifacts(info.run_id):
         client.download_artifacts(info.run_id, "", str(folder / "artifacts"))
+    left_out = []
+    for path in sorted(p for p in (folder / "artifacts").rglob("*") if p.is_file()):
+        name = path.relative_to(folder / "artifacts").as_posix()
+        if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+            path.unlink()
+            left_out.append(name)
+    return left_out
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -107,8 +116,15 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def export_runs(client, run_ids: Sequence[str], out: Path, echo: Callable[[str], None] = print) -> int:
-    """Write the runs (each id with its child runs) to ``out``; returns how many were written."""
+def export_runs(
+    client,
+    run_ids: Sequence[str],
+    out: Path,
+    echo: Callable[[str], None] = print,
+    exclude: Sequence[str] = (),
+) -> int:
+    """Write the runs (each id with its child runs) to ``out``, without the artifacts that match a pattern
+    of ``exclude`` (the manifest lists them); returns how many runs were written."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FedregError(f"'{out}' is a file; --out names a folder (new, or one 'fedreg export' wrote)")
@@ -121,12 +137,13 @@ def export_runs(client, run_ids: Sequence[str], out: Path, echo: Callable[[str],
     out.mkdir(parents=True, exist_ok=True)
     for i, run in enumerate(runs, 1):
         rid = run.info.run_id
-        write_run(client, run, out / rid)
+        left_out = write_run(client, run, out / rid, exclude)
         manifest["runs"][rid] = {
             "name": run.info.run_name,
             "parent": run.data.tags.get(PARENT),
             "status": run.info.status,
             "end_time": run.info.end_time,
+            "artifacts_left_out": left_out,
         }
         echo(f"[{i}/{len(runs)}] {run.info.run_name} ({rid}): {run.info.status}")
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")  # after each run: resumable
@@ -236,6 +253,14 @@ def add_commands(sub) -> None:
     sp.add_argument(
         "--out", required=True, help="the folder (new, or one 'fedreg export' wrote: runs are added)"
     )
+    sp.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out artifacts whose path matches (fnmatch; repeatable), e.g. '*.png': plots that "
+        "'fedreg report' draws again from the metrics",
+    )
     sp.add_argument("--tracking-uri", default=None, help="the store to read (default: as 'fedreg run')")
     sp.set_defaults(func=_cmd_export)
     sp = sub.add_parser("import", help="recreate the runs of a folder 'fedreg export' wrote in a store")
@@ -247,7 +272,7 @@ def add_commands(sub) -> None:
 def _cmd_export(args) -> int:
     from fedreg.stores import open_store
 
-    export_runs(open_store(args.tracking_uri), args.run_id, Path(args.out))
+    export_runs(open_store(args.tracking_uri), args.run_id, Path(args.out), exclude=args.exclude)
     return 0
 
 

@@ -110,9 +110,14 @@ def test_a_changed_run_is_replaced_and_running_ones_are_left_out(sweep, tmp_path
     running = src.create_run(
         changed.info.experiment_id, run_name="c.seed1", tags={"mlflow.parentRunId": parent}
     ).info.run_id
-    assert main(["export", parent, "--out", str(bundle), "--tracking-uri", uri]) == 0
+    assert main(["export", parent, "--out", str(bundle), "--tracking-uri", uri, "--exclude", "*.png"]) == 0
     out = capsys.readouterr().out
     assert "not exported, still running: c.seed1" in out
+    assert not list(bundle.rglob("*.png")) and list(bundle.rglob("*.json"))
+    left_out = json.loads((bundle / "manifest.json").read_text())["runs"][changed.info.run_id][
+        "artifacts_left_out"
+    ]
+    assert left_out and all(p.endswith(".png") for p in left_out)
     assert not (bundle / running).exists()
     assert main(["import", str(bundle), "--tracking-uri", dst_uri]) == 0
     out = capsys.readouterr().out
