@@ -3,7 +3,9 @@ checked to exist and answer, never created."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from fedreg.errors import FedregError
@@ -67,3 +69,18 @@ def search_all(client, experiment_ids: list[str], filter_string: str = "") -> li
         runs.extend(page)
         if not (token := page.token):
             return runs
+
+
+@contextlib.contextmanager
+def quiet_artifact_transfers() -> Iterator[None]:
+    """No MLflow progress bar per artifact downloaded or uploaded (the caller reports progress itself)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before

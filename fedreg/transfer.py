@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedreg.errors import FedregError
-from fedreg.stores import search_all
+from fedreg.stores import quiet_artifact_transfers, search_all
 
 FORMAT = "fedreg-runs"
 VERSION = 1
@@ -86,7 +86,8 @@ def write_run(client, run, folder: Path, exclude: Sequence[str] = ()) -> list[st
             for m in sorted(client.get_metric_history(info.run_id, key), key=lambda m: (m.step, m.timestamp)):
                 out.writerow([key, m.step, m.timestamp, repr(float(m.value))])
     if client.list_artifacts(info.run_id):
-        client.download_artifacts(info.run_id, "", str(folder / "artifacts"))
+        with quiet_artifact_transfers():
+            client.download_artifacts(info.run_id, "", str(folder / "artifacts"))
     left_out = []
     for path in sorted(p for p in (folder / "artifacts").rglob("*") if p.is_file()):
         name = path.relative_to(folder / "artifacts").as_posix()
@@ -230,7 +231,8 @@ def import_runs(client, folder: Path, echo: Callable[[str], None] = print) -> di
             client.log_batch(new, metrics=metrics[i : i + _METRICS_PER_CALL])
         artifacts = folder / rid / "artifacts"
         if artifacts.is_dir() and any(artifacts.iterdir()):
-            client.log_artifacts(new, str(artifacts))
+            with quiet_artifact_transfers():
+                client.log_artifacts(new, str(artifacts))
         if record["status"] != "RUNNING":  # a parent exported while its children ran stays RUNNING
             client.set_terminated(new, status=record["status"], end_time=record["end_time"])
         ids[rid] = new

@@ -5,11 +5,9 @@ run of each method and seed kept), and the parsers of a run's artifacts (:func:`
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import math
-import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,6 +18,7 @@ from typing import Any
 from fedreg.errors import FedregError
 from fedreg.outputs import MetricNames
 from fedreg.registry import installed_figures
+from fedreg.stores import quiet_artifact_transfers
 from fedreg.sweep import failure_summary
 from fedreg_report.metrics import CLIENT_METRIC_PREFIX, HISTORY_KEYS, OPTIONAL_KEYS
 from fedreg_report.store import find_runs
@@ -135,21 +134,6 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((s, v) for s, v in pts.items() if not math.isnan(v))
 
 
-@contextlib.contextmanager
-def _quiet_downloads():
-    """No MLflow download progress bar per artifact (the report shows one bar for all runs)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
 def _run_artifacts(client, run_id: str) -> tuple[list[dict[str, str]], dict | None]:
     """A run's metrics/per_client.csv rows and partition/stats.json (each empty/None when not logged)."""
     import json
@@ -159,7 +143,7 @@ def _run_artifacts(client, run_id: str) -> tuple[list[dict[str, str]], dict | No
 
     rows: list[dict[str, str]] = []
     stats = None
-    with tempfile.TemporaryDirectory() as d, _quiet_downloads():
+    with tempfile.TemporaryDirectory() as d, quiet_artifact_transfers():
         try:
             path = client.download_artifacts(run_id, "metrics/per_client.csv", d)
             with open(path, newline="") as f:
