@@ -67,10 +67,11 @@ def write_run(client, run, folder: Path, exclude: Sequence[str] = ()) -> list[st
         shutil.rmtree(folder)
     (folder / "artifacts").mkdir(parents=True)
     info, data = run.info, run.data
-    experiment = client.get_experiment(info.experiment_id).name
+    experiment = client.get_experiment(info.experiment_id)
     record = {
         "run_id": info.run_id,
-        "experiment": experiment,
+        "experiment": experiment.name,
+        "experiment_tags": dict(sorted(experiment.tags.items())),
         "run_name": info.run_name,
         "status": info.status,
         "start_time": info.start_time,
@@ -179,11 +180,18 @@ def _imported(client, experiment_ids: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _experiment_id(client, name: str) -> str:
+def _experiment_id(client, name: str, tags: dict[str, str]) -> str:
+    """The id of the experiment ``name`` in the store, created (or restored) with the exported experiment's
+    tags where it lacks them (``mlflow.experimentKind`` sets how MLflow's UI shows it)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None and exp.lifecycle_stage == "deleted":
+    if exp is None:
+        return client.create_experiment(name, tags=tags)
+    if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id if exp is not None else client.create_experiment(name)
+    for key, value in tags.items():
+        if key not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def import_runs(client, folder: Path, echo: Callable[[str], None] = print) -> dict[str, str]:
@@ -199,8 +207,8 @@ def import_runs(client, folder: Path, echo: Callable[[str], None] = print) -> di
     if missing:
         raise FedregError(f"'{folder}' lacks the run folders of {', '.join(missing)}; export them again")
     records = {rid: _read_run(folder / rid) for rid in entries}
-    names = {rec["experiment"] for rec, _ in records.values()}
-    experiments = {name: _experiment_id(client, name) for name in sorted(names)}
+    tags_of = {rec["experiment"]: rec.get("experiment_tags", {}) for rec, _ in records.values()}
+    experiments = {name: _experiment_id(client, name, tags_of[name]) for name in sorted(tags_of)}
     done = _imported(client, experiments.values())
     order = sorted(entries, key=lambda rid: (entries[rid].get("parent") in entries, rid))  # parents first
     ids: dict[str, str] = {}

@@ -71,6 +71,9 @@ def test_exported_runs_imported_into_a_new_store_give_the_same_report(sweep, tmp
     new_parent = _parent(dst)
     assert new_parent != parent and f"{parent} -> {new_parent}" in printed
     new_kids = _children(dst, new_parent)
+    src_exp = src.get_experiment(src.get_run(parent).info.experiment_id)
+    dst_exp = dst.get_experiment(dst.get_run(new_parent).info.experiment_id)
+    assert dst_exp.name == src_exp.name and dst_exp.tags == src_exp.tags  # mlflow.experimentKind included
     assert sorted(new_kids) == sorted(kids) == ["a.seed1", "a.seed2", "b.seed1", "b.seed2"]
     for name, old in kids.items():
         new = new_kids[name]
