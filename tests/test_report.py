@@ -445,6 +445,17 @@ def test_protocol_reads_old_and_new_local_test_params():
         "data.local_test_fraction": "0.2",
         "model.name": "cnn",
         "federation.selection.name": "uniform",
+        "federation.rounds": "200",
+        "federation.clients_per_round": "2",
+        "data.num_clients": "20",
+        "training.local_epochs": "5",
+        "training.batch_size": "12",
+        "training.optimizer.lr": "0.01",
+        "training.optimizer.momentum": "0.9",
+        "training.optimizer.nesterov": "False",
+        "training.optimizer.weight_decay": "1e-05",
+        "training.lr_schedule.gamma": "0.99",
+        "training.lr_schedule.step_rounds": "1",
     }
     new = {
         **{k: v for k, v in old.items() if k != "data.local_test_fraction"},
@@ -460,8 +471,13 @@ def test_protocol_reads_old_and_new_local_test_params():
             "local test": "stratified (fraction=0.2)",
             "model": "cnn",
             "selection": "uniform",
+            "training": "5 epochs, batch 12, lr 0.01, momentum 0.9, weight decay 1e-05, lr x0.99 every round",
+            "federation": "200 rounds, 2 of 20 clients per round",
         }
     )
+    sgd = protocol_of({**new, "training.optimizer.momentum": "0.0", "training.lr_schedule.gamma": "1.0"})
+    assert sgd["training"] == "5 epochs, batch 12, lr 0.01, momentum 0.0, weight decay 1e-05"
+    assert protocol_of({})["training"] == "?"  # a run that logged no training params
     equal = {**new, "data.local_test.rule": "per_class_equal"}
     assert protocol_of(equal)["local test"] == "per_class_equal (fraction=0.2)"
     assert protocol_of({})["local test"] == "?"
@@ -472,8 +488,9 @@ def test_protocol_reads_old_and_new_local_test_params():
     assert [who for _, who in protos] == [{"a": [1, 2], "b": [1]}, {"b": [2]}]
     text = render_markdown(protocol_blocks(runs, ["a", "b"]))
     assert (
-        "| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | a (1, 2); b (1) |"
-        in text
+        "| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | 5 epochs, "
+        "batch 12, lr 0.01, momentum 0.9, weight decay 1e-05, lr x0.99 every round | 200 rounds, 2 of 20 "
+        "clients per round | a (1, 2); b (1) |" in text
     )
     assert (
         "Warning: the methods of this comparison used 2 different protocols (they differ in: local test)"
@@ -879,8 +896,8 @@ def test_report_of_the_paper_methods_has_worst_clients_windows_claims_and_protoc
     assert "in 8 of 8 runs the worst client's local test holds fewer than 20 samples" in worst
     protocol = md.split("## Protocol")[1].split("\n## ")[0]
     assert (
-        "| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | "
-        "fedkper (1, 2); kd-only (1, 2); agg-only (1, 2); fedavg (1, 2) |"
+        "| bloodmnist | dirichlet (alpha=0.1) | stratified (fraction=0.2) | cnn | uniform | ? | 3 rounds, "
+        "2 of 4 clients per round | fedkper (1, 2); kd-only (1, 2); agg-only (1, 2); fedavg (1, 2) |"
     ) in protocol
     assert "Warning" not in md
     forgetting = md.split("## Forgetting")[1].split("\n## ")[0]
@@ -1073,21 +1090,23 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     forgetting = md.split("## Forgetting")[1].split("\n## ")[0]
     assert "global NFR, its only round %" in forgetting and "global NFR, last 1 round (all) %" in forgetting
     assert "local_acc_worst_client" not in md and "local_acc_worst_client" not in page
-    # one protocol for every method but MOON, whose official model adds a projection head (a model param
-    # the report shows as a second protocol, with a warning naming the model); the claims judged over 2 seeds
+    # one protocol for every method but MOON, whose official model adds a projection head (a model param),
+    # and SCAFFOLD's plain-SGD reading (momentum 0): the report shows three protocols, with a warning naming
+    # the model and the training; the claims judged over 2 seeds
     protocol = md.split("## Protocol")[1].split("\n## ")[0]
     rows = [r for r in protocol.splitlines() if r.startswith("| bloodmnist (subset=0.1) |")]
-    assert len(rows) == 2 and "projection_dim=256" in rows[1] and rows[1].endswith("| moon (1, 2) |"), rows
+    assert len(rows) == 3 and "projection_dim=256" in rows[1] and rows[1].endswith("| moon (1, 2) |"), rows
     assert "projection_dim=0)" in rows[0] and "moon (1, 2)" not in rows[0], rows
-    assert "; moon-fedntd (1, 2);" in rows[0], rows  # the second reading of MOON: no projection head
-    assert rows[0].endswith("; scaffold-sgd (1, 2) |"), rows
+    assert "; moon-fedntd (1, 2) |" in rows[0], rows  # the second reading of MOON: no projection head
+    assert "momentum 0.9," in rows[0] and "momentum 0.0," in rows[2], rows
+    assert rows[2].endswith("| scaffold-sgd (1, 2) |"), rows
     # SCAFFOLD's plain-SGD reading is the one variant whose optimizer differs: the header says so
     header = md.split("## Results")[0]
     assert "Warning: the runs differ in settings other than the method" in header
     momentum = next(x for x in header.splitlines() if x.startswith("- `training.optimizer.momentum`:"))
     assert momentum.startswith("- `training.optimizer.momentum`: 0.9 (fedkper, kd-only, "), momentum
     assert momentum.endswith(", moon-fedntd); 0.0 (scaffold-sgd)"), momentum
-    assert "2 different protocols (they differ in: model)" in protocol
+    assert "3 different protocols (they differ in: model, training)" in protocol
     claims = md.split("## The paper's claims, across seeds")[1].split("\n## ")[0]
     assert "### Global accuracy 9.8% above the next best method (bloodmnist)" in claims
     with (out / "claims.csv").open() as f:

@@ -12,7 +12,7 @@ from fedreg_report.runs import RunData
 from fedreg_report.summary import group
 
 #: the fields of a protocol, in the order of the Protocol table
-PROTOCOL_FIELDS = ("dataset", "partition", "local test", "model", "selection")
+PROTOCOL_FIELDS = ("dataset", "partition", "local test", "model", "selection", "training", "federation")
 
 
 def _component(params: dict[str, str], prefix: str) -> str:
@@ -26,12 +26,39 @@ def _component(params: dict[str, str], prefix: str) -> str:
     return name + (f" ({', '.join(f'{k}={v}' for k, v in ps)})" if ps else "")
 
 
+def _training(params: dict[str, str]) -> str:
+    """'5 epochs, batch 12, lr 0.01, momentum 0.9, weight decay 1e-05, lr x0.99 every round': local training
+    as the optimizer and schedule set it ('?' for a field the run did not log, and alone for a run that
+    logged none)."""
+    if not any(k.startswith("training.") for k in params):
+        return "?"
+
+    def get(key: str) -> str:
+        return params.get(f"training.{key}", "?")
+
+    parts = [
+        f"{get('local_epochs')} epochs",
+        f"batch {get('batch_size')}",
+        f"lr {get('optimizer.lr')}",
+        f"momentum {get('optimizer.momentum')}"
+        + (" (nesterov)" if get("optimizer.nesterov") == "True" else ""),
+        f"weight decay {get('optimizer.weight_decay')}",
+    ]
+    gamma, step = get("lr_schedule.gamma"), get("lr_schedule.step_rounds")
+    if gamma not in ("?", "1.0"):
+        parts.append(f"lr x{gamma} every " + ("round" if step == "1" else f"{step} rounds"))
+    if get("precision") not in ("?", "fp32"):
+        parts.append(get("precision"))
+    return ", ".join(parts)
+
+
 def protocol_of(params: dict[str, str]) -> dict[str, str]:
     """The protocol a run used, from its params (the flattened resolved spec): dataset (with
     ``data.subset`` where below 1), partition with its
     params, local-test rule (``data.local_test.{rule,fraction,...}``; runs from before it have
     ``data.local_test_fraction``, whose rule is 'stratified'), model and client selection with their
-    params."""
+    params, local training (epochs, batch, optimizer, learning-rate schedule) and the federation (rounds,
+    clients per round of all clients)."""
     lt = {k[len("data.local_test.") :]: v for k, v in params.items() if k.startswith("data.local_test.")}
     if lt:
         rule = lt.pop("rule", "?")
@@ -50,6 +77,13 @@ def protocol_of(params: dict[str, str]) -> dict[str, str]:
         "local test": local_test,
         "model": _component(params, "model"),
         "selection": _component(params, "federation.selection"),
+        "training": _training(params),
+        "federation": "{} rounds, {} of {} clients per round".format(
+            *(
+                params.get(k, "?")
+                for k in ("federation.rounds", "federation.clients_per_round", "data.num_clients")
+            )
+        ),
     }
 
 
@@ -76,8 +110,9 @@ def protocol_blocks(runs: Sequence[RunData], methods: Sequence[str]) -> list[Blo
             "Read from each run's params (the resolved spec): the dataset (and the fraction of it a run "
             "kept, `data.subset`, where below 1), the partition and its params, "
             "the local-test rule (runs logged before `data.local_test` existed have "
-            "`data.local_test_fraction`, whose rule is stratified), the model and the client selection. One "
-            "row per distinct protocol, with the methods and seeds that used it.",
+            "`data.local_test_fraction`, whose rule is stratified), the model, the client selection, local "
+            "training (epochs, batch, optimizer, learning-rate schedule) and the federation (rounds, clients "
+            "per round). One row per distinct protocol, with the methods and seeds that used it.",
         )
     )
     rows = [
