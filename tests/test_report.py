@@ -1155,3 +1155,50 @@ def test_a_method_without_a_finished_run_is_named_beside_the_results_table():
     assert "Without a finished run, none still running: scaffold." in text
     assert "No finished run yet, still running: ditto." in text
     assert not_in_table_blocks(Collection("sqlite://", [], [], [], [], ["fedavg"])) == []
+
+
+def test_a_results_page_gets_the_report_between_its_markers(toy_store, tmp_path, capsys):
+    s = toy_store
+    page = tmp_path / "docs" / "results" / "toy.md"
+    page.parent.mkdir(parents=True)
+    mine = (
+        "# Toy results\n\nWritten by hand.\n\n<!-- fedreg report: begin -->\nold report\n"
+        "<!-- fedreg report: end -->\n\n## After\n"
+    )
+    page.write_text(mine)
+    (page.parent / "toy").mkdir()
+    (page.parent / "toy" / "old.png").write_bytes(b"x")  # a file an earlier report wrote
+    argv = ["report", s["p1"], s["p2"], "--tracking-uri", s["uri"], "--no-log", "--no-progress"]
+    for _ in range(2):  # a second report replaces the first, the hand-written parts stay
+        assert main([*argv, "--out", str(tmp_path / "rep"), "--page", str(page)]) == 0
+        text = page.read_text()
+        assert text.startswith("# Toy results\n\nWritten by hand.\n\n<!-- fedreg report: begin -->\n")
+        assert text.endswith("<!-- fedreg report: end -->\n\n## After\n")
+        assert "old report" not in text and text.count("<!-- fedreg report: begin -->") == 1
+    report_md = (tmp_path / "rep" / "report.md").read_text()
+    assert report_md.startswith("# Report: toy") and "# Report" not in text  # the title is the page's
+    assert "\n### Results\n" in text and "\n## Results\n" in report_md  # one level down
+    assert "](toy/curves.png)" in text and (page.parent / "toy" / "curves.png").is_file()
+    assert (page.parent / "toy" / "summary.csv").read_text() == (tmp_path / "rep" / "summary.csv").read_text()
+    assert "not written by this report (delete them if stale): old.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "is not a file; create it"),
+        ("# no markers\n", "0 begin and 0 end marker line(s)"),
+        ("<!-- fedreg report: end -->\n<!-- fedreg report: begin -->\n", "begin first"),
+    ],
+)
+def test_a_page_without_its_markers_is_refused_before_any_work(toy_store, tmp_path, capsys, content, message):
+    page = tmp_path / "page.md"
+    if content is not None:
+        page.write_text(content)
+    out = tmp_path / "rep"
+    argv = ["report", toy_store["p1"], "--tracking-uri", toy_store["uri"], "--no-log", "--out", str(out)]
+    assert main([*argv, "--page", str(page)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "<!-- fedreg report: begin -->" in err
+    assert not out.exists()  # refused before reading a run
+    assert content is None or page.read_text() == content  # the user's page is untouched

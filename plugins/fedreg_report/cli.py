@@ -36,6 +36,14 @@ def configure(sp: argparse.ArgumentParser) -> None:
         help="methods in the accuracy-vs-time plot and the matched-budget table, comma-separated "
         "(repeatable; default: all)",
     )
+    sp.add_argument(
+        "--page",
+        default=None,
+        metavar="PAGE.md",
+        help="also put the report into this markdown page, between its lines '<!-- fedreg report: begin -->' "
+        "and '<!-- fedreg report: end -->' (the rest of the page is kept), with its files in the folder "
+        "named as the page without .md",
+    )
     sp.add_argument("--no-log", action="store_true", help="do not log the report to the parent run(s)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar while reading runs")
 
@@ -57,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         log=not args.no_log,
         time_methods=time_methods,
         progress=not args.no_progress,
+        page=args.page,
     )
     return 0
 

@@ -14,6 +14,7 @@ from fedreg.stores import open_store
 from fedreg_report.claims import judge_claims
 from fedreg_report.layout import build_blocks
 from fedreg_report.metrics import REPORT_FILES
+from fedreg_report.page import check_page, update_page
 from fedreg_report.plots import make_plots
 from fedreg_report.render import render_html, render_markdown
 from fedreg_report.runs import collect, datasets_of, why_incomplete
@@ -37,9 +38,13 @@ def report(
     time_methods: Sequence[str] | None = None,
     progress: bool = True,
     echo=print,
+    page: str | os.PathLike | None = None,
 ) -> Path:
-    """Write the report of the runs to ``out``; log it to each parent run under ``report/`` if ``log``.
-    Returns the output folder."""
+    """Write the report of the runs to ``out``; log it to each parent run under ``report/`` if ``log``;
+    put it into the results page ``page`` between its markers (:mod:`fedreg_report.page`). Returns the
+    output folder."""
+    if page is not None:
+        check_page(Path(page))
     client = open_store(tracking)
     col = collect(client, run_ids, experiment, progress)
     by_method = group(col.finished, col.methods)
@@ -79,6 +84,11 @@ def report(
     )
     echo(render_markdown([b for b in blocks if b[0] == "table"][:1]).rstrip())
     echo(f"wrote {', '.join(files)} to {out}/")
+    if page is not None:
+        stale = update_page(Path(page), out, files)
+        echo(f"updated {page} between its markers; its files are in {Path(page).with_suffix('')}/")
+        if stale:
+            echo(f"  not written by this report (delete them if stale): {', '.join(stale)}")
     if col.incomplete:
         echo(
             f"left out {len(col.incomplete)} incomplete run(s): "
