@@ -84,3 +84,15 @@ def quiet_artifact_transfers() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = before
+
+
+def experiment_named(client, name: str):
+    """The MLflow experiment ``name``, or a FedregError listing the experiments the store has."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise FedregError(
+            f"no experiment '{name}' in {client.tracking_uri}; experiments there: "
+            f"{', '.join(names) or 'none'} (the name is the spec's tracking.experiment)"
+        )
+    return exp

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedreg.errors import FedregError
-from fedreg.stores import quiet_artifact_transfers, search_all
+from fedreg.stores import experiment_named, quiet_artifact_transfers, search_all
 
 FORMAT = "fedreg-runs"
 VERSION = 1
@@ -37,8 +37,9 @@ _PARAMS_PER_CALL, _METRICS_PER_CALL = 100, 1000  # MLflow's log_batch limits
 
 
 def runs_to_export(client, run_ids: Sequence[str]) -> tuple[list, list]:
-    """(runs to write, child runs left out because they are still running) for the given run ids: each id
-    with its child runs. Raises FedregError for an id the store does not have."""
+    """(runs to write, runs left out because they are still running) for the given run ids: each id with
+    its child runs (a running parent is written, for its children; a running single run is not). Raises
+    FedregError for an id the store does not have."""
     from mlflow.exceptions import MlflowException
 
     chosen: dict[str, Any] = {}
@@ -51,13 +52,24 @@ def runs_to_export(client, run_ids: Sequence[str]) -> tuple[list, list]:
                 f"no MLflow run '{rid}' in {client.tracking_uri}; pass run ids printed by 'fedreg run' (and "
                 f"--tracking-uri for the store that holds them)"
             ) from None
+        kids = search_all(client, [run.info.experiment_id], f"tags.{PARENT} = '{rid}'")
+        if run.info.status == "RUNNING" and not kids:
+            running.append(run)
+            continue
         chosen[rid] = run
-        for kid in search_all(client, [run.info.experiment_id], f"tags.{PARENT} = '{rid}'"):
+        for kid in kids:
             if kid.info.status == "RUNNING":
                 running.append(kid)
             else:
                 chosen[kid.info.run_id] = kid
     return list(chosen.values()), running
+
+
+def experiment_runs(client, name: str) -> list[str]:
+    """The ids of the runs of experiment ``name`` that have no parent (parent runs and single runs), oldest
+    first. Raises FedregError for an experiment the store does not have."""
+    exp = experiment_named(client, name)
+    return [r.info.run_id for r in search_all(client, [exp.experiment_id]) if PARENT not in r.data.tags]
 
 
 def write_run(client, run, folder: Path, exclude: Sequence[str] = ()) -> list[str]:
@@ -258,7 +270,10 @@ def add_commands(sub) -> None:
     """The ``export`` and ``import`` sub-commands of ``fedreg`` (``sub``: its sub-parsers)."""
     sp = sub.add_parser("export", help="write runs (a parent with its child runs) to a folder of plain files")
     sp.add_argument(
-        "run_id", nargs="+", help="run ids: a parent run brings its child runs (not those still running)"
+        "run_id", nargs="*", help="run ids: a parent run brings its child runs (not those still running)"
+    )
+    sp.add_argument(
+        "--experiment", default=None, metavar="NAME", help="instead of run ids: every run of this experiment"
     )
     sp.add_argument(
         "--out", required=True, help="the folder (new, or one 'fedreg export' wrote: runs are added)"
@@ -282,7 +297,11 @@ def add_commands(sub) -> None:
 def _cmd_export(args) -> int:
     from fedreg.stores import open_store
 
-    export_runs(open_store(args.tracking_uri), args.run_id, Path(args.out), exclude=args.exclude)
+    if bool(args.run_id) == bool(args.experiment):
+        raise FedregError("give run ids (fedreg export RUN_ID [RUN_ID ...]) or --experiment NAME, not both")
+    client = open_store(args.tracking_uri)
+    ids = args.run_id or experiment_runs(client, args.experiment)
+    export_runs(client, ids, Path(args.out), exclude=args.exclude)
     return 0
 
 

@@ -113,7 +113,18 @@ def test_a_changed_run_is_replaced_and_running_ones_are_left_out(sweep, tmp_path
     running = src.create_run(
         changed.info.experiment_id, run_name="c.seed1", tags={"mlflow.parentRunId": parent}
     ).info.run_id
-    assert main(["export", parent, "--out", str(bundle), "--tracking-uri", uri, "--exclude", "*.png"]) == 0
+    argv = [
+        "export",
+        "--experiment",
+        "test",
+        "--out",
+        str(bundle),
+        "--tracking-uri",
+        uri,
+        "--exclude",
+        "*.png",
+    ]
+    assert main(argv) == 0  # the whole experiment: the same parent
     out = capsys.readouterr().out
     assert "not exported, still running: c.seed1" in out
     assert not list(bundle.rglob("*.png")) and list(bundle.rglob("*.json"))
@@ -145,6 +156,10 @@ def test_bad_folders_and_ids_are_refused_with_the_fix(sweep, tmp_path, capsys):
     assert (tmp_path / "notes" / "a.txt").read_text() == "mine"  # nothing of the user's is touched
     assert main(["import", str(tmp_path / "notes"), "--tracking-uri", uri]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+    assert main(["export", "--experiment", "nope", "--out", str(tmp_path / "y"), "--tracking-uri", uri]) == 2
+    assert "no experiment 'nope'" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["export", "--out", str(tmp_path / "y"), "--tracking-uri", uri]) == 2
+    assert "give run ids" in capsys.readouterr().err
     (tmp_path / "notes" / "manifest.json").write_text('{"format": "fedreg-runs", "version": 9, "runs": {}}')
     assert main(["import", str(tmp_path / "notes"), "--tracking-uri", uri]) == 2
     assert "format version 9" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedreg.errors import FedregError
+from fedreg.stores import experiment_named
 from fedreg.stores import search_all as _search_all
 
 
@@ -18,13 +19,7 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
     if bool(run_ids) == bool(experiment):
         raise FedregError("give parent run ids or --experiment NAME (one of the two)")
     if experiment:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            names = sorted(e.name for e in client.search_experiments())
-            raise FedregError(
-                f"no experiment '{experiment}' in {client.tracking_uri}; experiments there: "
-                f"{', '.join(names) or 'none'} (the name is the spec's tracking.experiment)"
-            )
+        exp = experiment_named(client, experiment)
         children = [
             r for r in _search_all(client, [exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId")
         ]
