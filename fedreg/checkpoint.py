@@ -38,9 +38,14 @@ LATER_DEFAULTS = {"training.precision": "fp32", "data.subset": "1.0"}
 def identity(resolved: dict[str, Any]) -> dict[str, str]:
     """The flattened resolved spec that decides whether a checkpoint belongs to it (where clients train
     is not part of it: a run may continue on another backend)."""
+    return identity_of_params(flatten(resolved))
+
+
+def identity_of_params(params: dict[str, str]) -> dict[str, str]:
+    """:func:`identity` of a spec already flattened, as a run's MLflow params hold it."""
     return {
         k: v
-        for k, v in flatten(resolved).items()
+        for k, v in params.items()
         if k.split(".")[0] not in IGNORED_FOR_IDENTITY and LATER_DEFAULTS.get(k, object()) != v
     }
 

@@ -74,6 +74,11 @@ def cmd_run(args) -> int:
     raw = load_raw(args.spec, args.set)
     specs = resolve(raw, _registry(), only=args.variant, source=args.spec)
     resume = None
+    if args.skip_finished:
+        from fedreg.done import skip_finished
+
+        if not (specs := skip_finished(specs, args.resume)):
+            return 0  # every run finished before
     if args.resume:
         from fedreg.resume import find_resumable
 
@@ -114,6 +119,8 @@ def cmd_resume(args) -> int:
         raise FedregError(f"'{exp.meta_path}' does not hold the spec; resume with 'fedreg run SPEC --resume'")
     # every variant of the original invocation: started ones continue, the others start
     specs = resolve(raw, _registry(), only=meta.get("variants") or None, source=meta.get("spec_file"))
+    if planned := meta.get("identities"):  # not the children it left out (--skip-finished)
+        specs = [rs for rs in specs if (rs.key or "run") in planned]
     return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp, args)
 
 
@@ -254,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the latest unfinished run of this spec from its checkpoints",
+    )
+    sp.add_argument(
+        "--skip-finished",
+        action="store_true",
+        help="run only the child runs that did not finish before in the tracking store (under any parent "
+        "run, imported ones included)",
     )
     sp.set_defaults(func=cmd_run)
 

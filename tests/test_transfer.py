@@ -163,3 +163,46 @@ def test_bad_folders_and_ids_are_refused_with_the_fix(sweep, tmp_path, capsys):
     (tmp_path / "notes" / "manifest.json").write_text('{"format": "fedreg-runs", "version": 9, "runs": {}}')
     assert main(["import", str(tmp_path / "notes"), "--tracking-uri", uri]) == 2
     assert "format version 9" in capsys.readouterr().err
+
+
+def test_skip_finished_runs_only_what_did_not_finish_anywhere_in_the_store(
+    tmp_path, tracking_uri, new_store, one_thread, capsys
+):
+    """Half a sweep ran on one machine; its runs are imported on another, where `--skip-finished` runs the
+    rest as a new parent run, and `fedreg resume` of that parent never runs the skipped children."""
+    raw, _ = small_medmnist_spec(tmp_path, n_train=160, n_test=40)
+    raw["seeds"] = [1, 2]
+    raw.pop("seed")
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 1.0e12, "faults.divergence": "stop"}}
+    raw["checkpoint"] = {"dir": str(tmp_path / "ck"), "every": 1}
+    spec = str(write_spec(tmp_path / "s.yaml", raw))
+    assert main(["run", spec, "--variant", "a", "--no-progress"]) == 0
+    bundle, other = tmp_path / "bundle", new_store(tmp_path / "other.db")
+    assert main(["export", "--experiment", "test", "--out", str(bundle)]) == 0
+    assert main(["import", str(bundle), "--tracking-uri", other]) == 0
+    capsys.readouterr()
+
+    there = ["--set", f"tracking.uri={other}", "--no-progress"]
+    assert main(["run", spec, "--skip-finished", *there]) == 1  # b diverges in both seeds
+    out = capsys.readouterr().out
+    assert re.search(r"a\.seed1: finished before in run \w+, skipped", out), out
+    assert "a.seed2: finished before" in out and "b.seed1: finished before" not in out
+    dst = MlflowClient(other)
+    parents = [
+        r
+        for r in dst.search_runs([dst.get_experiment_by_name("test").experiment_id])
+        if r.data.tags.get("fedreg.role") == "parent" and IMPORTED not in r.data.tags
+    ]
+    assert len(parents) == 1
+    new_parent = parents[0].info.run_id
+    assert sorted(_children(dst, new_parent)) == ["b.seed1", "b.seed2"]
+
+    assert main(["resume", new_parent, "--tracking-uri", other, "--no-progress"]) == 1  # b fails again
+    out = capsys.readouterr().out
+    assert "a.seed" not in out, out  # the skipped children are not part of this invocation
+    assert sorted(_children(dst, new_parent)) == ["b.seed1", "b.seed2"]
+
+    assert main(["run", spec, "--variant", "a", "--skip-finished", *there]) == 0
+    assert "nothing to run: all 2 runs of this spec finished before" in capsys.readouterr().out
+    assert main(["run", spec, "--skip-finished", "--resume", *there]) == 2
+    assert "fedreg resume PARENT_RUN_ID" in capsys.readouterr().err
