@@ -5,7 +5,8 @@ A comparison outlives the machine and the store it ran on: a sweep run on a clus
 results travel with a paper, and the finished children of a sweep survive the loss of the machine that ran
 it (the runs still to do are started again there, as new parent runs, and reported with the imported ones).
 
-The folder holds ``manifest.json`` (format, version, and one entry per run) and one folder per run, named by
+The folder holds ``manifest.json`` (format, version, one entry per run, and each experiment's tags but its
+saved MLflow UI views, which name the runs of the store they were saved in) and one folder per run, named by
 its id in the store it came from: ``run.json`` (experiment, name, status, start and end times, params,
 tags), ``metrics.csv`` (every logged value of every metric: key, step, timestamp, value) and
 ``artifacts/`` (the run's artifacts as logged). Exporting again into the same folder adds and updates runs.
@@ -83,7 +84,6 @@ def write_run(client, run, folder: Path, exclude: Sequence[str] = ()) -> list[st
     record = {
         "run_id": info.run_id,
         "experiment": experiment.name,
-        "experiment_tags": dict(sorted(experiment.tags.items())),
         "run_name": info.run_name,
         "status": info.status,
         "start_time": info.start_time,
@@ -108,6 +108,16 @@ def write_run(client, run, folder: Path, exclude: Sequence[str] = ()) -> list[st
             path.unlink()
             left_out.append(name)
     return left_out
+
+
+#: experiment tags not carried to another store: MLflow UI views saved per parent run name the source
+#: store's run ids
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
+def experiment_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The experiment's tags worth carrying to another store (its kind, ...; not its saved views)."""
+    return {k: v for k, v in sorted(tags.items()) if not k.startswith(VIEW_TAG_PREFIX)}
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -152,6 +162,8 @@ def export_runs(
     for i, run in enumerate(runs, 1):
         rid = run.info.run_id
         left_out = write_run(client, run, out / rid, exclude)
+        exp = client.get_experiment(run.info.experiment_id)
+        manifest.setdefault("experiments", {})[exp.name] = experiment_tags(exp.tags)
         manifest["runs"][rid] = {
             "name": run.info.run_name,
             "parent": run.data.tags.get(PARENT),
@@ -214,12 +226,16 @@ def import_runs(client, folder: Path, echo: Callable[[str], None] = print) -> di
     folder = Path(folder)
     if not (folder / "manifest.json").is_file():
         raise FedregError(f"no manifest.json in '{folder}'; give a folder 'fedreg export' wrote")
-    entries: dict[str, dict[str, Any]] = _manifest(folder)["runs"]
+    manifest = _manifest(folder)
+    entries: dict[str, dict[str, Any]] = manifest["runs"]
     missing = [rid for rid in entries if not (folder / rid / "run.json").is_file()]
     if missing:
         raise FedregError(f"'{folder}' lacks the run folders of {', '.join(missing)}; export them again")
     records = {rid: _read_run(folder / rid) for rid in entries}
-    tags_of = {rec["experiment"]: rec.get("experiment_tags", {}) for rec, _ in records.values()}
+    tags_of = {
+        rec["experiment"]: manifest.get("experiments", {}).get(rec["experiment"], {})
+        for rec, _ in records.values()
+    }
     experiments = {name: _experiment_id(client, name, tags_of[name]) for name in sorted(tags_of)}
     done = _imported(client, experiments.values())
     order = sorted(entries, key=lambda rid: (entries[rid].get("parent") in entries, rid))  # parents first

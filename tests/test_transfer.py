@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
-from fedreg.transfer import IMPORTED
+from fedreg.transfer import IMPORTED, VIEW_TAG_PREFIX, experiment_tags
 from testhelpers import small_medmnist_spec, write_spec
 
 
@@ -73,7 +73,9 @@ def test_exported_runs_imported_into_a_new_store_give_the_same_report(sweep, tmp
     new_kids = _children(dst, new_parent)
     src_exp = src.get_experiment(src.get_run(parent).info.experiment_id)
     dst_exp = dst.get_experiment(dst.get_run(new_parent).info.experiment_id)
-    assert dst_exp.name == src_exp.name and dst_exp.tags == src_exp.tags  # mlflow.experimentKind included
+    assert dst_exp.name == src_exp.name and "mlflow.experimentKind" in dst_exp.tags
+    assert any(k.startswith(VIEW_TAG_PREFIX) for k in src_exp.tags)  # views saved for the source's parent
+    assert dst_exp.tags == experiment_tags(src_exp.tags)  # carried over, but for those views
     assert sorted(new_kids) == sorted(kids) == ["a.seed1", "a.seed2", "b.seed1", "b.seed2"]
     for name, old in kids.items():
         new = new_kids[name]
