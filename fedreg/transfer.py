@@ -260,6 +260,10 @@ def import_runs(client, folder: Path, echo: Callable[[str], None] = print) -> di
             run_name=record["run_name"],
         )
         new = run.info.run_id
+        if old is not None:  # runs imported before under the replaced run now belong to its replacement
+            for kid in done.values():
+                if kid.data.tags.get(PARENT) == old.info.run_id:
+                    client.set_tag(kid.info.run_id, PARENT, new)
         params = [Param(k, str(v)) for k, v in record["params"].items()]
         for i in range(0, len(params), _PARAMS_PER_CALL):
             client.log_batch(new, params=params[i : i + _PARAMS_PER_CALL])

@@ -112,6 +112,9 @@ def test_a_changed_run_is_replaced_and_running_ones_are_left_out(sweep, tmp_path
     changed = _children(src, parent)["b.seed1"]
     src.log_metric(changed.info.run_id, "global_acc", 0.5, step=99)
     src.set_terminated(changed.info.run_id, "FINISHED", end_time=changed.info.end_time + 1000)
+    src.set_terminated(
+        parent, "FINISHED", end_time=src.get_run(parent).info.end_time + 1000
+    )  # the parent too
     running = src.create_run(
         changed.info.experiment_id, run_name="c.seed1", tags={"mlflow.parentRunId": parent}
     ).info.run_id
@@ -137,10 +140,11 @@ def test_a_changed_run_is_replaced_and_running_ones_are_left_out(sweep, tmp_path
     assert not (bundle / running).exists()
     assert main(["import", str(bundle), "--tracking-uri", dst_uri]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"imported 1 runs .*\(4 imported before, unchanged\)", out), out
+    assert re.search(r"imported 2 runs .*\(3 imported before, unchanged\)", out), out
     dst = MlflowClient(dst_uri)
     kids = _children(dst, _parent(dst))
-    assert sorted(kids) == ["a.seed1", "a.seed2", "b.seed1", "b.seed2"]  # replaced, not doubled
+    # replaced, not doubled; the children imported before follow their replaced parent
+    assert sorted(kids) == ["a.seed1", "a.seed2", "b.seed1", "b.seed2"]
     assert dst.get_metric_history(kids["b.seed1"].info.run_id, "global_acc")[-1].step == 99
 
 
