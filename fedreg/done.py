@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fedreg import checkpoint
 from fedreg.errors import FedregError
+from fedreg.resume import run_key
 from fedreg.spec import ResolvedSpec
 
 
@@ -34,7 +35,7 @@ def finished_runs(specs: list[ResolvedSpec]) -> dict[str, str]:
     exp = client.get_experiment_by_name(first.tracking.experiment)
     if exp is None:
         return {}
-    planned = {rs.key or "run": checkpoint.identity(rs.resolved_dict()) for rs in specs}
+    planned = {run_key(rs): checkpoint.identity(rs.resolved_dict()) for rs in specs}
     # a run's params also hold what it measured (partition.train_size_min, ...): only the spec's fields count
     fields = {k.split(".")[0] for identity in planned.values() for k in identity}
     done = {}
@@ -58,7 +59,7 @@ def skip_finished(
     done = finished_runs(specs)
     for key, run_id in done.items():
         echo(f"{key}: finished before in run {run_id}, skipped (--skip-finished)")
-    left = [rs for rs in specs if (rs.key or "run") not in done]
+    left = [rs for rs in specs if run_key(rs) not in done]
     if not left:
         echo(f"nothing to run: all {len(specs)} runs of this spec finished before")
     return left
