@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedreg import checkpoint
+from fedreg import checkpoint, environment
 from fedreg.backends import backend_class
 from fedreg.clients import (
     Backend,
@@ -85,6 +85,7 @@ class FederatedRun:
         self.rs, self.spec, self.fed = rs, rs.spec, fed
         self.checkpoint_file, self.resume = checkpoint_file, resume
         self.logged_through = logged_through
+        self.env_parts: list[dict] = []  # the environments the run computed in (fedreg.environment.extend)
         self.on_round = on_round
         self.backend = backend
         self.tracker, self.run_id = tracker, run_id
@@ -242,6 +243,7 @@ class FederatedRun:
                 "per_client_rows": self.per_client_rows,
                 "failure_rows": self.failure_rows,
                 "elapsed_s": elapsed,
+                "environments": self.env_parts,
                 **({"cpu_s": cpu} if cpu is not None else {}),
             },
         )
@@ -305,6 +307,9 @@ class FederatedRun:
         threads_before = torch.get_num_threads()
         if spec.execution.threads:
             torch.set_num_threads(spec.execution.threads)
+        here = environment.current(self.runner.device)  # after the threads are set: they are recorded
+        self.env_parts = environment.extend((self.resume or {}).get("environments", []), st.round, here)
+        self.tracker.set_tags(self.run_id, environment.tags(self.env_parts))
         eval_model = self.runner.new_model()
         fl, ex = spec.federation, spec.execution
         backend = self.backend or backend_class(ex.backend)(ex, self.runner, fl.clients_per_round)

@@ -15,6 +15,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from fedreg import environment
 from fedreg.cli import main
 from fedreg.outputs import summarize
 from fedreg_report import (
@@ -1107,6 +1108,12 @@ def test_paper_spec_then_report_on_real_bloodmnist(data_dir, tracking_uri, tmp_p
     assert momentum.startswith("- `training.optimizer.momentum`: 0.9 (fedkper, kd-only, "), momentum
     assert momentum.endswith(", moon-fedntd); 0.0 (scaffold-sgd)"), momentum
     assert "3 different protocols (they differ in: model, training)" in protocol
+    # every run computed here, in worker processes of one thread: one environment, and no warning
+    envs = md.split("## Environment")[1].split("\n## ")[0]
+    rows = [r for r in envs.splitlines() if r.startswith("| torch ")]
+    here = environment.summary({**environment.current(), "threads": "1"})
+    assert len(rows) == 1 and rows[0].startswith(f"| {here} | fedkper (1, 2); "), rows
+    assert "Warning" not in envs and "environments (see Environment)" not in header
     claims = md.split("## The paper's claims, across seeds")[1].split("\n## ")[0]
     assert "### Global accuracy 9.8% above the next best method (bloodmnist)" in claims
     with (out / "claims.csv").open() as f:

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import fedreg.registry
-from fedreg import checkpoint, hookimpl
+from fedreg import checkpoint, environment, hookimpl
 from fedreg.cli import main
 from fedreg.errors import FedregError
 from fedreg.locks import FolderLock
@@ -453,3 +453,33 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_an_interruption(tmp_path, monke
     assert calls["n"] >= 3
     assert ck.read_bytes() == before and checkpoint.load(ck)["round"] == 1
     assert not (tmp_path / "run.pt.tmp").exists()
+
+
+def test_a_run_records_where_it_computed_and_a_resume_elsewhere_each_part(env, capsys, monkeypatch):
+    """The run's tags name this machine's torch, processor, instruction set and threads, and its checkpoint
+    keeps them; resumed where the instruction set differs (as on another machine), the tags hold the new
+    environment and both parts with the rounds each computed (what ``fedreg report`` shows of the run)."""
+    tmp, raw, uri = env
+    raw["execution"] = {"threads": 1}
+    spec = write_spec(tmp / "spec.yaml", raw)
+    FailAt.rounds = {4}
+    code, _, err = cli(capsys, "run", str(spec), "--no-progress")
+    assert code == 2, err
+    run = only_run(uri)
+    here = environment.current()
+    recorded = environment.of_tags(run.data.tags)
+    assert recorded == {**here, "threads": "1"}, recorded  # the run's threads (execution.threads)
+    assert environment.PARTS_TAG not in run.data.tags
+    (ck,) = checkpoint_files(tmp)
+    assert checkpoint.load(ck)["environments"] == [{"from_round": 1, "env": recorded}]
+    elsewhere = {**recorded, "isa": "AVX2", "cpu": "another processor"}
+    monkeypatch.setattr(environment, "current", lambda device="cpu": dict(elsewhere))
+    FailAt.rounds = set()
+    code, out, err = cli(capsys, "resume", run.info.run_id, "--no-progress")
+    assert code == 0, err
+    tags = only_run(uri).data.tags
+    assert environment.of_tags(tags) == elsewhere
+    assert tags[environment.PARTS_TAG] == (
+        f"from round 1: {environment.summary(recorded)}; from round 3: {environment.summary(elsewhere)}"
+    )
+    assert "(AVX2), cpu, 1 thread" in tags[environment.PARTS_TAG]

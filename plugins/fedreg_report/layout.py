@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedreg_report.claims import Claim, judge_claims
+from fedreg_report.environments import environment_blocks, environments
 from fedreg_report.metrics import CLIENT_METRIC_PREFIX, SETTING_KEYS, WINDOW
 from fedreg_report.protocol import protocol_blocks, protocols
 from fedreg_report.render import Block
@@ -76,6 +77,7 @@ def build_blocks(
         *results_blocks(runs, summaries),
         *not_in_table_blocks(col),
         *protocol_blocks(runs, col.methods),
+        *environment_blocks(runs, col.methods),
         *_numbers_blocks(col, summaries, same),
         *worst_client_blocks(by_method),
         *forgetting_blocks(by_method),
@@ -125,6 +127,8 @@ def _header_blocks(
     n_protocols = len(protocols(runs, col.methods))
     if n_protocols > 1:
         header.append(f"Warning: the methods used {n_protocols} different protocols (see Protocol)")
+    if (n_envs := len(environments(runs, col.methods))) > 1:
+        header.append(f"Warning: the runs computed in {n_envs} environments (see Environment)")
     title = "Report: " + (", ".join(specs) or col.experiment or "comparison")
     B: list[Block] = [("h", 1, title), ("ul", header)]
     if differ:

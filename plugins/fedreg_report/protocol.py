@@ -9,7 +9,7 @@ from typing import Any
 
 from fedreg_report.render import Block
 from fedreg_report.runs import RunData
-from fedreg_report.summary import group
+from fedreg_report.summary import users_of, users_text
 
 #: the fields of a protocol, in the order of the Protocol table
 PROTOCOL_FIELDS = ("dataset", "partition", "local test", "model", "selection", "training", "federation")
@@ -91,13 +91,8 @@ def protocols(
     runs: Sequence[RunData], methods: Sequence[str] | None = None
 ) -> list[tuple[dict[str, str], dict[str, list[Any]]]]:
     """Distinct protocols, each with the methods (and their seeds) that used it, in first-use order."""
-    out: dict[tuple, tuple[dict[str, str], dict[str, list[Any]]]] = {}
-    for m, rs in group(runs, methods).items():
-        for rd in rs:
-            p = protocol_of(rd.params)
-            key = tuple(p[f] for f in PROTOCOL_FIELDS)
-            out.setdefault(key, (p, {}))[1].setdefault(m, []).append(rd.seed)
-    return list(out.values())
+    used = users_of(runs, methods, lambda rd: tuple(protocol_of(rd.params)[f] for f in PROTOCOL_FIELDS))
+    return [(dict(zip(PROTOCOL_FIELDS, key, strict=True)), who) for key, who in used.items()]
 
 
 def protocol_blocks(runs: Sequence[RunData], methods: Sequence[str]) -> list[Block]:
@@ -115,11 +110,7 @@ def protocol_blocks(runs: Sequence[RunData], methods: Sequence[str]) -> list[Blo
             "per round). One row per distinct protocol, with the methods and seeds that used it.",
         )
     )
-    rows = [
-        [p[f] for f in PROTOCOL_FIELDS]
-        + ["; ".join(f"{m} ({', '.join('?' if s is None else str(s) for s in ss)})" for m, ss in who.items())]
-        for p, who in protos
-    ]
+    rows = [[p[f] for f in PROTOCOL_FIELDS] + [users_text(who)] for p, who in protos]
     B.append(("table", list(PROTOCOL_FIELDS) + ["methods (seeds)"], rows))
     if len(protos) > 1:
         fields = [f for f in PROTOCOL_FIELDS if len({p[f] for p, _ in protos}) > 1]

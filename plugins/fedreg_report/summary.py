@@ -8,8 +8,9 @@ swing of global accuracy."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -81,6 +82,26 @@ def group(runs: Iterable[RunData], methods: Sequence[str] | None = None) -> dict
     for rs in out.values():
         rs.sort(key=lambda rd: (rd.seed is None, rd.seed if rd.seed is not None else 0, rd.run_id))
     return {m: rs for m, rs in out.items() if rs}
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def users_of(
+    runs: Iterable[RunData], methods: Sequence[str] | None, key: Callable[[RunData], K]
+) -> dict[K, dict[str, list]]:
+    """Each distinct ``key(run)`` (a protocol, an environment) with the methods whose runs have it and
+    their seeds, in first-use order (methods as :func:`group` orders them)."""
+    out: dict[K, dict[str, list]] = {}
+    for m, rs in group(runs, methods).items():
+        for rd in rs:
+            out.setdefault(key(rd), {}).setdefault(m, []).append(rd.seed)
+    return out
+
+
+def users_text(who: dict[str, list]) -> str:
+    """'fedavg (1, 2); moon (3)': methods and their seeds ('?' for a run without one)."""
+    return "; ".join(f"{m} ({', '.join('?' if s is None else str(s) for s in ss)})" for m, ss in who.items())
 
 
 def aggregate(
