@@ -16,6 +16,8 @@ from pathlib import Path
 from fedreg import __version__
 from fedreg.errors import FedregError
 from fedreg.limits import memory_problem
+from fedreg.spec_status import DEFAULT_CHECKPOINT_DIR
+from fedreg.spec_status import add_command as add_status_command
 
 
 def _registry():
@@ -84,10 +86,6 @@ def cmd_run(args) -> int:
 
         resume = find_resumable(specs)  # the latest unfinished folder recording this very spec
     return _run(specs, raw, args.spec, not args.no_progress, resume, args)
-
-
-#: where ``fedreg resume`` looks when the run's tags do not name its folder (``checkpoint.dir``'s default)
-DEFAULT_CHECKPOINT_DIR = ".fedreg/checkpoints"
 
 
 def cmd_resume(args) -> int:
@@ -178,12 +176,6 @@ def cmd_compare(args) -> int:
 
     checked_uri(args.tracking_uri)
     return compare(args.run_id, tracking=args.tracking_uri, log=not args.no_log)
-
-
-def cmd_status(args) -> int:
-    from fedreg.status import status
-
-    return status(args.run_id, args.tracking_uri, args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
 
 
 def cmd_replay(args) -> int:
@@ -307,11 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-log", action="store_true", help="do not log the table and plots to the parent run")
     sp.set_defaults(func=cmd_compare)
 
-    sp = sub.add_parser("status", help="where the child runs of parent runs stand, and how to continue them")
-    sp.add_argument("run_id", nargs="+", help="parent run ids printed by 'fedreg run'")
-    sp.add_argument("--tracking-uri", default=None)
-    sp.add_argument("--checkpoint-dir", default=None, help="where to look when the run's tags name no folder")
-    sp.set_defaults(func=cmd_status)
+    add_status_command(sub)
 
     from fedreg.transfer import add_commands as add_transfer_commands
 

@@ -20,30 +20,39 @@ def _key(identity: dict[str, str]) -> str:
     return json.dumps(identity, sort_keys=True)
 
 
-def finished_runs(specs: list[ResolvedSpec]) -> dict[str, str]:
-    """The run ids of the specs' runs that finished before in their tracking store, by run key."""
+def runs_by_child(specs: list[ResolvedSpec], uri: str, status: str | None = None) -> dict[str, list]:
+    """Every run (of ``status`` only, when given) in the specs' experiment of store ``uri`` that logged the
+    resolved spec of one of them, under any parent, by the child's run key, oldest first ([] for a child
+    without one; {} when the store or the experiment does not exist yet: reading never creates them)."""
     from mlflow.tracking import MlflowClient
 
     from fedreg.stores import search_all
-    from fedreg.tracking import checked_uri
 
-    first = specs[0].spec
-    uri = checked_uri(first.tracking.uri, "tracking.uri")
     if uri.startswith("sqlite:///") and not Path(uri.split(":///", 1)[1]).exists():
-        return {}  # a store not yet made holds no runs (and reading must not create it)
+        return {}
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(first.tracking.experiment)
+    exp = client.get_experiment_by_name(specs[0].spec.tracking.experiment)
     if exp is None:
         return {}
     planned = {run_key(rs): checkpoint.identity(rs.resolved_dict()) for rs in specs}
     # a run's params also hold what it measured (partition.train_size_min, ...): only the spec's fields count
     fields = {k.split(".")[0] for identity in planned.values() for k in identity}
-    done = {}
-    for r in search_all(client, [exp.experiment_id], "attributes.status = 'FINISHED'"):
+    found: dict[str, list] = {}
+    where = f"attributes.status = '{status}'" if status else ""
+    for r in search_all(client, [exp.experiment_id], where):
+        if r.data.tags.get("fedreg.role") == "parent":  # its params are those its children share
+            continue
         identity = checkpoint.identity_of_params(r.data.params)
-        done[_key({k: v for k, v in identity.items() if k.split(".")[0] in fields})] = r.info.run_id
-    found = {key: done.get(_key(identity)) for key, identity in planned.items()}
-    return {k: v for k, v in found.items() if v is not None}
+        found.setdefault(_key({k: v for k, v in identity.items() if k.split(".")[0] in fields}), []).append(r)
+    return {key: found.get(_key(identity), []) for key, identity in planned.items()}
+
+
+def finished_runs(specs: list[ResolvedSpec]) -> dict[str, str]:
+    """The run ids of the specs' runs that finished before in their tracking store, by run key."""
+    from fedreg.tracking import checked_uri
+
+    uri = checked_uri(specs[0].spec.tracking.uri, "tracking.uri")
+    return {k: rs[-1].info.run_id for k, rs in runs_by_child(specs, uri, "FINISHED").items() if rs}
 
 
 def skip_finished(

@@ -188,6 +188,15 @@ def test_skip_finished_runs_only_what_did_not_finish_anywhere_in_the_store(
     assert main(["import", str(bundle), "--tracking-uri", other]) == 0
     capsys.readouterr()
 
+    # `fedreg status SPEC` finds the imported runs: a finished, b not started, and says how to run the rest
+    assert main(["status", spec, "--tracking-uri", other]) == 0
+    out = capsys.readouterr().out
+    assert "s.yaml): 4 planned runs, looked up in experiment 'test' of " in out, out
+    for child, state in (("a.seed1", "FINISHED"), ("a.seed2", "FINISHED"), ("b.seed1", "NOT STARTED")):
+        assert re.search(rf"^  {re.escape(child)} +{state} ", out, re.M), (child, out)
+    assert "2 finished, 2 not started; CPU time " in out
+    assert f"run the rest: fedreg run {spec} --skip-finished --set tracking.uri={other}" in out
+
     there = ["--set", f"tracking.uri={other}", "--no-progress"]
     assert main(["run", spec, "--skip-finished", *there]) == 1  # b diverges in both seeds
     out = capsys.readouterr().out
@@ -212,3 +221,19 @@ def test_skip_finished_runs_only_what_did_not_finish_anywhere_in_the_store(
     assert "nothing to run: all 2 runs of this spec finished before" in capsys.readouterr().out
     assert main(["run", spec, "--skip-finished", "--resume", *there]) == 2
     assert "fedreg resume PARENT_RUN_ID" in capsys.readouterr().err
+
+    # the store as a Ctrl-C leaves it: b.seed1 KILLED; the status names the parent that continues it
+    dst.set_terminated(_children(dst, new_parent)["b.seed1"].info.run_id, "KILLED")
+    assert main(["status", spec, "--tracking-uri", other]) == 1  # b.seed2 failed
+    out = capsys.readouterr().out
+    assert re.search(r"^  b\.seed2 +FAILED .*diverged", out, re.M), out
+    assert "2 finished, 1 killed, 1 failed" in out
+    assert (
+        f"or continue b.seed1 from their checkpoints: fedreg resume {new_parent} --tracking-uri {other}"
+        in out
+    )
+    # a spec with run ids, or --set without a spec, is refused with the fix
+    assert main(["status", spec, new_parent]) == 2
+    assert "parent run ids or one run spec, not both" in capsys.readouterr().err
+    assert main(["status", new_parent, "--set", "federation.rounds=3"]) == 2
+    assert "--set goes with a run spec" in capsys.readouterr().err
