@@ -78,7 +78,7 @@ def spec_status(
     from fedreg.progress import duration
     from fedreg.registry import installed_figures
     from fedreg.resume import run_key
-    from fedreg.status import ORDER, Child, child_line, cpu_left, live_holder, read_child
+    from fedreg.status import ORDER, Child, child_line, cpu_left, live_holder, read_child, variant_of
     from fedreg.stores import open_store
     from fedreg.tracking import checked_uri
 
@@ -112,7 +112,8 @@ def spec_status(
         counts[status] = counts.get(status, 0) + 1
         children.append(child)
         echo(child_line(child, status, shown, time.time()))
-    spent, left = sum(c.cpu_s or 0 for c in children), cpu_left(children)
+    work = {variant_of(c): work_per_round(rs) for c, rs in zip(children, specs, strict=True)}
+    spent, left = sum(c.cpu_s or 0 for c in children), cpu_left(children, work)
     echo(
         "  "
         + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts, key=ORDER.index))
@@ -132,4 +133,13 @@ def spec_status(
     return 1 if counts.get("FAILED") else 0
 
 
-__all__ = ["DEFAULT_CHECKPOINT_DIR", "SPEC_SUFFIXES", "add_command", "spec_status"]
+def work_per_round(rs) -> float:
+    """A child's expected training work per round, relative between the variants of one spec: local epochs
+    x clients per round x its objective's ``relative_cost`` (what ``fedreg run`` orders a sweep by, without
+    the client sizes, which would need the data)."""
+    s, objective = rs.spec, rs.components["objective"]
+    per_sample = float(objective.info.cls.relative_cost(objective.params, s))
+    return s.training.local_epochs * s.federation.clients_per_round * per_sample
+
+
+__all__ = ["DEFAULT_CHECKPOINT_DIR", "SPEC_SUFFIXES", "add_command", "spec_status", "work_per_round"]

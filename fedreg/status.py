@@ -98,11 +98,11 @@ def live_holder(folder: Path) -> dict[str, Any] | None:
     return held if held and FolderLock.alive(held) else None
 
 
-def cpu_left(children: Sequence[Child]) -> float | None:
+def cpu_left(children: Sequence[Child], work: dict[str, float] | None = None) -> float | None:
     """Expected CPU seconds of the rounds not yet run (None before any round was logged): per unfinished
     child, its remaining rounds x the mean CPU per round of its variant's logged rounds (of all variants'
-    while its variant has none). A FAILED child counts as done: ``fedreg resume`` retries it, usually to
-    the same failure."""
+    while its variant has none, scaled by ``work``, each variant's expected work per round, where given).
+    A FAILED child counts as done: ``fedreg resume`` retries it, usually to the same failure."""
     per_variant: dict[str, list[float]] = {}
     for c in children:
         if (v := c.cpu_per_round()) is not None:
@@ -111,13 +111,22 @@ def cpu_left(children: Sequence[Child]) -> float | None:
     rounds = {variant_of(c): c.rounds for c in children if c.rounds}  # a child not started: its variant's
     if not every or not rounds:
         return None
+    work = work or {}
+    units = [
+        v / work[variant_of(c)] for c in children if (v := c.cpu_per_round()) and work.get(variant_of(c))
+    ]
     total = 0.0
     for c in children:
         if c.status in ("FINISHED", "FAILED"):
             continue
-        rate = per_variant.get(variant_of(c)) or every
+        if rates := per_variant.get(variant_of(c)):
+            rate = sum(rates) / len(rates)
+        elif units and variant_of(c) in work:  # CPU per unit of work measured on the others, x its work
+            rate = sum(units) / len(units) * work[variant_of(c)]
+        else:
+            rate = sum(every) / len(every)
         planned = c.rounds or rounds.get(variant_of(c)) or max(rounds.values())
-        total += (planned - c.round) * sum(rate) / len(rate)
+        total += (planned - c.round) * rate
     return total
 
 

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
@@ -131,3 +132,11 @@ def test_cpu_left_counts_each_unfinished_child_at_its_variants_rate():
     ]
     assert cpu_left(children) == 6 * 2.5 + 10 * 2.5 + 20 * 10.0
     assert cpu_left([Child("a.seed1")]) is None  # nothing logged yet: no estimate
+    # a variant not measured yet (c): without its expected work, the mean rate of all measured children;
+    # with it (what `fedreg status SPEC` passes), the CPU per unit of work measured on the others x its work
+    more = [*children, Child("c.seed1", rounds=10)]
+    assert cpu_left(more) == 6 * 2.5 + 10 * 2.5 + 20 * 10.0 + 10 * (2 + 3 + 10) / 3
+    work = {"a": 1.0, "b": 4.0, "c": 2.0}  # per-unit rates: a 2 and 3, b 2.5
+    assert cpu_left(more, work) == pytest.approx(
+        6 * 2.5 + 10 * 2.5 + 20 * 10.0 + 10 * 2.0 * (2 + 3 + 2.5) / 3
+    )
