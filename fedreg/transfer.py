@@ -73,23 +73,30 @@ def experiment_runs(client, name: str) -> list[str]:
     return [r.info.run_id for r in search_all(client, [exp.experiment_id]) if PARENT not in r.data.tags]
 
 
-def write_run(client, run, folder: Path, exclude: Sequence[str] = ()) -> list[str]:
+def write_run(
+    client, run, folder: Path, exclude: Sequence[str] = (), origin: Callable[[str], str] = str
+) -> list[str]:
     """``run.json``, ``metrics.csv`` and ``artifacts/`` of one run into ``folder`` (replaced if there),
-    without the artifacts whose path matches a pattern of ``exclude`` (fnmatch); returns those left out."""
+    without the artifacts whose path matches a pattern of ``exclude`` (fnmatch); returns those left out.
+    ``origin`` gives the id a run is written under (its own, or the one it was imported from), for the run
+    and its parent."""
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "artifacts").mkdir(parents=True)
     info, data = run.info, run.data
     experiment = client.get_experiment(info.experiment_id)
+    tags = {k: v for k, v in data.tags.items() if k != IMPORTED}
+    if PARENT in tags:
+        tags[PARENT] = origin(tags[PARENT])
     record = {
-        "run_id": info.run_id,
+        "run_id": origin(info.run_id),
         "experiment": experiment.name,
         "run_name": info.run_name,
         "status": info.status,
         "start_time": info.start_time,
         "end_time": info.end_time,
         "params": dict(sorted(data.params.items())),
-        "tags": dict(sorted(data.tags.items())),
+        "tags": dict(sorted(tags.items())),
     }
     (folder / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     with open(folder / "metrics.csv", "w", newline="") as f:
@@ -159,14 +166,26 @@ def export_runs(
     manifest = _manifest(out)
     runs, running = runs_to_export(client, run_ids)
     out.mkdir(parents=True, exist_ok=True)
+    # a run imported from another store is written under the id it was exported with: exporting the runs
+    # of a store that imported a folder back into that folder leaves them as they were
+    known = {r.info.run_id: r.data.tags.get(IMPORTED, r.info.run_id) for r in runs}
+
+    def origin(run_id: str) -> str:
+        if run_id not in known:  # a parent not exported here
+            try:
+                known[run_id] = client.get_run(run_id).data.tags.get(IMPORTED, run_id)
+            except Exception:  # noqa: BLE001 - a parent deleted since: its id as it is
+                known[run_id] = run_id
+        return known[run_id]
+
     for i, run in enumerate(runs, 1):
-        rid = run.info.run_id
-        left_out = write_run(client, run, out / rid, exclude)
+        rid = origin(run.info.run_id)
+        left_out = write_run(client, run, out / rid, exclude, origin)
         exp = client.get_experiment(run.info.experiment_id)
         manifest.setdefault("experiments", {})[exp.name] = experiment_tags(exp.tags)
         manifest["runs"][rid] = {
             "name": run.info.run_name,
-            "parent": run.data.tags.get(PARENT),
+            "parent": origin(p) if (p := run.data.tags.get(PARENT)) else None,
             "status": run.info.status,
             "end_time": run.info.end_time,
             "artifacts_left_out": left_out,

@@ -99,6 +99,20 @@ def test_exported_runs_imported_into_a_new_store_give_the_same_report(sweep, tmp
     assert "imported 0 runs" in capsys.readouterr().out
     assert len(_children(dst, new_parent)) == 4
 
+    # the imported runs exported back into the folder keep their first ids: the folder is unchanged, and a
+    # third store that imports it holds each run once
+    before = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    assert (
+        main(["export", "--experiment", src_exp.name, "--out", str(bundle), "--tracking-uri", dst_uri]) == 0
+    )
+    after = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)
+    assert {k for k in before if k.name != "manifest.json" and before[k] != after[k]} == set()
+    third = new_store(tmp_path / "third.db")
+    assert main(["import", str(bundle), "--tracking-uri", third]) == 0
+    assert "imported 5 runs" in capsys.readouterr().out
+    assert sorted(_children(MlflowClient(third), _parent(MlflowClient(third)))) == sorted(kids)
+
 
 def test_a_changed_run_is_replaced_and_running_ones_are_left_out(sweep, tmp_path, new_store, capsys):
     uri, parent = sweep
