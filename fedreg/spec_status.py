@@ -75,10 +75,9 @@ def spec_status(
     from fedreg.done import runs_by_child
     from fedreg.figures import progress_keys
     from fedreg.outputs import MetricNames
-    from fedreg.progress import duration
     from fedreg.registry import installed_figures
     from fedreg.resume import run_key
-    from fedreg.status import ORDER, Child, child_line, cpu_left, live_holder, read_child, variant_of
+    from fedreg.status import Child, child_line, cpu_left, live_holder, read_child, totals_line, variant_of
     from fedreg.stores import open_store
     from fedreg.tracking import checked_uri
 
@@ -114,12 +113,7 @@ def spec_status(
         echo(child_line(child, status, shown, time.time()))
     work = {variant_of(c): work_per_round(rs) for c, rs in zip(children, specs, strict=True)}
     spent, left = sum(c.cpu_s or 0 for c in children), cpu_left(children, work)
-    echo(
-        "  "
-        + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts, key=ORDER.index))
-        + f"; CPU time {duration(spent)} so far"
-        + (f", about {duration(left)} left (one thread per child)" if left else "")
-    )
+    echo(totals_line(counts, spent, left))
     if counts.get("FINISHED", 0) < len(specs):
         sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
         sets += f" --set {shlex.quote('tracking.uri=' + uri_given)}" if uri_given else ""
@@ -137,9 +131,10 @@ def work_per_round(rs) -> float:
     """A child's expected training work per round, relative between the variants of one spec: local epochs
     x clients per round x its objective's ``relative_cost`` (what ``fedreg run`` orders a sweep by, without
     the client sizes, which would need the data)."""
-    s, objective = rs.spec, rs.components["objective"]
-    per_sample = float(objective.info.cls.relative_cost(objective.params, s))
-    return s.training.local_epochs * s.federation.clients_per_round * per_sample
+    from fedreg.sweep import cost_per_sample
+
+    s = rs.spec
+    return s.training.local_epochs * s.federation.clients_per_round * cost_per_sample(rs)
 
 
 __all__ = ["DEFAULT_CHECKPOINT_DIR", "SPEC_SUFFIXES", "add_command", "spec_status", "work_per_round"]

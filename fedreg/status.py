@@ -150,6 +150,16 @@ def child_line(c: Child, status: str, shown: dict[str, str], now: float) -> str:
     return f"  {c.name:<28} {status:<12} {where:>9} {cpu:>9}  {figs}  {note}".rstrip()
 
 
+def totals_line(counts: dict[str, int], spent: float, left: float | None) -> str:
+    """'  5 finished, 2 running; CPU time 4h05m so far, about 3h left (one thread per child)'."""
+    return (
+        "  "
+        + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts, key=ORDER.index))
+        + f"; CPU time {duration(spent)} so far"
+        + (f", about {duration(left)} left (one thread per child)" if left else "")
+    )
+
+
 def fmt(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -203,10 +213,7 @@ def parent_status(client: MlflowClient, run_id: str, tracking: str | None, root:
     spent = sum(c.cpu_s or 0 for c in children)
     left = cpu_left(children)
     echo(
-        "  "
-        + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts, key=ORDER.index))
-        + f"; CPU time {duration(spent)} so far"
-        + (f", about {duration(left)} left (one thread per child)" if left else "")
+        totals_line(counts, spent, left)
         + (f"; {superseded} superseded run(s) of restarted children not shown" if superseded else "")
     )
     if any(c.status != "FINISHED" for c in children) and holder is None and meta.get("status") != "FINISHED":

@@ -140,9 +140,13 @@ def expected_cost(rs: Any, fed: Any) -> float:
         trained = sum(sizes) / max(1, len(sizes)) * fr.clients_per_round * fr.rounds
     evaluations = -(-fr.rounds // s.evaluation.every)
     tested = len(fed.dataset.test_y) + sum(len(c.test_idx) for c in fed.clients)
+    return trained * s.training.local_epochs * cost_per_sample(rs) + evaluations * tested / 3
+
+
+def cost_per_sample(rs: Any) -> float:
+    """The child's training work per sample and local epoch: its objective's ``relative_cost``."""
     objective = rs.components["objective"]
-    per_sample = float(objective.info.cls.relative_cost(objective.params, s))
-    return trained * s.training.local_epochs * per_sample + evaluations * tested / 3
+    return float(objective.info.cls.relative_cost(objective.params, rs.spec))
 
 
 def failure_summary(text: str, limit: int = 160) -> str:
