@@ -32,6 +32,7 @@ from fedreg.preflight import check_models, warn_local_tests
 from fedreg.resume import (
     check_shared,
     continue_command,
+    done_fractions,
     failure_hint,
     identities,
     interrupted_text,
@@ -42,7 +43,7 @@ from fedreg.resume import (
 from fedreg.rounds import RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
 from fedreg.spool import delivery_report
-from fedreg.sweep import ChildOutcome, failure_reason, train_child
+from fedreg.sweep import ChildOutcome, failure_reason, run_order, train_child
 from fedreg.tracking import Tracker, flatten, tracking_uri
 
 
@@ -183,8 +184,13 @@ class Experiment:
             self.meta = self.new_meta()
         try:
             if self.pool is None:
-                for rs, fed in zip(self.specs, self.feds, strict=True):
-                    self.run_variant(rs, fed)
+                done: dict[int, RunResult] = {}
+                for i in run_order(
+                    [0.0] * len(self.specs), done_fractions(self.specs, self.checkpoints), longest_first=False
+                ):
+                    if (result := self.run_variant(self.specs[i], self.feds[i])) is not None:
+                        done[i] = result
+                self.results = [done[i] for i in sorted(done)]  # in the spec's order
             else:
                 self.results = run_parallel(self, self.pool)
         except KeyboardInterrupt:
@@ -238,14 +244,13 @@ class Experiment:
             "status": "RUNNING",
         }
 
-    def run_variant(self, rs: ResolvedSpec, fed: FederatedData) -> None:
+    def run_variant(self, rs: ResolvedSpec, fed: FederatedData) -> RunResult | None:
         """One child in this process: kept as it is when it finished before, else started (or resumed)
-        and trained. A failed child of a sweep is recorded and the sweep goes on; a single run's failure is
-        raised."""
+        and trained; its result (None when it failed). A failed child of a sweep is recorded and the sweep
+        goes on; a single run's failure is raised."""
         prep = self.prepare(rs, fed)
         if isinstance(prep, RunResult):
-            self.results.append(prep)
-            return
+            return prep
         self.open_run = None  # from here on, train_child ends the run whatever happens
         status, result, exc = train_child(
             rs,
@@ -259,9 +264,8 @@ class Experiment:
             progress=self.progress,
         )
         if exc is None:
-            self.results.append(result)
             self.echo(self.headline(rs, prep.name, result))
-            return
+            return result
         if not self.parent:
             if (oom := memory_problem(getattr(exc, "original", exc))) is not None:
                 raise oom from exc
@@ -269,6 +273,7 @@ class Experiment:
                 raise PluginError(f"{exc}") from exc
             raise exc
         self.child_failed(prep.name, ChildOutcome(0, status, reason=failure_reason(exc)))
+        return None
 
     def headline(self, rs: ResolvedSpec, name: str, result: RunResult) -> str:
         keys = headline_keys(figures_of(m.info.cls for m in rs.metrics))

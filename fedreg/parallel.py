@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from fedreg import checkpoint
 from fedreg.pools import Pool
 from fedreg.progress import SweepProgress
+from fedreg.resume import done_fractions
 from fedreg.rounds import RunResult
-from fedreg.sweep import ChildOutcome, ChildTask, expected_cost
+from fedreg.sweep import ChildOutcome, ChildTask, expected_cost, run_order
 
 if TYPE_CHECKING:  # the experiment calls these functions with itself (an import for types only)
     from fedreg.experiment import Experiment
@@ -30,12 +31,13 @@ class Prepared:
 
 
 def run_parallel(exp: Experiment, pool: Pool) -> list[RunResult]:
-    """The children of ``exp`` in worker processes or Ray tasks, ``pool.capacity`` at a time, the longest
-    expected first (so the sweep does not end waiting for one long child); a failed child is recorded and
-    the others go on. The results of the children that finished, in the spec's order."""
+    """The children of ``exp`` in worker processes or Ray tasks, ``pool.capacity`` at a time: those a resumed
+    sweep had started first, then the longest expected first (so the sweep does not end waiting for one
+    long child; :func:`fedreg.sweep.run_order`); a failed child is recorded and the others go on. The
+    results of the children that finished, in the spec's order."""
     specs, feds = exp.specs, exp.feds
     costs = [expected_cost(rs, fed) for rs, fed in zip(specs, feds, strict=True)]
-    order = sorted(range(len(specs)), key=lambda i: -costs[i])  # stable: ties keep the spec's order
+    order = run_order(costs, done_fractions(specs, exp.checkpoints), longest_first=True)
     progress = SweepProgress(len(order), sum(costs), exp.echo, enabled=exp.progress)
     done: dict[int, RunResult] = {}
     running: dict[int, Prepared] = {}

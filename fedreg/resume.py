@@ -200,6 +200,16 @@ def load_checkpoints(
     return checkpoints
 
 
+def done_fractions(specs: list[ResolvedSpec], checkpoints: dict[str | None, dict[str, Any]]) -> list[float]:
+    """Each child's fraction of its rounds already checkpointed (1 when it finished, 0 for a new child)."""
+    fractions = []
+    for rs in specs:
+        ck = checkpoints.get(rs.key)
+        rounds = max(1, rs.spec.federation.rounds)
+        fractions.append(0.0 if ck is None else 1.0 if ck["finished"] else ck["round"] / rounds)
+    return fractions
+
+
 def continue_command(exp: checkpoint.ExperimentDir | None, uri: str | None) -> str | None:
     """The command that continues the experiment in folder ``exp`` after an interruption (None when nothing
     can be continued: no checkpoint folder was made). ``fedreg resume ID`` finds the folder from the run's

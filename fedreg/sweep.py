@@ -143,6 +143,20 @@ def expected_cost(rs: Any, fed: Any) -> float:
     return trained * s.training.local_epochs * cost_per_sample(rs) + evaluations * tested / 3
 
 
+def run_order(costs: list[float], done: list[float], longest_first: bool) -> list[int]:
+    """The order in which a sweep's children start. ``done``: each child's fraction of its rounds already
+    checkpointed (0 for a new child). Children a resumed sweep had started come first, the most work left
+    first, so that work already done is not left waiting behind new children (and, across sessions, is the
+    first to finish); the others follow longest expected first (``longest_first``, parallel sweeps) or in the
+    spec's order. Ties keep the spec's order."""
+    left = [c * (1.0 - d) for c, d in zip(costs, done, strict=True)]
+    started = sorted((i for i, d in enumerate(done) if d > 0), key=lambda i: -left[i])
+    rest = [i for i, d in enumerate(done) if d <= 0]
+    if longest_first:
+        rest.sort(key=lambda i: -costs[i])
+    return started + rest
+
+
 def cost_per_sample(rs: Any) -> float:
     """The child's training work per sample and local epoch: its objective's ``relative_cost``."""
     objective = rs.components["objective"]

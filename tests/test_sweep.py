@@ -388,9 +388,12 @@ def test_a_ray_sweep_on_two_nodes_refuses_a_sqlite_store_before_any_run(env):
 
 
 def test_sigterm_during_a_parallel_sweep_ends_every_run_killed_and_the_hint_continues_it(env):
+    """...with the children it had started first, although the one it had not is first in the spec."""
     tmp, raw, uri = env
     raw["federation"]["rounds"] = 25
-    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.02}}
+    raw["training"]["local_epochs"] = 1
+    two = {"training.local_epochs": 2}  # longer: these two start first
+    raw["variants"] = {"s": {}, "a": two, "b": {**two, "training.optimizer.lr": 0.02}}
     spec = write_spec(tmp / "term.yaml", raw)
     pids = []
     with start_parallel_sweep(tmp, spec) as proc:
@@ -413,12 +416,12 @@ def test_sigterm_during_a_parallel_sweep_ends_every_run_killed_and_the_hint_cont
     assert {n: r.info.status for n, r in kids.items()} == {"a": "KILLED", "b": "KILLED"}
     parent = MlflowClient(uri).get_run(kids["a"].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
-    hint = err.split("Continue with: ")[1].strip()
-    resumed = run_child(
-        [sys.executable, "-m", "fedreg", *hint.split()[1:], "--jobs", "2", "--no-progress"], 600, cwd=tmp
-    )
+    hint = err.split("Continue with: ")[1].strip()  # as printed: one child at a time
+    resumed = run_child([sys.executable, "-m", "fedreg", *hint.split()[1:], "--no-progress"], 600, cwd=tmp)
     assert resumed.returncode == 0, resumed.stderr
-    assert {n: r.info.status for n, r in children(uri).items()} == {"a": "FINISHED", "b": "FINISHED"}
+    assert {n: r.info.status for n, r in children(uri).items()} == dict.fromkeys("sab", "FINISHED")
+    order = list(dict.fromkeys(re.findall(r"^([sab]): ", resumed.stdout, re.M)))  # first line of each
+    assert order[2] == "s" and sorted(order[:2]) == ["a", "b"], resumed.stdout
 
 
 def _alive(pid: int) -> bool:
@@ -492,3 +495,16 @@ def test_expected_cost_weighs_each_method_by_its_objectives_relative_cost(env):
     factor = FedRep.relative_cost(rep.params, specs["fedrep"].spec)
     assert factor == pytest.approx((0.4 * 4 + 1) / 5)  # local_epochs 5, of which rep_epochs 1 train the body
     assert cost["fedavg"] - cost["fedrep"] == pytest.approx(training * (1 - factor))
+
+
+def test_run_order_puts_started_children_first_most_work_left_first_then_longest_or_spec_order():
+    from fedreg.sweep import run_order
+
+    costs = [3.0, 1.0, 3.0, 5.0, 2.0]
+    done = [0.0, 0.5, 0.1, 0.0, 1.0]  # child 4 finished: no work left
+    # started: 2 (2.7 left), 1 (0.5 left), 4 (0 left); then new ones longest first, or in spec order
+    assert run_order(costs, done, longest_first=True) == [2, 1, 4, 3, 0]
+    assert run_order(costs, done, longest_first=False) == [2, 1, 4, 0, 3]
+    assert run_order(costs, [0.0] * 5, longest_first=True) == [3, 0, 2, 4, 1]
+    assert run_order(costs, [0.0] * 5, longest_first=False) == [0, 1, 2, 3, 4]
+    assert run_order([2.0, 2.0, 1.0], [0.0] * 3, longest_first=True) == [0, 1, 2]  # ties: spec order
