@@ -11,13 +11,13 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from fedreg import __version__
 from fedreg.errors import FedregError
 from fedreg.limits import memory_problem
 from fedreg.spec_status import DEFAULT_CHECKPOINT_DIR
 from fedreg.spec_status import add_command as add_status_command
+from fedreg.timelimit import duration_arg
 
 
 def _registry():
@@ -42,16 +42,25 @@ def cmd_validate(args) -> int:
 
 
 def _run(specs, raw, source, progress, resume=None, args=None) -> int:
-    """Run an experiment; Ctrl-C (exit status 130) and SIGTERM (143) mark its runs KILLED and print the
-    command that continues it. Child runs that fail are listed at the end (exit status 1)."""
+    """Run an experiment; Ctrl-C (exit status 130), SIGTERM (143) and ``--max-time`` (3) mark its runs
+    KILLED and print the command that continues it. Child runs that fail are listed at the end (exit
+    status 1)."""
     from fedreg.experiment import Experiment
     from fedreg.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+    from fedreg.timelimit import EXIT_TIME_LIMIT, TimeLimitReached, stopped_text
 
     jobs, sweep = getattr(args, "jobs", None), getattr(args, "sweep", None)
-    exp = Experiment(specs, source, progress, print, raw, resume, jobs, sweep)
+    exp = Experiment(
+        specs, source, progress, print, raw, resume, jobs, sweep, max_time=getattr(args, "max_time", None)
+    )
     try:
         with sigterm_as_interrupt():
             res = exp.run()
+    except TimeLimitReached:
+        failed = f" Failed: {', '.join(name for name, _ in exp.failed)}." if exp.failed else ""
+        said = stopped_text(exp.stopped, exp.unstarted, exp.resume_command(jobs=True)) + failed
+        print(f"\ntime limit reached (--max-time): {said}", file=sys.stderr)
+        return EXIT_TIME_LIMIT
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"\n{what}: {exp.interrupted()}", file=sys.stderr)
@@ -89,28 +98,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from fedreg import checkpoint
+    from fedreg.resume import find_folder
     from fedreg.spec import resolve
-    from fedreg.tracking import tracking_uri
 
-    checkpoint.check_run_id(args.run_id)
-    if args.checkpoint_dir:
-        exp = checkpoint.find_by_run_id(Path(args.checkpoint_dir), args.run_id)
-        where = f"under '{args.checkpoint_dir}'"
-    else:
-        # the folder named by the run's tag, else the default checkpoint.dir
-        exp = checkpoint.find_from_tracking(args.run_id, args.tracking_uri) or checkpoint.find_by_run_id(
-            Path(DEFAULT_CHECKPOINT_DIR), args.run_id
-        )
-        where = (
-            f"named by its tags in the tracking store '{tracking_uri(args.tracking_uri)}', nor under "
-            f"'{DEFAULT_CHECKPOINT_DIR}'"
-        )
-    if exp is None:
-        raise FedregError(
-            f"no checkpoint folder of run '{args.run_id}' {where}; pass --tracking-uri (the store the run "
-            f"logs to) or --checkpoint-dir (its checkpoint.dir)"
-        )
+    exp = find_folder(args.run_id, args.checkpoint_dir, args.tracking_uri, DEFAULT_CHECKPOINT_DIR)
     meta = exp.read()
     raw = meta["original"]
     if raw is None:
@@ -243,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="where child runs run: 'local' (this machine) or 'ray' (Ray tasks on a local Ray, or the "
             "cluster of execution.address / $RAY_ADDRESS); default: execution.sweep",
+        )
+        sp.add_argument(
+            "--max-time",
+            type=duration_arg,
+            default=None,
+            metavar="DURATION",
+            help="stop after this much wall time (e.g. 2h30m, 90m, 5400): running children stop at a round's "
+            "end with a checkpoint, no other starts; 'fedreg resume' continues (exit status 3)",
         )
 
     sp = sub.add_parser("run", help="run a spec (all its variants) and log to MLflow")

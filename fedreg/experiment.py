@@ -23,27 +23,29 @@ from fedreg.data import DataCache, FederatedData
 from fedreg.describe import ParentRun, child_tags, provenance_tags
 from fedreg.errors import ComponentFailure, FedregError, PluginError
 from fedreg.figures import figures_of, headline_keys
-from fedreg.limits import LIST_LIMIT, check_workers, memory_problem
+from fedreg.limits import check_workers, memory_problem
 from fedreg.locks import FolderLock
 from fedreg.outputs import CORE_NAMES, TRAIN_LOSS, log_partition, summarize
-from fedreg.parallel import Prepared, run_parallel
+from fedreg.parallel import Prepared, run_parallel, run_sequential
 from fedreg.pools import Pool, ProcessPool, RayPool
 from fedreg.preflight import check_models, warn_local_tests
 from fedreg.resume import (
     check_shared,
     continue_command,
-    done_fractions,
+    failed_list,
     failure_hint,
     identities,
     interrupted_text,
     load_checkpoints,
+    new_meta,
     recorded_identities,
     run_key,
 )
 from fedreg.rounds import RunResult
 from fedreg.spec import ResolvedSpec, RunSpec
 from fedreg.spool import delivery_report
-from fedreg.sweep import ChildOutcome, failure_reason, run_order, train_child
+from fedreg.sweep import ChildOutcome, failure_reason, train_child
+from fedreg.timelimit import TimeLimitReached, check_limit, deadline_after
 from fedreg.tracking import Tracker, flatten, tracking_uri
 
 
@@ -74,6 +76,7 @@ class Experiment:
     resume: checkpoint.ExperimentDir | None = None  # the experiment folder to continue
     jobs: int | None = None  # child runs at once (None: execution.jobs)
     sweep: str | None = None  # "local" or "ray" (None: execution.sweep)
+    max_time: float | None = None  # --max-time, seconds (fedreg.timelimit)
     #: each variant's clients and data (None: the spec's dataset partitioned here; at sites: their reports)
     data: Callable[[ResolvedSpec], FederatedData] | None = None
 
@@ -93,6 +96,9 @@ class Experiment:
     results: list[RunResult] = field(init=False, default_factory=list)
     failed: list[tuple[str, str]] = field(init=False, default_factory=list)  # (child, why)
     pool: Pool | None = field(init=False, default=None, repr=False)
+    deadline: float | None = field(init=False, default=None)  # when max_time is reached (time.time())
+    stopped: list[tuple[str, int | None]] = field(init=False, default_factory=list)  # by it: (child, round)
+    unstarted: list[str] = field(init=False, default_factory=list)  # children it kept from starting
 
     @property
     def first(self) -> RunSpec:
@@ -117,7 +123,9 @@ class Experiment:
         self.lock = lock
 
     def _run(self) -> ExperimentResult:
+        self.deadline = deadline_after(self.max_time)
         check_shared(self.specs)
+        check_limit(self.max_time, self.first.checkpoint.every)
         if self.sweep_mode == "local":  # (a Ray cluster schedules its own workers)
             asked = f"--jobs {self.jobs}" if self.jobs else f"execution.jobs: {self.job_count}"
             check_workers(asked, self.job_count, len(self.specs), self.first.execution.threads or 1)
@@ -181,18 +189,11 @@ class Experiment:
             if self.restart:  # the spec changed: what 'fedreg resume' runs from now on
                 self.meta.update(original=self.original, spec_file=str(self.source) if self.source else None)
         else:
-            self.meta = self.new_meta()
+            self.meta = new_meta(self.specs, self.source, self.original, self.parent, self.tracker.uri)
         try:
-            if self.pool is None:
-                done: dict[int, RunResult] = {}
-                for i in run_order(
-                    [0.0] * len(self.specs), done_fractions(self.specs, self.checkpoints), longest_first=False
-                ):
-                    if (result := self.run_variant(self.specs[i], self.feds[i])) is not None:
-                        done[i] = result
-                self.results = [done[i] for i in sorted(done)]  # in the spec's order
-            else:
-                self.results = run_parallel(self, self.pool)
+            self.results = run_sequential(self) if self.pool is None else run_parallel(self, self.pool)
+            if self.stopped or self.unstarted:  # by --max-time: ended as an interruption, resumable
+                raise TimeLimitReached()
         except KeyboardInterrupt:
             self.end_open_run("KILLED")
             if self.parent:
@@ -232,18 +233,6 @@ class Experiment:
             self.echo(f"parent run {parent} ({len(self.specs)} child runs) -> {self.tracker.uri}")
         return parent
 
-    def new_meta(self) -> dict[str, Any]:
-        return {
-            "spec_file": str(self.source) if self.source else None,
-            "original": self.original,
-            "parent_run_id": self.parent,
-            "variants": list(dict.fromkeys(rs.variant for rs in self.specs if rs.variant)),
-            "runs": {},
-            "identities": identities(self.specs),
-            "tracking_uri": self.tracker.uri,
-            "status": "RUNNING",
-        }
-
     def run_variant(self, rs: ResolvedSpec, fed: FederatedData) -> RunResult | None:
         """One child in this process: kept as it is when it finished before, else started (or resumed)
         and trained; its result (None when it failed). A failed child of a sweep is recorded and the sweep
@@ -262,6 +251,7 @@ class Experiment:
             prep.checkpoint,
             prep.logged_through,
             progress=self.progress,
+            deadline=self.deadline,
         )
         if exc is None:
             self.echo(self.headline(rs, prep.name, result))
@@ -287,7 +277,7 @@ class Experiment:
         """The result of a child that finished before (kept as it is), or the child's MLflow run, started
         or set running again, with its checkpoint file and the checkpoint it continues from."""
         key = run_key(rs)
-        name = rs.key or self.first.tracking.run_name or rs.spec.name
+        name = self.child_name(rs)
         ck = self.checkpoints.get(rs.key)
         run_id = self.meta["runs"].get(key)
         if key in self.restart and run_id is not None and self.resume is not None:
@@ -359,23 +349,23 @@ class Experiment:
             self.meta["status"] = status
             self.exp_dir.write(self.meta)
         if self.failed:
-            listed = "\n".join(f"  - {name}: {why}" for name, why in self.failed[:LIST_LIMIT])
-            if len(self.failed) > LIST_LIMIT:
-                listed += f"\n  - and {len(self.failed) - LIST_LIMIT} more (their runs' tag fedreg.failure)"
-            cmd = self.resume_command()
-            jobs = f" --jobs {self.job_count}" if cmd and self.job_count and self.job_count > 1 else ""
-            how = failure_hint(self.exp_dir or self.resume, self.source, cmd and cmd + jobs)
+            how = failure_hint(self.exp_dir or self.resume, self.source, self.resume_command(jobs=True))
             raise SweepFailed(
                 f"{len(self.failed)} of {len(self.specs)} child runs failed (parent run {self.parent}; the "
-                f"others finished):\n{listed}\n{how}"
+                f"others finished):\n{failed_list(self.failed)}\n{how}"
             )
         return ExperimentResult(self.parent, self.results, self.tracker.uri)
 
-    def resume_command(self) -> str | None:
-        """The command that continues this experiment (None: no checkpoint folder was made)."""
-        return continue_command(
+    def resume_command(self, jobs: bool = False) -> str | None:
+        """The command that continues this experiment (None: no checkpoint folder was made); with ``jobs``,
+        as many children at once as now."""
+        cmd = continue_command(
             self.exp_dir or self.resume, self.tracker.uri if hasattr(self, "tracker") else None
         )
+        return cmd + f" --jobs {self.job_count}" if cmd and jobs and (self.job_count or 1) > 1 else cmd
+
+    def child_name(self, rs: ResolvedSpec) -> str:
+        return rs.key or self.first.tracking.run_name or rs.spec.name
 
     def interrupted(self) -> str:
         """What an interruption (Ctrl-C, SIGTERM) left, and how to go on."""

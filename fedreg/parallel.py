@@ -1,4 +1,5 @@
-"""A sweep's children run in parallel (``--jobs`` > 1, or ``--sweep ray``): the parent process
+"""How a sweep's children run: one after another in this process (:func:`run_sequential`), or in parallel
+(``--jobs`` > 1, or ``--sweep ray``; :func:`run_parallel`): the parent process
 (:class:`fedreg.experiment.Experiment`) opens each child's MLflow run, submits it to a
 :class:`~fedreg.pools.Pool` and follows the pool's events (progress, outcomes) until every child ended."""
 
@@ -14,6 +15,7 @@ from fedreg.progress import SweepProgress
 from fedreg.resume import done_fractions
 from fedreg.rounds import RunResult
 from fedreg.sweep import ChildOutcome, ChildTask, expected_cost, run_order
+from fedreg.timelimit import TimeLimitReached, past
 
 if TYPE_CHECKING:  # the experiment calls these functions with itself (an import for types only)
     from fedreg.experiment import Experiment
@@ -30,6 +32,38 @@ class Prepared:
     logged_through: int
 
 
+def run_sequential(exp: Experiment) -> list[RunResult]:
+    """The children of ``exp`` one after another in this process: those a resumed sweep had started first,
+    then in the spec's order (:func:`fedreg.sweep.run_order`); a failed child of a sweep is recorded and the
+    others go on. Once ``--max-time`` has passed, the child running stops at its round's end (recorded in
+    ``exp.stopped``) and no other starts (``exp.unstarted``). The results of the children that finished, in
+    the spec's order."""
+    order = run_order([0.0] * len(exp.specs), done_fractions(exp.specs, exp.checkpoints), longest_first=False)
+    done: dict[int, RunResult] = {}
+    for n, i in enumerate(order):
+        if past(exp.deadline):
+            exp.unstarted = unstarted(exp, order[n:])
+            break
+        try:
+            result = exp.run_variant(exp.specs[i], exp.feds[i])
+        except TimeLimitReached as stop:
+            exp.stopped.append((exp.child_name(exp.specs[i]), stop.round))
+            exp.unstarted = unstarted(exp, order[n + 1 :])
+            break
+        if result is not None:
+            done[i] = result
+    return [done[i] for i in sorted(done)]
+
+
+def unstarted(exp: Experiment, indices: list[int]) -> list[str]:
+    """The names of the children at ``indices`` that have not finished before."""
+    return [
+        exp.child_name(exp.specs[i])
+        for i in indices
+        if not (exp.checkpoints.get(exp.specs[i].key) or {}).get("finished")
+    ]
+
+
 def run_parallel(exp: Experiment, pool: Pool) -> list[RunResult]:
     """The children of ``exp`` in worker processes or Ray tasks, ``pool.capacity`` at a time: those a resumed
     sweep had started first, then the longest expected first (so the sweep does not end waiting for one
@@ -43,8 +77,8 @@ def run_parallel(exp: Experiment, pool: Pool) -> list[RunResult]:
     running: dict[int, Prepared] = {}
     pending = list(order)
     try:
-        while pending or running:
-            while pending and len(running) < pool.capacity:
+        while running or (pending and not past(exp.deadline)):
+            while pending and len(running) < pool.capacity and not past(exp.deadline):
                 i = pending.pop(0)
                 prep = exp.prepare(specs[i], feds[i])
                 if isinstance(prep, RunResult):
@@ -74,6 +108,7 @@ def run_parallel(exp: Experiment, pool: Pool) -> list[RunResult]:
         raise
     finally:
         progress.close()
+    exp.unstarted = unstarted(exp, pending)  # --max-time passed before their turn
     return [done[i] for i in range(len(specs)) if i in done]
 
 
@@ -98,6 +133,7 @@ def child_task(exp: Experiment, i: int, prep: Prepared) -> ChildTask:
         threads=rs.spec.execution.threads or 1,
         fingerprint=checkpoint.fingerprint(rs.resolved_dict()),
         parent_run_id=exp.parent,
+        deadline=exp.deadline,
     )
 
 
@@ -107,6 +143,13 @@ def child_ended(exp: Experiment, prep: Prepared, outcome: ChildOutcome, progress
     rs = exp.specs[outcome.index]
     if outcome.status == "FINISHED":
         progress.ended(outcome.index, outcome.status, exp.headline(rs, prep.name, outcome.result))
+    elif outcome.stopped_after is not None:  # by --max-time, with a checkpoint: not a failure
+        exp.stopped.append((prep.name, outcome.stopped_after))
+        progress.ended(
+            outcome.index,
+            "STOPPED",
+            f"{prep.name}: time limit: stopped after round {outcome.stopped_after}, with a checkpoint",
+        )
     else:
         # a worker that died could not end its run: end it here (again, harmlessly, otherwise)
         exp.tracker.set_tags(prep.run_id, {"fedreg.failure": (outcome.reason or outcome.status)[:5000]})

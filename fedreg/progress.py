@@ -110,7 +110,7 @@ class SweepProgress:
         if line is not None:  # the rest of its expected work will not be done
             self.total_cost -= line.cost / max(1, line.rounds) * (line.rounds - line.round)
         self.done += 1
-        self.failed += status != "FINISHED"
+        self.failed += status not in ("FINISHED", "STOPPED")  # STOPPED: by --max-time, resumable
         self.message(f"{text}  [{self.total_text()}]")
 
     # -- display -----------------------------------------------------------------------------------------

@@ -100,6 +100,47 @@ def _count(items: list, what: str) -> str:
     return f"{len(items)} {what}{'s' if len(items) != 1 else ''}"
 
 
+def new_meta(specs: list[ResolvedSpec], source, original, parent: str | None, uri: str) -> dict[str, Any]:
+    """What a new experiment folder's ``experiment.json`` records (``source``: the spec file; ``original``:
+    the spec as written, with its variants and overrides applied)."""
+    return {
+        "spec_file": str(source) if source else None,
+        "original": original,
+        "parent_run_id": parent,
+        "variants": list(dict.fromkeys(rs.variant for rs in specs if rs.variant)),
+        "runs": {},
+        "identities": identities(specs),
+        "tracking_uri": uri,
+        "status": "RUNNING",
+    }
+
+
+def find_folder(
+    run_id: str, checkpoint_dir: str | None, uri: str | None, default_dir: str
+) -> checkpoint.ExperimentDir:
+    """``fedreg resume RUN_ID``'s checkpoint folder: under ``checkpoint_dir`` when given, else the folder the
+    run's tag names in the store ``uri``, else under ``default_dir`` (the default ``checkpoint.dir``)."""
+    from pathlib import Path
+
+    from fedreg.tracking import tracking_uri
+
+    checkpoint.check_run_id(run_id)
+    if checkpoint_dir:
+        exp = checkpoint.find_by_run_id(Path(checkpoint_dir), run_id)
+        where = f"under '{checkpoint_dir}'"
+    else:
+        exp = checkpoint.find_from_tracking(run_id, uri) or checkpoint.find_by_run_id(
+            Path(default_dir), run_id
+        )
+        where = f"named by its tags in the tracking store '{tracking_uri(uri)}', nor under '{default_dir}'"
+    if exp is None:
+        raise FedregError(
+            f"no checkpoint folder of run '{run_id}' {where}; pass --tracking-uri (the store the run logs "
+            f"to) or --checkpoint-dir (its checkpoint.dir)"
+        )
+    return exp
+
+
 def find_resumable(specs: list[ResolvedSpec]) -> checkpoint.ExperimentDir:
     """The experiment folder ``fedreg run SPEC --resume`` continues: the most recently modified unfinished
     one of the spec's name whose recorded spec is this one (whether or not it holds a checkpoint yet), or,
@@ -133,6 +174,14 @@ def find_resumable(specs: list[ResolvedSpec]) -> checkpoint.ExperimentDir:
         f"the unfinished run in '{exp.path}'{others} belongs to another spec: {diff}. Continue it as it "
         f"was started with 'fedreg resume {exp.path.name}', or run without --resume to start afresh"
     )
+
+
+def failed_list(failed: list[tuple[str, str]]) -> str:
+    """The failed children of a sweep, a line each (the first ``LIST_LIMIT``)."""
+    listed = "\n".join(f"  - {name}: {why}" for name, why in failed[:LIST_LIMIT])
+    if len(failed) > LIST_LIMIT:
+        listed += f"\n  - and {len(failed) - LIST_LIMIT} more (their runs' tag fedreg.failure)"
+    return listed
 
 
 def failure_hint(exp: checkpoint.ExperimentDir | None, source: str | None, resume_cmd: str | None) -> str:

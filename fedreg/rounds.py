@@ -37,6 +37,7 @@ from fedreg.figures import figures_of, progress_keys
 from fedreg.outputs import TRAIN_LOSS, MetricNames, log_run_outputs, summarize
 from fedreg.site import evaluated
 from fedreg.spec import ResolvedSpec
+from fedreg.timelimit import TimeLimitReached, past
 from fedreg.tracking import RunTracker
 
 
@@ -77,16 +78,19 @@ class FederatedRun:
         logged_through: int = 0,
         on_round: Callable[[int, dict[str, float]], None] | None = None,
         backend: Backend | None = None,
+        deadline: float | None = None,
     ):
         """``logged_through``: the last round the run's tracking history already holds (a resumed run's
         rounds up to there are run again from the checkpoint but not logged again, see :meth:`run`).
         ``on_round(round, scalars)``: after each round (a sweep's progress display). ``backend``: where
-        clients train (default: the spec's ``execution.backend``); :meth:`run` starts and closes it."""
+        clients train (default: the spec's ``execution.backend``); :meth:`run` starts and closes it.
+        ``deadline``: a ``time.time()`` after which the run stops at a round's end, with a checkpoint of
+        that round (:mod:`fedreg.timelimit`)."""
         self.rs, self.spec, self.fed = rs, rs.spec, fed
         self.checkpoint_file, self.resume = checkpoint_file, resume
         self.logged_through = logged_through
         self.env_parts: list[dict] = []  # the environments the run computed in (fedreg.environment.extend)
-        self.on_round = on_round
+        self.on_round, self.deadline = on_round, deadline
         self.backend = backend
         self.tracker, self.run_id = tracker, run_id
         self.progress, self.label = progress, label or rs.key or rs.spec.name
@@ -350,6 +354,10 @@ class FederatedRun:
                     bar.set_postfix(shown)
                 if self.on_round is not None:
                     self.on_round(st.round, scalars)
+                if past(self.deadline) and st.round < spec.federation.rounds:
+                    if self.checkpoint_file is not None and not (every and st.round % every == 0):
+                        self.save_checkpoint(st, time.perf_counter() - t0, cpu(), backend)
+                    raise TimeLimitReached(st.round)
         finally:
             bar.close()
             backend.close()

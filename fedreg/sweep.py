@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fedreg.errors import ComponentFailure, FedregError, PluginError
+from fedreg.timelimit import TimeLimitReached
 
 #: environment variables a worker takes from the parent when it has none of its own (where the data and
 #: the tracking store are; a Ray worker on another node keeps its own)
@@ -58,6 +59,7 @@ class ChildTask:
     threads: int  # intra-op threads
     fingerprint: str = ""  # of the resolved spec in the parent: the worker must resolve it alike
     parent_run_id: str | None = None  # the sweep's parent run (marked KILLED by a worker whose parent died)
+    deadline: float | None = None  # --max-time: stop at a round's end after this time.time()
     cwd: str = field(default_factory=os.getcwd)
     env: dict[str, str] = field(
         default_factory=lambda: {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
@@ -74,6 +76,7 @@ class ChildOutcome:
     result: Any = None  # fedreg.rounds.RunResult when FINISHED (client states are not sent back)
     reason: str | None = None
     spool: str | None = None
+    stopped_after: int | None = None  # the round after which --max-time stopped it (status KILLED)
 
 
 class ParentGone(KeyboardInterrupt):
@@ -195,6 +198,7 @@ def train_child(
     logged_through: int,
     progress: bool = False,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
+    deadline: float | None = None,
 ) -> tuple[str, Any, BaseException | None]:
     """Train one child and end its MLflow run: (status, RunResult or None, the exception it failed with).
     A failure is recorded on the run (tag ``fedreg.failure``) and returned, not raised; an interruption
@@ -213,6 +217,7 @@ def train_child(
             resume=resume,
             logged_through=logged_through,
             on_round=on_round,
+            deadline=deadline,
         ).run()
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")
@@ -261,6 +266,7 @@ def work(task: ChildTask, send: Callable[[tuple], None]) -> ChildOutcome:
             task.index, "FAILED", reason=f"set-up in the worker failed: {failure_reason(exc)}"
         )
     keys = progress_keys(figures_of(m.info.cls for m in task.rs.metrics))  # what the progress line shows
+    stopped_after = None
 
     def on_round(r: int, scalars: dict[str, float]) -> None:
         send(("round", task.index, r, {k: scalars[k] for k in keys if k in scalars}))
@@ -276,9 +282,11 @@ def work(task: ChildTask, send: Callable[[tuple], None]) -> ChildOutcome:
             ck,
             task.logged_through,
             on_round=on_round,
+            deadline=task.deadline,
         )
     except KeyboardInterrupt as exc:
         status, result, error = "KILLED", None, None
+        stopped_after = exc.round if isinstance(exc, TimeLimitReached) else None
         if isinstance(exc, ParentGone):  # orphaned, not failed: the parent run is ended here
             tracker.set_tags(task.run_id, {"fedreg.failure": ParentGone.reason})
             if task.parent_run_id:
@@ -293,4 +301,5 @@ def work(task: ChildTask, send: Callable[[tuple], None]) -> ChildOutcome:
         result,
         failure_reason(error) if error is not None else ("interrupted" if status == "KILLED" else None),
         str(spool) if spool is not None else None,
+        stopped_after,
     )
