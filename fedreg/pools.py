@@ -53,6 +53,8 @@ def _process_main(task: ChildTask, conn: Connection) -> None:
     try:
         with sigterm_as_interrupt():
             outcome = work(task, send)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the set-up (training ends its run itself)
+        outcome = ChildOutcome(task.index, "KILLED", reason="interrupted")
     except BaseException as exc:  # noqa: BLE001 - whatever happened, the parent hears of it
         outcome = ChildOutcome(task.index, "FAILED", reason=failure_reason(exc))
         traceback.print_exc(file=sys.stderr)

@@ -508,3 +508,23 @@ def test_run_order_puts_started_children_first_most_work_left_first_then_longest
     assert run_order(costs, [0.0] * 5, longest_first=True) == [3, 0, 2, 4, 1]
     assert run_order(costs, [0.0] * 5, longest_first=False) == [0, 1, 2, 3, 4]
     assert run_order([2.0, 2.0, 1.0], [0.0] * 3, longest_first=True) == [0, 1, 2]  # ties: spec order
+
+
+def test_a_worker_interrupted_during_its_set_up_reports_killed_without_a_traceback(monkeypatch, capsys):
+    """SIGTERM to a sweep reaches a worker that is still loading its data: the child is KILLED (the parent
+    ends its run), quietly, as an interruption during training is."""
+    import pickle
+    from types import SimpleNamespace
+
+    from fedreg import pools
+    from fedreg.signals import Terminated
+
+    def loading(task, send):
+        raise Terminated("SIGTERM")
+
+    monkeypatch.setattr(pools, "work", loading)
+    ours, theirs = mp.Pipe()
+    pools._process_main(SimpleNamespace(index=3), theirs)
+    kind, outcome = pickle.loads(ours.recv_bytes())
+    assert kind == "done" and (outcome.index, outcome.status, outcome.reason) == (3, "KILLED", "interrupted")
+    assert "Traceback" not in capsys.readouterr().err
