@@ -38,7 +38,8 @@ def run_sequential(exp: Experiment) -> list[RunResult]:
     others go on. Once ``--max-time`` has passed, the child running stops at its round's end (recorded in
     ``exp.stopped``) and no other starts (``exp.unstarted``). The results of the children that finished, in
     the spec's order."""
-    order = run_order([0.0] * len(exp.specs), done_fractions(exp.specs, exp.checkpoints), longest_first=False)
+    # equal costs: the started children by the share of their rounds left, then the spec's order
+    order = run_order([1.0] * len(exp.specs), done_fractions(exp.specs, exp.checkpoints), longest_first=False)
     done: dict[int, RunResult] = {}
     for n, i in enumerate(order):
         if past(exp.deadline):
