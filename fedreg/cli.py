@@ -110,6 +110,11 @@ def cmd_resume(args) -> int:
     specs = resolve(raw, _registry(), only=meta.get("variants") or None, source=meta.get("spec_file"))
     if planned := meta.get("identities"):  # not the children it left out (--skip-finished)
         specs = [rs for rs in specs if (rs.key or "run") in planned]
+    if args.skip_finished:  # nor those that finished under another parent run since
+        from fedreg.done import skip_finished_elsewhere
+
+        if not (specs := skip_finished_elsewhere(specs, meta["tracking_uri"], meta.get("parent_run_id"))):
+            return 0
     return _run(specs, raw, meta.get("spec_file"), not args.no_progress, exp, args)
 
 
@@ -274,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the store holding the run's tags (default: $MLFLOW_TRACKING_URI, else MLflow's local store)",
     )
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument(
+        "--skip-finished",
+        action="store_true",
+        help="leave out the children of the invocation that finished under another parent run of the "
+        "tracking store since (a later 'fedreg run --skip-finished', runs imported with 'fedreg import')",
+    )
     sweep_args(sp)
     sp.set_defaults(func=cmd_resume)
 

@@ -1,8 +1,9 @@
 """``fedreg run SPEC --skip-finished``: child runs that already finished in the tracking store, under any
 parent run (an earlier invocation, runs imported from another machine with ``fedreg import``), are not run
-again; the invocation runs the others. A child counts as finished when a FINISHED run of the spec's
-experiment logged the same resolved spec (compared by :func:`fedreg.checkpoint.identity`: where it ran, how
-it was tracked and checkpointed do not count)."""
+again; the invocation runs the others. ``fedreg resume PARENT --skip-finished`` likewise leaves out the
+children of that invocation that finished under another parent run since. A child counts as finished when a
+FINISHED run of the spec's experiment logged the same resolved spec (compared by
+:func:`fedreg.checkpoint.identity`: where it ran, how it was tracked and checkpointed do not count)."""
 
 from __future__ import annotations
 
@@ -65,10 +66,30 @@ def skip_finished(
             "--skip-finished starts a new invocation and --resume continues one; to continue an invocation "
             "started with --skip-finished: fedreg resume PARENT_RUN_ID"
         )
-    done = finished_runs(specs)
+    return _left(specs, finished_runs(specs), "this spec", echo)
+
+
+def skip_finished_elsewhere(
+    specs: list[ResolvedSpec], uri: str, parent: str | None, echo: Callable[[str], object] = print
+) -> list[ResolvedSpec]:
+    """``fedreg resume PARENT --skip-finished``: the specs of the invocation of parent run ``parent`` (store
+    ``uri``) less the children that finished under another parent run (a later ``fedreg run
+    --skip-finished``, runs imported from another machine), saying which; its own finished children stay
+    (they are kept as they are)."""
+    done = {}
+    for key, runs in runs_by_child(specs, uri, "FINISHED").items():
+        parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
+        if runs and parent not in parents:
+            done[key] = runs[-1].info.run_id
+    return _left(specs, done, "this invocation", echo)
+
+
+def _left(
+    specs: list[ResolvedSpec], done: dict[str, str], what: str, echo: Callable[[str], object]
+) -> list[ResolvedSpec]:
     for key, run_id in done.items():
         echo(f"{key}: finished before in run {run_id}, skipped (--skip-finished)")
     left = [rs for rs in specs if run_key(rs) not in done]
     if not left:
-        echo(f"nothing to run: all {len(specs)} runs of this spec finished before")
+        echo(f"nothing to run: all {len(specs)} runs of {what} finished before")
     return left

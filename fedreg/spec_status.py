@@ -107,7 +107,9 @@ def spec_status(
             if not folder or live_holder(Path(folder)) is None:
                 status = "INTERRUPTED"
         if status in ("INTERRUPTED", "KILLED") and (parent := run.data.tags.get("mlflow.parentRunId")):
-            interrupted.setdefault(parent, []).append(name)
+            folder = run.data.tags.get("fedreg.checkpoint_dir")
+            if folder and Path(folder).is_dir():  # not where the runs came from another machine
+                interrupted.setdefault(parent, []).append(name)
         counts[status] = counts.get(status, 0) + 1
         children.append(child)
         echo(child_line(child, status, shown, time.time()))
@@ -122,7 +124,7 @@ def spec_status(
             where = f" --tracking-uri {shlex.quote(uri_given)}" if uri_given else ""
             echo(
                 f"  or continue {', '.join(kids)} from their checkpoints: fedreg resume {parent}{where} "
-                "(with the other unfinished children of that invocation)"
+                "--skip-finished (with the other children of that invocation that did not finish anywhere)"
             )
     return 1 if counts.get("FAILED") else 0
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from fedreg.cli import main
+from fedreg.timelimit import EXIT_TIME_LIMIT, past
 from fedreg.transfer import IMPORTED, VIEW_TAG_PREFIX, experiment_tags
 from testhelpers import small_medmnist_spec, write_spec
 
@@ -243,11 +245,56 @@ def test_skip_finished_runs_only_what_did_not_finish_anywhere_in_the_store(
     assert re.search(r"^  b\.seed2 +FAILED .*diverged", out, re.M), out
     assert "2 finished, 1 killed, 1 failed" in out
     assert (
-        f"or continue b.seed1 from their checkpoints: fedreg resume {new_parent} --tracking-uri {other}"
-        in out
+        f"or continue b.seed1 from their checkpoints: fedreg resume {new_parent} --tracking-uri {other} "
+        "--skip-finished" in out
     )
+    # on a machine without that invocation's checkpoints (runs imported), only 'run the rest' is offered
+    shutil.rmtree(tmp_path / "ck")
+    assert main(["status", spec, "--tracking-uri", other]) == 1
+    out = capsys.readouterr().out
+    assert "run the rest: fedreg run" in out and "or continue" not in out, out
     # a spec with run ids, or --set without a spec, is refused with the fix
     assert main(["status", spec, new_parent]) == 2
     assert "parent run ids or one run spec, not both" in capsys.readouterr().err
     assert main(["status", new_parent, "--set", "federation.rounds=3"]) == 2
     assert "--set goes with a run spec" in capsys.readouterr().err
+
+
+def test_resume_skip_finished_leaves_out_children_that_finished_under_another_parent(
+    tmp_path, tracking_uri, one_thread, capsys, monkeypatch
+):
+    """An invocation stopped by its time limit after a's round 2, b not started; b then finished under a
+    parent of its own (`fedreg run --variant b --skip-finished`): `fedreg resume PARENT --skip-finished`
+    continues a from its checkpoint and does not run b again."""
+    raw, _ = small_medmnist_spec(tmp_path, n_train=160, n_test=40)
+    raw["federation"]["rounds"] = 4
+    raw["variants"] = {"a": {}, "b": {"training.optimizer.lr": 0.01}}
+    raw["checkpoint"] = {"dir": str(tmp_path / "ck"), "every": 1}
+    spec = str(write_spec(tmp_path / "s.yaml", raw))
+    calls = []
+
+    def past_after_round_2(deadline):
+        calls.append(deadline)
+        return len(calls) >= 2
+
+    monkeypatch.setattr("fedreg.rounds.past", past_after_round_2)
+    assert main(["run", spec, "--no-progress", "--max-time", "1h"]) == EXIT_TIME_LIMIT
+    monkeypatch.setattr("fedreg.rounds.past", past)
+    client = MlflowClient(tracking_uri)
+    first = _parent(client)
+    assert {n: r.info.status for n, r in _children(client, first).items()} == {"a": "KILLED"}
+
+    assert main(["run", spec, "--variant", "b", "--skip-finished", "--no-progress"]) == 0
+    b_runs = client.search_runs([client.get_experiment_by_name("test").experiment_id], "run_name = 'b'")
+    assert [r.info.status for r in b_runs] == ["FINISHED"]
+    capsys.readouterr()
+
+    assert main(["resume", first, "--skip-finished", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"b: finished before in run {b_runs[0].info.run_id}, skipped (--skip-finished)" in out, out
+    assert "a: resuming run" in out and "after round 2" in out, out
+    kids = _children(client, first)
+    assert {n: r.info.status for n, r in kids.items()} == {"a": "FINISHED"}
+    assert len(client.search_runs([b_runs[0].info.experiment_id], "run_name = 'b'")) == 1  # not run again
+    assert main(["resume", first, "--skip-finished", "--no-progress"]) == 2  # the invocation has finished
+    assert "nothing to resume" in capsys.readouterr().err
