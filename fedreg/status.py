@@ -98,13 +98,21 @@ def live_holder(folder: Path) -> dict[str, Any] | None:
     return held if held and FolderLock.alive(held) else None
 
 
+RATE_MIN_SHARE = 0.05  # of a child's rounds, before its CPU per round counts in cpu_left
+
+
 def cpu_left(children: Sequence[Child], work: dict[str, float] | None = None) -> float | None:
     """Expected CPU seconds of the rounds not yet run (None before any round was logged): per unfinished
     child, its remaining rounds x the mean CPU per round of its variant's logged rounds (of all variants'
     while its variant has none, scaled by ``work``, each variant's expected work per round, where given).
-    A FAILED child counts as done: ``fedreg resume`` retries it, usually to the same failure."""
+    A FAILED child counts as done: ``fedreg resume`` retries it, usually to the same failure. A child stopped
+    within its first :data:`RATE_MIN_SHARE` of rounds gives no rate while others do (its CPU is mostly
+    start-up: loading data, partitioning)."""
+    measured = [c for c in children if c.cpu_per_round() is not None]
+    settled = [c for c in measured if c.round > RATE_MIN_SHARE * (c.rounds or 0)]
+    children_measured = settled or measured
     per_variant: dict[str, list[float]] = {}
-    for c in children:
+    for c in children_measured:
         if (v := c.cpu_per_round()) is not None:
             per_variant.setdefault(variant_of(c), []).append(v)
     every = [v for vs in per_variant.values() for v in vs]
@@ -113,7 +121,9 @@ def cpu_left(children: Sequence[Child], work: dict[str, float] | None = None) ->
         return None
     work = work or {}
     units = [
-        v / work[variant_of(c)] for c in children if (v := c.cpu_per_round()) and work.get(variant_of(c))
+        v / work[variant_of(c)]
+        for c in children_measured
+        if (v := c.cpu_per_round()) and work.get(variant_of(c))
     ]
     total = 0.0
     for c in children:

@@ -132,6 +132,10 @@ def test_cpu_left_counts_each_unfinished_child_at_its_variants_rate():
     ]
     assert cpu_left(children) == 6 * 2.5 + 10 * 2.5 + 20 * 10.0
     assert cpu_left([Child("a.seed1")]) is None  # nothing logged yet: no estimate
+    # a child stopped in its first rounds (mostly start-up CPU) gives no rate while others do
+    early = Child("b.seed3", run("KILLED"), round=1, rounds=20, cpu_s=300.0)  # within 5% of its rounds
+    assert cpu_left([*children, early]) == 6 * 2.5 + 10 * 2.5 + 20 * 10.0 + 19 * 10.0
+    assert cpu_left([early]) == 19 * 300.0  # (the only measurement: used)
     # a variant not measured yet (c): without its expected work, the mean rate of all measured children;
     # with it (what `fedreg status SPEC` passes), the CPU per unit of work measured on the others x its work
     more = [*children, Child("c.seed1", rounds=10)]
