@@ -105,9 +105,9 @@ def cpu_left(children: Sequence[Child], work: dict[str, float] | None = None) ->
     """Expected CPU seconds of the rounds not yet run (None before any round was logged): per unfinished
     child, its remaining rounds x the mean CPU per round of its variant's logged rounds (of all variants'
     while its variant has none, scaled by ``work``, each variant's expected work per round, where given).
-    A FAILED child counts as done: ``fedreg resume`` retries it, usually to the same failure. A child stopped
-    within its first :data:`RATE_MIN_SHARE` of rounds gives no rate while others do (its CPU is mostly
-    start-up: loading data, partitioning)."""
+    A FAILED child counts as done: ``fedreg resume`` retries it, usually to the same failure. A child (running
+    or stopped) within its first :data:`RATE_MIN_SHARE` of rounds gives no rate while others do (its CPU is
+    mostly start-up: loading data, partitioning)."""
     measured = [c for c in children if c.cpu_per_round() is not None]
     settled = [c for c in measured if c.round > RATE_MIN_SHARE * (c.rounds or 0)]
     children_measured = settled or measured
